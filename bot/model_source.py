@@ -88,6 +88,8 @@ def resolve_model(model: str, data_dir: Path) -> str:
     if model in ("", EMBEDDED):
         return str(convert_embedded(Path(data_dir) / "models"))
     path = Path(model).expanduser()
+    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise ModelError(f"The model directory {path} does not exist. Check --model / KAIZEN_MODEL.")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(

@@ -1,0 +1,27 @@
+"""The one FastAPI app: the HTTP API, with the Gradio chat UI mounted at `/`.
+
+Build it with `build_app(kaizen)` and serve it with uvicorn (`kaizen serve` does).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+from fastapi import FastAPI
+
+from bot.api import build_router, install_error_handlers
+from bot.ui_chat import build_chat_ui
+
+
+def build_app(kaizen) -> FastAPI:  # noqa: ANN001 - bot.services.Kaizen
+    app = FastAPI(title="Kaizen", version="0.1.0", docs_url="/docs", redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(build_router(kaizen))
+    for mount in kaizen.extras.get("mounts", ()):  # the admin app registers itself here
+        mount(app)
+    chat_ui = build_chat_ui(kaizen)
+    chat_ui.queue(default_concurrency_limit=None, max_size=kaizen.settings.max_queue * 4)
+    # Gradio's file routes must never serve the data directory (the database, the adapters).
+    data_dir = str(kaizen.settings.data_dir.resolve())
+    gr.mount_gradio_app(app, chat_ui, path="/", blocked_paths=[data_dir], allowed_paths=[],
+                        footer_links=[], ssr_mode=False)
+    return app

@@ -1,0 +1,260 @@
+"""The model engine: load the base model, build chat prompts, stream replies, swap adapters.
+
+One lock covers each whole generation, so an adapter swap (which takes the same lock) always
+falls between two generations: a reply never mixes two adapters, and the version recorded on
+each reply is the one that produced it. A bounded number of requests may wait for the lock;
+beyond that `BusyError` tells the caller to come back later instead of queueing forever.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from errors import AdapterError, BusyError, InputError, ModelError
+
+BASE = "base"
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+def load_model(path: str, dtype: str = "float32"):
+    """Load tokenizer and model from a directory or a cached HF id, with a clear error."""
+    if dtype not in DTYPES:
+        raise ModelError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"Could not load the model from {path!r}: {exc}. Pass --model with a local model directory "
+            "(saved with save_pretrained), or leave it unset to use the embedded model."
+        ) from exc
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+class _Cancel(StoppingCriteria):
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ANN001
+        return self.cancelled.is_set()
+
+
+class Generation:
+    """One streamed reply. Iterate it for text chunks; afterwards the counts are set.
+
+    Creating it reserves a place in the queue (or raises BusyError at once), so an HTTP
+    handler can refuse with 503 before it starts a stream.
+    """
+
+    def __init__(self, engine: "Engine", messages: list[dict], params: GenParams):
+        self._engine = engine
+        self._params = params
+        self.input_ids = engine.encode_chat(messages)
+        self.prompt_tokens = int(self.input_ids.shape[1])
+        self.completion_tokens = 0
+        self.adapter_version = engine.adapter_version
+        self.text = ""
+        if not engine._slots.acquire(blocking=False):
+            raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
+        self._reserved = True
+
+    def _release(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self._engine._slots.release()
+
+    def __iter__(self) -> Iterator[str]:
+        engine = self._engine
+        try:
+            if not engine._lock.acquire(timeout=engine.wait_timeout_s):
+                raise BusyError("The bot is busy; the request waited too long. Please try again.")
+            try:
+                self.adapter_version = engine.adapter_version
+                yield from self._run()
+            finally:
+                engine._lock.release()
+        finally:
+            self._release()
+
+    def _run(self) -> Iterator[str]:
+        engine, params = self._engine, self._params
+        streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        cancel = _Cancel()
+        kwargs = dict(
+            input_ids=self.input_ids,
+            attention_mask=torch.ones_like(self.input_ids),
+            max_new_tokens=params.max_new_tokens,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([cancel]),
+            pad_token_id=engine.tokenizer.pad_token_id,
+            repetition_penalty=params.repetition_penalty,
+        )
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    result["ids"] = engine.model.generate(**kwargs)
+            except BaseException as exc:  # re-raised in the consumer thread below
+                result["error"] = exc
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="kaizen-generate", daemon=True)
+        worker.start()
+        try:
+            for chunk in streamer:
+                if chunk:
+                    self.text += chunk
+                    yield chunk
+        finally:
+            cancel.cancelled.set()  # the consumer went away early: stop decoding
+            worker.join()
+        if "error" in result:
+            raise ModelError(f"Generation failed: {result['error']}") from result["error"]
+        self.completion_tokens = int(result["ids"].shape[1] - self.prompt_tokens)
+
+    def close(self) -> None:
+        self._release()
+
+
+class Engine:
+    """The chat model. `stream()` answers; `activate()` swaps the LoRA adapter between replies."""
+
+    def __init__(self, model, tokenizer, *, name: str, context_tokens: int = 2048, max_queue: int = 32,
+                 wait_timeout_s: float = 600.0):
+        self.model = model
+        self.base_model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.adapter_version = BASE
+        self.adapter_path: Path | None = None
+        window = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
+        self.context_tokens = min(context_tokens, window)
+        self.wait_timeout_s = wait_timeout_s
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_queue)
+
+    @classmethod
+    def from_path(cls, path: str, *, dtype: str = "bfloat16", threads: int = 0, **kw) -> "Engine":
+        if threads:
+            torch.set_num_threads(threads)
+        model, tokenizer = load_model(path, dtype)
+        return cls(model, tokenizer, name=Path(path).name or str(path), **kw)
+
+    # --- prompts ------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chat_text(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode_chat(self, messages: list[dict]) -> torch.Tensor:
+        ids = self.tokenizer(self.chat_text(messages), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return ids
+
+    def fit_messages(self, messages: list[dict], max_new_tokens: int) -> list[dict]:
+        """Drop the oldest turns until the prompt fits the context window.
+
+        The system message (if first) and the newest message always stay; an exchange is
+        dropped as a user/assistant pair so the history never starts with a bare answer.
+        """
+        budget = self.context_tokens - max_new_tokens
+        system = messages[:1] if messages and messages[0]["role"] == "system" else []
+        rest = messages[len(system):]
+        if not rest:
+            raise InputError("There is no message to answer.")
+        overhead = 8  # role markers per message in the chat template
+        cost = [self.count_tokens(m["content"]) + overhead for m in rest]
+        fixed = sum(self.count_tokens(m["content"]) + overhead for m in system) + cost[-1]
+        if fixed > budget:
+            raise InputError(
+                f"The message is too long for the model's context window ({self.context_tokens} tokens, "
+                f"{max_new_tokens} kept for the reply). Please shorten it."
+            )
+        keep = len(rest) - 1
+        total = fixed
+        while keep > 0 and total + cost[keep - 1] <= budget:
+            keep -= 1
+            total += cost[keep]
+        kept = rest[keep:]
+        while len(kept) > 1 and kept[0]["role"] != "user":
+            kept = kept[1:]
+        return system + kept
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def stream(self, messages: list[dict], params: GenParams = GenParams()) -> Generation:
+        return Generation(self, self.fit_messages(messages, params.max_new_tokens), params)
+
+    def generate(self, messages: list[dict], params: GenParams = GenParams()) -> str:
+        return "".join(self.stream(messages, params))
+
+    # --- adapters -----------------------------------------------------------------------------
+
+    def activate(self, version: str, path: Path | None) -> float:
+        """Serve `version` (the LoRA adapter in `path`), or the base model when path is None.
+
+        Waits for the generation in progress to finish, then swaps. The old adapter is
+        unloaded, so memory does not grow with each round. Returns the seconds the swap took.
+        """
+        with self._lock:
+            start = time.perf_counter()
+            if path is None:
+                self._drop_adapter()
+                self.adapter_version, self.adapter_path = BASE, None
+                return time.perf_counter() - start
+            self._load_adapter(version, Path(path))
+            return time.perf_counter() - start
+
+    def _drop_adapter(self) -> None:
+        if self.model is not self.base_model:
+            self.model = self.model.unload()
+            self.base_model = self.model
+            gc.collect()
+
+    def _load_adapter(self, version: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if not (path / "adapter_config.json").is_file():
+            raise AdapterError(f"Adapter {version} has no adapter_config.json in {path}.")
+        old = self.model
+        try:
+            self._drop_adapter()
+            model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=version, is_trainable=False)
+            model.to(next(self.base_model.parameters()).dtype)
+            model.eval()
+        except Exception as exc:
+            if old is not self.base_model:
+                # The old adapter was unloaded above; reload it so the bot keeps serving it.
+                if self.adapter_path is not None:
+                    self.model = PeftModel.from_pretrained(self.base_model, str(self.adapter_path),
+                                                           adapter_name=self.adapter_version)
+                    self.model.eval()
+            raise AdapterError(f"Adapter {version} does not fit the base model: {exc}") from exc
+        self.model = model
+        self.adapter_version, self.adapter_path = version, path
+        gc.collect()

@@ -1,0 +1,76 @@
+"""The persona: who the bot says it is, and the system prompt built from it.
+
+From the brief: give the bot an agent name, a creator and company information, and an expert,
+polite style. The prompt is kept short on purpose: a 135M model attends poorly to long system
+messages, and every token of it is re-read for every reply. The persona lives in the `settings`
+table (key "persona") and is edited from the admin tab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from errors import InputError
+
+SETTING_KEY = "persona"
+MAX_FIELD_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Persona:
+    agent_name: str = "Kaizen"
+    creator: str = "the Kaizen team"
+    company: str = ""
+    style: str = "Be polite, clear and expert, like an experienced practitioner. Keep answers short."
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Persona":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: str(v) for k, v in (data or {}).items() if k in known})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validated(self) -> "Persona":
+        if not self.agent_name.strip():
+            raise InputError("The agent name cannot be empty.")
+        for field in dataclasses.fields(self):
+            if len(getattr(self, field.name)) > MAX_FIELD_CHARS:
+                raise InputError(f"The persona's {field.name} is longer than {MAX_FIELD_CHARS} characters.")
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).strip() for f in dataclasses.fields(self)})
+
+
+def build_system_prompt(persona: Persona, *, tone: str = "", facts: Sequence[tuple[str, str]] = ()) -> str:
+    """The system message: identity, company, style, the tone for this message, and facts.
+
+    Retrieved facts come last and are marked as overriding what the model remembers, because
+    retrieval wins over the weights for facts.
+    """
+    parts = [f"You are {persona.agent_name}, a helpful assistant created by {persona.creator}."]
+    if persona.company:
+        parts.append(persona.company)
+    if persona.style:
+        parts.append(persona.style)
+    if tone:
+        parts.append(tone)
+    text = " ".join(parts)
+    if facts:
+        lines = "\n".join(f"- Q: {q}\n  A: {a}" for q, a in facts)
+        text += (
+            "\n\nVerified facts (they override anything you remember; use them to answer, "
+            f"in the user's language):\n{lines}"
+        )
+    return text
+
+
+def budget_warning(prompt: str, count_tokens: Callable[[str], int], budget: int) -> str | None:
+    """A warning if the system prompt is over the token budget, else None."""
+    n = count_tokens(prompt)
+    if n > budget:
+        return (
+            f"The system prompt is {n} tokens, over the budget of {budget}. "
+            "Long system prompts slow every reply; shorten the company info or style."
+        )
+    return None

@@ -1,0 +1,64 @@
+"""The running parts of one Kaizen process, built once from the settings and passed around.
+
+`build_services(settings)` opens (and migrates) the database, loads the model, and wires the
+emotion reader, the retrieval memory and the chat service. Tests pass their own `engine` (a
+fake or a tiny model) and `memory` to skip the expensive parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bot.chat import ChatService
+from bot.emotion import EmotionAnalyzer
+from bot.engine import Engine
+from bot.model_source import resolve_model
+from bot.recall import KnowledgeRecall
+from feedback_db import store
+from feedback_db.db import Database
+from settings import Settings
+
+AUTO_APPROVE_KEY = "auto_approve"
+
+
+@dataclass
+class Kaizen:
+    settings: Settings
+    db: Database
+    engine: Engine
+    chat: ChatService
+    recall: KnowledgeRecall | None
+    model_name: str = "kaizen"
+    extras: dict = field(default_factory=dict)
+
+    def auto_approve(self) -> bool:
+        with self.db.session() as s:
+            return bool(store.get_setting(session=s, key=AUTO_APPROVE_KEY, default=self.settings.auto_approve))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def build_engine(settings: Settings) -> Engine:
+    path = resolve_model(settings.model, settings.data_dir)
+    return Engine.from_path(path, dtype=settings.dtype, threads=settings.torch_threads,
+                            context_tokens=settings.context_tokens, max_queue=settings.max_queue)
+
+
+def build_memory(settings: Settings):  # noqa: ANN201
+    from bot.memory import Memory, load_embedder
+
+    return Memory(load_embedder())
+
+
+def build_services(settings: Settings, *, engine: Engine | None = None, memory=None, db: Database | None = None) -> Kaizen:  # noqa: ANN001
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = db or Database(settings.database_url)
+    engine = engine or build_engine(settings)
+    recall = None
+    if settings.memory or memory is not None:
+        recall = KnowledgeRecall(db=db, memory=memory if memory is not None else build_memory(settings))
+        recall.sync()
+    chat = ChatService(engine=engine, db=db, emotions=EmotionAnalyzer(), settings=settings, recall=recall)
+    return Kaizen(settings=settings, db=db, engine=engine, chat=chat, recall=recall,
+                  model_name=f"kaizen-{engine.name}")

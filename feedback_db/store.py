@@ -1,0 +1,552 @@
+"""The store: every read and write of Kaizen's data goes through these functions.
+
+UI handlers, HTTP routes, the trainer and the scheduler call these and never build queries
+themselves. Every function takes keyword-only arguments, the first being the `session`
+(from `Database.session()` for reads or `Database.write()` for writes; the caller owns the
+transaction, so several calls can commit together).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from feedback_db.models import (
+    AdapterVersion,
+    Conversation,
+    Exchange,
+    Feedback,
+    KnowledgeItem,
+    Lock,
+    Setting,
+    TrainingRun,
+    new_id,
+    utcnow,
+)
+
+RATINGS = ("up", "down")
+REVIEW_ACTIONS = ("approve", "reject")
+ACTIVE_ADAPTER_KEY = "active_adapter"
+BASE = "base"
+
+
+class StoreError(Exception):
+    """Base for store errors; the edges turn them into user messages."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Invalid(StoreError):
+    pass
+
+
+def _get(session: Session, model: type, key: Any, what: str) -> Any:
+    row = session.get(model, key)
+    if row is None:
+        raise NotFound(f"No {what} with id {key!r}.")
+    return row
+
+
+# --- conversations and exchanges -------------------------------------------------------------
+
+
+def ensure_conversation(*, session: Session, conversation_id: str | None, client: str = "ui") -> Conversation:
+    if conversation_id:
+        conv = session.get(Conversation, conversation_id)
+        if conv is not None:
+            return conv
+    conv = Conversation(client=client) if not conversation_id else Conversation(id=conversation_id, client=client)
+    session.add(conv)
+    session.flush()
+    return conv
+
+
+def create_exchange(
+    *,
+    session: Session,
+    conversation_id: str | None,
+    user_text: str,
+    bot_text: str,
+    emotion_label: str,
+    emotion_score: float,
+    adapter_version: str = BASE,
+    source: str = "model",
+    memory_item_ids: Iterable[int] = (),
+    latency_ms: float = 0.0,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    started_at: dt.datetime | None = None,
+    client: str = "ui",
+    exchange_id: str | None = None,
+) -> Exchange:
+    """Store a finished exchange (called once the whole reply exists, never half-way)."""
+    if not bot_text:
+        raise Invalid("An exchange needs the bot's reply.")
+    conv = ensure_conversation(session=session, conversation_id=conversation_id, client=client)
+    ex = Exchange(
+        id=exchange_id or new_id(),
+        conversation_id=conv.id,
+        user_text=user_text,
+        bot_text=bot_text,
+        emotion_label=emotion_label,
+        emotion_score=emotion_score,
+        adapter_version=adapter_version,
+        source=source,
+        memory_item_ids=list(memory_item_ids),
+        latency_ms=latency_ms,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        started_at=started_at or utcnow(),
+    )
+    session.add(ex)
+    session.flush()
+    return ex
+
+
+def get_exchange(*, session: Session, exchange_id: str) -> Exchange:
+    return _get(session, Exchange, exchange_id, "exchange")
+
+
+def list_exchanges(*, session: Session, limit: int = 100, conversation_id: str | None = None) -> list[Exchange]:
+    q = select(Exchange).order_by(Exchange.created_at.desc()).limit(limit)
+    if conversation_id:
+        q = q.where(Exchange.conversation_id == conversation_id)
+    return list(session.scalars(q))
+
+
+# --- feedback ---------------------------------------------------------------------------------
+
+
+def rate_exchange(
+    *,
+    session: Session,
+    exchange_id: str,
+    rating: str,
+    correction: str | None = None,
+    auto_approve: bool = False,
+) -> Feedback:
+    """Rate an exchange; rating it again replaces the earlier rating (and correction).
+
+    A plain rating is a signal and counts at once. A correction waits for review unless
+    auto_approve is on, because it teaches the bot (guarding against poisoning).
+    """
+    if rating not in RATINGS:
+        raise Invalid(f"rating must be 'up' or 'down', not {rating!r}")
+    correction = (correction or "").strip() or None
+    ex = get_exchange(session=session, exchange_id=exchange_id)
+    fb = session.scalar(select(Feedback).where(Feedback.exchange_id == ex.id))
+    if fb is None:
+        fb = Feedback(exchange_id=ex.id, rating=rating)
+        session.add(fb)
+    previous_correction = fb.correction
+    fb.rating = rating
+    fb.correction = correction
+    if correction is None:
+        fb.status = "approved"
+    elif auto_approve:
+        fb.status = "approved"
+        fb.reviewed_at = utcnow()
+    elif correction != previous_correction or fb.status != "approved":
+        fb.status = "pending"
+    session.flush()
+    _sync_correction_item(session, fb, ex)
+    return fb
+
+
+def _sync_correction_item(session: Session, fb: Feedback, ex: Exchange) -> KnowledgeItem | None:
+    """Keep the knowledge item of a correction in step with its review state."""
+    item = session.scalar(select(KnowledgeItem).where(KnowledgeItem.feedback_id == fb.id))
+    live = fb.correction is not None and fb.status == "approved"
+    if live:
+        if item is None:
+            item = KnowledgeItem(
+                question=ex.user_text, answer=fb.correction, origin="correction", feedback_id=fb.id, verbatim=True
+            )
+            session.add(item)
+        item.answer = fb.correction
+        item.enabled = True
+        item.updated_at = utcnow()
+    elif item is not None:
+        item.enabled = False
+        item.updated_at = utcnow()
+    session.flush()
+    return item
+
+
+def review_feedback(
+    *, session: Session, feedback_id: int, action: str, correction: str | None = None
+) -> Feedback:
+    """Approve or reject a correction, optionally editing its text first."""
+    if action not in REVIEW_ACTIONS:
+        raise Invalid(f"action must be 'approve' or 'reject', not {action!r}")
+    fb = _get(session, Feedback, feedback_id, "feedback")
+    if correction is not None and correction.strip():
+        fb.correction = correction.strip()
+    fb.status = "approved" if action == "approve" else "rejected"
+    fb.reviewed_at = utcnow()
+    session.flush()
+    _sync_correction_item(session, fb, get_exchange(session=session, exchange_id=fb.exchange_id))
+    return fb
+
+
+def get_feedback(*, session: Session, feedback_id: int) -> Feedback:
+    return _get(session, Feedback, feedback_id, "feedback")
+
+
+def feedback_for_exchange(*, session: Session, exchange_id: str) -> Feedback | None:
+    return session.scalar(select(Feedback).where(Feedback.exchange_id == exchange_id))
+
+
+def list_feedback(
+    *,
+    session: Session,
+    status: str | None = None,
+    rating: str | None = None,
+    with_correction: bool | None = None,
+    limit: int = 200,
+) -> list[tuple[Feedback, Exchange]]:
+    q = select(Feedback, Exchange).join(Exchange, Feedback.exchange_id == Exchange.id)
+    if status:
+        q = q.where(Feedback.status == status)
+    if rating:
+        q = q.where(Feedback.rating == rating)
+    if with_correction is True:
+        q = q.where(Feedback.correction.is_not(None))
+    elif with_correction is False:
+        q = q.where(Feedback.correction.is_(None))
+    q = q.order_by(Feedback.updated_at.desc()).limit(limit)
+    return [(fb, ex) for fb, ex in session.execute(q)]
+
+
+def rated_exchanges(*, session: Session) -> list[tuple[Feedback, Exchange]]:
+    """Approved ratings with their exchanges, oldest first (training data for up/down)."""
+    q = (
+        select(Feedback, Exchange)
+        .join(Exchange, Feedback.exchange_id == Exchange.id)
+        .where(Feedback.status == "approved", Feedback.correction.is_(None))
+        .order_by(Feedback.id)
+    )
+    return [(fb, ex) for fb, ex in session.execute(q)]
+
+
+# --- knowledge --------------------------------------------------------------------------------
+
+
+def add_knowledge(
+    *,
+    session: Session,
+    question: str,
+    answer: str,
+    category: str = "",
+    origin: str = "import",
+    verbatim: bool = False,
+) -> KnowledgeItem:
+    question, answer = question.strip(), answer.strip()
+    if not question or not answer:
+        raise Invalid("A knowledge item needs a question and an answer.")
+    item = KnowledgeItem(question=question, answer=answer, category=category, origin=origin, verbatim=verbatim)
+    session.add(item)
+    session.flush()
+    return item
+
+
+def import_knowledge(
+    *, session: Session, rows: Iterable[tuple[str, str, str]], origin: str = "import", verbatim: bool = False
+) -> tuple[list[KnowledgeItem], int]:
+    """Add (question, answer, category) rows, skipping exact duplicates of enabled items.
+
+    Returns the new items and how many rows were skipped as duplicates.
+    """
+    existing = {
+        (q.strip().casefold(), a.strip())
+        for q, a in session.execute(
+            select(KnowledgeItem.question, KnowledgeItem.answer).where(KnowledgeItem.enabled.is_(True))
+        )
+    }
+    added, skipped = [], 0
+    for question, answer, category in rows:
+        key = (question.strip().casefold(), answer.strip())
+        if key in existing:
+            skipped += 1
+            continue
+        existing.add(key)
+        added.append(
+            add_knowledge(
+                session=session, question=question, answer=answer, category=category, origin=origin, verbatim=verbatim
+            )
+        )
+    return added, skipped
+
+
+def get_knowledge(*, session: Session, item_id: int) -> KnowledgeItem:
+    return _get(session, KnowledgeItem, item_id, "knowledge item")
+
+
+def list_knowledge(
+    *, session: Session, enabled_only: bool = False, limit: int | None = None, offset: int = 0
+) -> list[KnowledgeItem]:
+    q = select(KnowledgeItem).order_by(KnowledgeItem.id).offset(offset)
+    if enabled_only:
+        q = q.where(KnowledgeItem.enabled.is_(True))
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def set_knowledge_enabled(*, session: Session, item_id: int, enabled: bool) -> KnowledgeItem:
+    item = get_knowledge(session=session, item_id=item_id)
+    item.enabled = enabled
+    item.updated_at = utcnow()
+    session.flush()
+    return item
+
+
+def delete_knowledge(*, session: Session, item_id: int) -> None:
+    item = get_knowledge(session=session, item_id=item_id)
+    session.delete(item)
+    session.flush()
+
+
+def count_hits(*, session: Session, item_ids: Iterable[int]) -> None:
+    ids = list(item_ids)
+    if ids:
+        session.execute(
+            update(KnowledgeItem).where(KnowledgeItem.id.in_(ids)).values(hit_count=KnowledgeItem.hit_count + 1)
+        )
+
+
+def knowledge_changed_since(*, session: Session, since: dt.datetime | None) -> int:
+    """How many enabled items were added or changed after `since` (all of them if None)."""
+    q = select(func.count()).select_from(KnowledgeItem).where(KnowledgeItem.enabled.is_(True))
+    if since is not None:
+        q = q.where(KnowledgeItem.updated_at > since)
+    return session.scalar(q) or 0
+
+
+def knowledge_fingerprint(*, session: Session) -> tuple[int, str | None]:
+    """(count, newest update) of all items: a cheap way to tell if the memory must reload."""
+    count, newest = session.execute(select(func.count(), func.max(KnowledgeItem.updated_at))).one()
+    return count or 0, newest.isoformat() if newest else None
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def get_setting(*, session: Session, key: str, default: Any = None) -> Any:
+    row = session.get(Setting, key)
+    return default if row is None else row.value
+
+
+def set_setting(*, session: Session, key: str, value: Any) -> None:
+    row = session.get(Setting, key)
+    if row is None:
+        session.add(Setting(key=key, value=value))
+    else:
+        row.value = value
+        row.updated_at = utcnow()
+    session.flush()
+
+
+def get_active_adapter(*, session: Session) -> str:
+    return get_setting(session=session, key=ACTIVE_ADAPTER_KEY, default=BASE) or BASE
+
+
+def set_active_adapter(*, session: Session, version: str) -> None:
+    if version != BASE:
+        _get(session, AdapterVersion, version, "adapter version")
+    set_setting(session=session, key=ACTIVE_ADAPTER_KEY, value=version)
+
+
+# --- training runs and adapter versions -------------------------------------------------------
+
+
+def create_run(*, session: Session, trigger: str, round_index: int, config: dict | None = None) -> TrainingRun:
+    run = TrainingRun(trigger=trigger, round_index=round_index, status="running", config=config or {}, pid=os.getpid())
+    session.add(run)
+    session.flush()
+    return run
+
+
+def update_run(*, session: Session, run_id: int, **values: Any) -> TrainingRun:
+    run = _get(session, TrainingRun, run_id, "training run")
+    for key, value in values.items():
+        if not hasattr(TrainingRun, key):
+            raise Invalid(f"training_runs has no column {key!r}")
+        setattr(run, key, value)
+    run.heartbeat_at = utcnow()
+    session.flush()
+    return run
+
+
+def get_run(*, session: Session, run_id: int) -> TrainingRun:
+    return _get(session, TrainingRun, run_id, "training run")
+
+
+def list_runs(*, session: Session, limit: int = 50) -> list[TrainingRun]:
+    return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
+
+
+def last_finished_run(*, session: Session) -> TrainingRun | None:
+    return session.scalar(
+        select(TrainingRun)
+        .where(TrainingRun.status.in_(("promoted", "rejected")))
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+
+
+def completed_rounds(*, session: Session) -> int:
+    """Rounds that produced an adapter; the next round's index (for the lr decay)."""
+    return session.scalar(select(func.count()).select_from(AdapterVersion)) or 0
+
+
+def fail_stale_runs(*, session: Session, alive: Any) -> list[int]:
+    """Mark 'running' runs whose process is gone as failed; `alive(pid)` tells if a pid lives."""
+    failed = []
+    for run in session.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+        if run.pid is None or not alive(run.pid):
+            run.status = "failed"
+            run.error = run.error or "The training process died (killed or crashed)."
+            run.finished_at = utcnow()
+            failed.append(run.id)
+    session.flush()
+    return failed
+
+
+def next_version(*, session: Session) -> str:
+    n = 0
+    for (version,) in session.execute(select(AdapterVersion.version)):
+        if version.startswith("v") and version[1:].isdigit():
+            n = max(n, int(version[1:]))
+    return f"v{n + 1}"
+
+
+def record_adapter(
+    *,
+    session: Session,
+    version: str,
+    run_id: int | None,
+    round_index: int,
+    verdict: str,
+    reason: str,
+    metrics: dict,
+    path: str,
+) -> AdapterVersion:
+    row = AdapterVersion(
+        version=version, run_id=run_id, round_index=round_index, verdict=verdict, reason=reason, metrics=metrics, path=path
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_adapter(*, session: Session, version: str) -> AdapterVersion:
+    return _get(session, AdapterVersion, version, "adapter version")
+
+
+def list_adapters(*, session: Session) -> list[AdapterVersion]:
+    return list(session.scalars(select(AdapterVersion).order_by(AdapterVersion.created_at, AdapterVersion.version)))
+
+
+# --- the training lock ------------------------------------------------------------------------
+
+
+def acquire_lock(
+    *, session: Session, name: str, owner: str, pid: int, stale_after_s: float, alive: Any
+) -> bool:
+    """Take the named lock. A lock whose holder died, or whose heartbeat is older than
+    stale_after_s, is taken over (stale-lock recovery). Returns False if someone holds it."""
+    now = utcnow()
+    row = session.get(Lock, name)
+    if row is not None:
+        stale = (now - row.heartbeat_at).total_seconds() > stale_after_s or not alive(row.pid)
+        if not stale:
+            return False
+        session.delete(row)
+        session.flush()
+    try:
+        with session.begin_nested():
+            session.add(Lock(name=name, owner=owner, pid=pid, acquired_at=now, heartbeat_at=now))
+    except IntegrityError:
+        return False
+    return True
+
+
+def heartbeat_lock(*, session: Session, name: str, owner: str) -> None:
+    session.execute(update(Lock).where(Lock.name == name, Lock.owner == owner).values(heartbeat_at=utcnow()))
+
+
+def release_lock(*, session: Session, name: str, owner: str | None = None) -> None:
+    q = delete(Lock).where(Lock.name == name)
+    if owner is not None:
+        q = q.where(Lock.owner == owner)
+    session.execute(q)
+
+
+def get_lock(*, session: Session, name: str) -> Lock | None:
+    return session.get(Lock, name)
+
+
+# --- dashboard --------------------------------------------------------------------------------
+
+
+def totals(*, session: Session) -> dict[str, int]:
+    fb = session.execute(
+        select(
+            func.count(),
+            func.sum(case((Feedback.rating == "up", 1), else_=0)),
+            func.sum(case((Feedback.rating == "down", 1), else_=0)),
+            func.sum(case((Feedback.status == "pending", 1), else_=0)),
+        )
+    ).one()
+    return {
+        "conversations": session.scalar(select(func.count()).select_from(Conversation)) or 0,
+        "exchanges": session.scalar(select(func.count()).select_from(Exchange)) or 0,
+        "ratings": fb[0] or 0,
+        "thumbs_up": fb[1] or 0,
+        "thumbs_down": fb[2] or 0,
+        "pending_review": fb[3] or 0,
+        "knowledge_items": session.scalar(select(func.count()).select_from(KnowledgeItem)) or 0,
+        "adapters": session.scalar(select(func.count()).select_from(AdapterVersion)) or 0,
+    }
+
+
+def rating_by_day(*, session: Session) -> list[tuple[str, int, int]]:
+    """(day, ups, downs) for every day with ratings."""
+    day = func.date(Exchange.created_at)
+    q = (
+        select(day, func.sum(case((Feedback.rating == "up", 1), else_=0)), func.count())
+        .join(Exchange, Feedback.exchange_id == Exchange.id)
+        .group_by(day)
+        .order_by(day)
+    )
+    return [(str(d), int(up or 0), int(n) - int(up or 0)) for d, up, n in session.execute(q)]
+
+
+def rating_by_adapter(*, session: Session) -> list[tuple[str, int, int]]:
+    """(adapter version, ups, downs)."""
+    q = (
+        select(Exchange.adapter_version, func.sum(case((Feedback.rating == "up", 1), else_=0)), func.count())
+        .join(Exchange, Feedback.exchange_id == Exchange.id)
+        .group_by(Exchange.adapter_version)
+        .order_by(Exchange.adapter_version)
+    )
+    return [(v, int(up or 0), int(n) - int(up or 0)) for v, up, n in session.execute(q)]
+
+
+def emotion_counts(*, session: Session) -> dict[str, int]:
+    q = select(Exchange.emotion_label, func.count()).group_by(Exchange.emotion_label)
+    return {label: n for label, n in session.execute(q)}
+
+
+def source_counts(*, session: Session) -> dict[str, int]:
+    q = select(Exchange.source, func.count()).group_by(Exchange.source)
+    return {label: n for label, n in session.execute(q)}

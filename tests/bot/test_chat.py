@@ -1,0 +1,82 @@
+"""The chat service on the fake engine: tone from emotion, persona, storage, and bad input."""
+
+import pytest
+
+from bot.persona import Persona
+from errors import BusyError, InputError
+from feedback_db import store
+
+
+def _exchanges(kaizen):
+    with kaizen.db.session() as s:
+        return store.list_exchanges(session=s)
+
+
+def test_reply_streams_and_is_stored_when_finished(kaizen, fake_engine):
+    fake_engine.enqueue("Xin chào! Tôi có thể giúp gì?")
+    reply = kaizen.chat.start(message="  Xin chào  ")
+    assert _exchanges(kaizen) == []  # nothing is stored before the reply is complete
+    chunks = list(reply)
+    assert "".join(chunks) == "Xin chào! Tôi có thể giúp gì?" and len(chunks) > 1
+    [ex] = _exchanges(kaizen)
+    assert ex.id == reply.exchange_id
+    assert (ex.user_text, ex.bot_text, ex.adapter_version, ex.source) == (
+        "Xin chào", "Xin chào! Tôi có thể giúp gì?", "base", "model")
+    assert ex.completion_tokens == len(chunks) and ex.prompt_tokens > 0 and ex.latency_ms >= 0
+
+
+@pytest.mark.parametrize("message, label, tone_word", [
+    ("This is terrible, I am really angry and disappointed.", "negative", "calm"),
+    ("Tôi rất thất vọng vì giao hàng chậm quá", "negative", "calm"),
+    ("Thank you so much, this is wonderful!", "positive", "warm"),
+    ("What time does the office open?", "neutral", "professional"),
+])
+def test_emotion_sets_the_tone_in_the_system_prompt(kaizen, fake_engine, message, label, tone_word):
+    reply = kaizen.chat.answer(message)
+    assert reply.emotion.label == label
+    system = fake_engine.history[-1]["messages"][0]
+    assert system["role"] == "system" and tone_word in system["content"].lower()
+    assert _exchanges(kaizen)[0].emotion_label == label
+
+
+def test_persona_from_settings_table_is_used(kaizen, fake_engine):
+    with kaizen.db.write() as s:
+        store.set_setting(session=s, key="persona",
+                          value=Persona(agent_name="Bé Na", creator="BICweb", company="BICweb làm web.").to_dict())
+    kaizen.chat.answer("Bạn là ai?")
+    system = fake_engine.history[-1]["messages"][0]["content"]
+    assert system.startswith("You are Bé Na, a helpful assistant created by BICweb.") and "BICweb làm web." in system
+
+
+def test_history_is_passed_and_conversation_kept(kaizen, fake_engine):
+    first = kaizen.chat.answer("My name is An.")
+    kaizen.chat.answer("What is my name?", history=[{"role": "user", "content": "My name is An."},
+                                                    {"role": "assistant", "content": first.text}],
+                       conversation_id=first.conversation_id)
+    sent = fake_engine.history[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    exs = _exchanges(kaizen)
+    assert len(exs) == 2 and exs[0].conversation_id == exs[1].conversation_id
+
+
+@pytest.mark.parametrize("message, match", [
+    ("", "empty"), ("   \n\t ", "empty"), ("x" * 4001, "limit is 4,000"), ("a\x00b", "control"), (123, "text"),
+])
+def test_bad_messages_are_refused_and_nothing_is_stored(kaizen, fake_engine, message, match):
+    with pytest.raises(InputError, match=match):
+        kaizen.chat.start(message=message)
+    assert fake_engine.history == [] and _exchanges(kaizen) == []
+
+
+def test_a_reply_that_fails_midway_is_not_stored(kaizen, fake_engine):
+    fake_engine.fail_midway = True
+    with pytest.raises(RuntimeError):
+        kaizen.chat.answer("hello")
+    assert _exchanges(kaizen) == []
+
+
+def test_busy_engine_refuses_before_streaming(kaizen, fake_engine):
+    fake_engine.busy = True
+    with pytest.raises(BusyError):
+        kaizen.chat.start(message="hello")
+    assert _exchanges(kaizen) == []

@@ -1,0 +1,92 @@
+"""The engine on a tiny random-weight model: chat template, trimming, streaming, lock, queue."""
+
+import threading
+
+import pytest
+
+from bot.engine import Engine, GenParams
+from errors import BusyError, InputError, ModelError
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return Engine.from_path(str(tiny_model_dir), dtype="float32", context_tokens=256, max_queue=2)
+
+
+def _chat(n_turns, words=10):
+    msgs = [{"role": "system", "content": "You are Kaizen."}]
+    for i in range(n_turns):
+        msgs += [{"role": "user", "content": f"question {i} " + "x " * words},
+                 {"role": "assistant", "content": f"answer {i} " + "y " * words}]
+    return msgs + [{"role": "user", "content": "the newest question"}]
+
+
+def test_stream_yields_text_and_counts_tokens(engine):
+    gen = engine.stream(_chat(1), GenParams(max_new_tokens=8))
+    text = "".join(gen)
+    assert isinstance(text, str)
+    assert gen.prompt_tokens > 10
+    assert 1 <= gen.completion_tokens <= 8
+    assert gen.adapter_version == "base"
+
+
+def test_greedy_is_deterministic(engine):
+    p = GenParams(max_new_tokens=6)
+    assert engine.generate(_chat(0), p) == engine.generate(_chat(0), p)
+
+
+def test_history_is_trimmed_keeping_system_and_newest_turns(engine):
+    msgs = _chat(30)
+    kept = engine.fit_messages(msgs, max_new_tokens=32)
+    assert kept[0]["role"] == "system"
+    assert kept[-1]["content"] == "the newest question"
+    assert kept[1]["role"] == "user"
+    assert len(kept) < len(msgs)
+    assert engine.encode_chat(kept).shape[1] <= 256 - 32
+    assert kept[1:] == msgs[len(msgs) - len(kept) + 1:]  # a contiguous run of the newest turns
+
+
+def test_a_message_too_long_for_the_window_is_refused(engine):
+    with pytest.raises(InputError, match="too long"):
+        engine.stream([{"role": "user", "content": "word " * 1000}], GenParams(max_new_tokens=16))
+
+
+def test_queue_is_bounded(engine):
+    held = [engine.stream(_chat(0), GenParams(max_new_tokens=2)) for _ in range(2)]
+    with pytest.raises(BusyError):
+        engine.stream(_chat(0), GenParams(max_new_tokens=2))
+    for g in held:
+        g.close()
+    "".join(engine.stream(_chat(0), GenParams(max_new_tokens=2)))  # places are free again
+
+
+def test_concurrent_generations_are_serialized_and_all_succeed(engine):
+    results, errors = [], []
+    engine_max = threading.BoundedSemaphore(2)
+
+    def worker():
+        with engine_max:
+            try:
+                results.append(engine.generate(_chat(0), GenParams(max_new_tokens=4)))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 6 and len(set(results)) == 1
+
+
+def test_abandoned_stream_stops_and_frees_the_lock(engine):
+    gen = iter(engine.stream(_chat(0), GenParams(max_new_tokens=64)))
+    next(gen, None)
+    gen.close()
+    assert engine._lock.acquire(timeout=5)
+    engine._lock.release()
+
+
+def test_missing_model_gives_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="--model"):
+        Engine.from_path(str(tmp_path / "nothing-here"))

@@ -1,0 +1,42 @@
+"""Migrations from an empty database produce exactly the expected tables and columns."""
+
+from sqlalchemy import inspect
+
+from feedback_db.db import Database
+
+EXPECTED = {
+    "conversations": ["id", "client", "created_at"],
+    "exchanges": ["id", "conversation_id", "user_text", "bot_text", "emotion_label", "emotion_score",
+                  "adapter_version", "source", "memory_item_ids", "latency_ms", "prompt_tokens",
+                  "completion_tokens", "started_at", "created_at"],
+    "feedback": ["id", "exchange_id", "rating", "correction", "status", "created_at", "updated_at", "reviewed_at"],
+    "knowledge_items": ["id", "question", "answer", "category", "origin", "feedback_id", "verbatim", "enabled",
+                        "hit_count", "created_at", "updated_at"],
+    "settings": ["key", "value", "updated_at"],
+    "training_runs": ["id", "status", "trigger", "round_index", "pid", "step", "total_steps", "loss", "lr",
+                      "eta_s", "loss_curve", "phase", "config", "data_counts", "adapter_version", "error",
+                      "started_at", "heartbeat_at", "finished_at"],
+    "adapter_versions": ["version", "run_id", "round_index", "verdict", "reason", "metrics", "path", "created_at"],
+    "locks": ["name", "owner", "pid", "acquired_at", "heartbeat_at"],
+}
+
+
+def test_migrations_from_empty_database_create_exact_columns(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
+    insp = inspect(db.engine)
+    tables = set(insp.get_table_names()) - {"alembic_version"}
+    assert tables == set(EXPECTED)
+    for table, columns in EXPECTED.items():
+        assert [c["name"] for c in insp.get_columns(table)] == columns, table
+    db.close()
+
+
+def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
+    url = f"sqlite:///{tmp_path / 'kaizen.db'}"
+    Database(url).close()
+    db = Database(url)  # a second start must not fail or re-create anything
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+    db.close()
