@@ -4,7 +4,9 @@ English is scored by VADER (vaderSentiment 3.3.2), emoji included. VADER knows n
 so this module adds a phrase lexicon of Vietnamese sentiment expressions with valences on
 VADER's -4..+4 scale, Vietnamese negators ("không tốt"), and intensifiers ("rất", "quá", "lắm").
 Both feed one list of per-token valences that VADER's own "but" rule and compound score finish,
-so mixed English/Vietnamese messages get a single score.
+so mixed English/Vietnamese messages get a single score. That uses VADER's per-word methods
+(`sentiment_valence`, `_but_check`, `score_valence`), so it is tied to vaderSentiment 3.3.2.
+A few emoji that VADER's descriptions leave at 0 (👍, 😡) get valences of their own.
 
 Vietnamese phrases match with and without diacritics. Folded syllables collide with English
 words and with other Vietnamese words ("do" is both "dở" (bad) and "do" (because); "toi" is
@@ -141,6 +143,8 @@ def _fold(text: str) -> str:
 
 @dataclass(frozen=True)
 class Emotion:
+    """The emotion read from one message."""
+
     label: str  # "positive" | "negative" | "neutral"
     score: float  # VADER compound score in [-1, 1]
 
@@ -178,10 +182,15 @@ class EmotionAnalyzer:
             if " " in key or key in _FOLDED_ALONE or key in _FOLDED_NEXT_TO_MODIFIER:
                 folded.setdefault(key, phrase)
         self._folded = MappingProxyType(folded)
+        # Most tokens start no phrase; checking the first syllable skips the n-gram joins.
+        self._first_syllables = frozenset(p.split()[0] for p in [*self._phrases, *self._folded])
+        # VADER scores emoji through their English descriptions; ours stay whole tokens.
+        spelled = {ord(c): f" {d} " for c, d in self._vader.emojis.items() if len(c) == 1}
+        self._emoji_table = spelled | {ord(c): f" {c} " for c in _EMOJI}
 
     def analyze(self, text: str) -> Emotion:
         text = unicodedata.normalize("NFC", text)
-        text = "".join(self._spell_emoji(c) for c in text)
+        text = text.translate(self._emoji_table)
         sentitext = SentiText(text)
         words = sentitext.words_and_emoticons
         keys = [w.lower().strip(_PUNCTUATION) for w in words]
@@ -222,14 +231,6 @@ class EmotionAnalyzer:
             label = "neutral"
         return Emotion(label=label, score=score)
 
-    def _spell_emoji(self, char: str) -> str:
-        """VADER scores emoji through their English descriptions; ours stay whole tokens."""
-        if char in _EMOJI:
-            return f" {char} "
-        if char in self._vader.emojis:
-            return f" {self._vader.emojis[char]} "
-        return char
-
     def _find_spans(self, keys: list[str], folded: list[str]) -> list[_Span]:
         """Greedy left-to-right longest match of the Vietnamese vocabulary, exact before folded."""
         spans: list[_Span] = []
@@ -244,6 +245,8 @@ class EmotionAnalyzer:
         return spans
 
     def _longest_match(self, keys: list[str], folded: list[str], i: int) -> _Span | None:
+        if keys[i] not in self._first_syllables and folded[i] not in self._first_syllables:
+            return None
         for n in range(min(self._max_len, len(keys) - i), 0, -1):
             exact = " ".join(keys[i:i + n])
             if exact in self._phrases:
