@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from bot.chat import ChatService
 from bot.emotion import EmotionAnalyzer
 from bot.engine import Engine
+from bot.follower import AdapterFollower
 from bot.model_source import resolve_model
 from bot.recall import KnowledgeRecall
 from feedback_db import store
@@ -28,6 +29,7 @@ class Kaizen:
     engine: Engine
     chat: ChatService
     recall: KnowledgeRecall | None
+    follower: AdapterFollower
     model_name: str = "kaizen"
     extras: dict = field(default_factory=dict)
 
@@ -36,6 +38,7 @@ class Kaizen:
             return bool(store.get_setting(session=s, key=AUTO_APPROVE_KEY, default=self.settings.auto_approve))
 
     def close(self) -> None:
+        self.follower.stop()
         self.db.close()
 
 
@@ -60,5 +63,7 @@ def build_services(settings: Settings, *, engine: Engine | None = None, memory=N
         recall = KnowledgeRecall(db=db, memory=memory if memory is not None else build_memory(settings))
         recall.sync()
     chat = ChatService(engine=engine, db=db, emotions=EmotionAnalyzer(), settings=settings, recall=recall)
-    return Kaizen(settings=settings, db=db, engine=engine, chat=chat, recall=recall,
+    follower = AdapterFollower(db=db, engine=engine, adapters_dir=settings.adapters_dir)
+    follower.sync()  # serve the active version from the first request on
+    return Kaizen(settings=settings, db=db, engine=engine, chat=chat, recall=recall, follower=follower,
                   model_name=f"kaizen-{engine.name}")

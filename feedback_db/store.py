@@ -226,6 +226,14 @@ def list_feedback(
     return [(fb, ex) for fb, ex in session.execute(q)]
 
 
+def ratings_since(*, session: Session, since: dt.datetime | None) -> int:
+    """Approved plain ratings given or changed after `since` (all of them if None)."""
+    q = select(func.count()).select_from(Feedback).where(Feedback.status == "approved", Feedback.correction.is_(None))
+    if since is not None:
+        q = q.where(Feedback.updated_at > since)
+    return session.scalar(q) or 0
+
+
 def rated_exchanges(*, session: Session) -> list[tuple[Feedback, Exchange]]:
     """Approved ratings with their exchanges, oldest first (training data for up/down)."""
     q = (
@@ -408,11 +416,11 @@ def completed_rounds(*, session: Session) -> int:
     return session.scalar(select(func.count()).select_from(AdapterVersion)) or 0
 
 
-def fail_stale_runs(*, session: Session, alive: Any) -> list[int]:
+def fail_stale_runs(*, session: Session, alive: Any, exclude: int | None = None) -> list[int]:
     """Mark 'running' runs whose process is gone as failed; `alive(pid)` tells if a pid lives."""
     failed = []
     for run in session.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
-        if run.pid is None or not alive(run.pid):
+        if run.id != exclude and (run.pid is None or not alive(run.pid)):
             run.status = "failed"
             run.error = run.error or "The training process died (killed or crashed)."
             run.finished_at = utcnow()

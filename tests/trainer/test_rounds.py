@@ -1,0 +1,112 @@
+"""Whole rounds on the tiny random model: versions, gate verdicts, decay, locks and failures."""
+
+import os
+
+import pytest
+
+from errors import ConflictError
+from feedback_db import store
+from feedback_db.db import Database
+from settings import Settings
+from trainer import adapters
+from trainer.config import TrainConfig
+from trainer.gate import GateLimits
+from trainer.rounds import LOCK, NoDataError, run_round
+
+FAST = TrainConfig(max_steps=3, batch_size=4, anchors_per_step=2, early_stop_exact=False, anchor_max_new_tokens=8)
+LENIENT = GateLimits(min_new_recall=0.0, max_drift=1.0)
+
+
+@pytest.fixture
+def env(tmp_path, tiny_model_dir):
+    s = Settings(data_dir=tmp_path / "data", model=str(tiny_model_dir), dtype="float32")
+    s.data_dir.mkdir(parents=True)
+    db = Database(s.database_url)
+    yield s, db
+    db.close()
+
+
+def _teach(db, q="Xin chào", a="Công ty BICweb kính chào quý khách!"):
+    with db.write() as s:
+        store.add_knowledge(session=s, question=q, answer=a, origin="teach", verbatim=True)
+
+
+def _state(db):
+    with db.session() as s:
+        return (store.get_active_adapter(session=s), [(a.version, a.verdict) for a in store.list_adapters(session=s)],
+                [(r.status, r.adapter_version) for r in store.list_runs(session=s)], store.get_lock(session=s, name=LOCK))
+
+
+def test_a_failing_gate_keeps_the_version_as_rejected(env):
+    settings, db = env
+    _teach(db)
+    out = run_round(db=db, settings=settings, cfg=FAST)  # a random tiny model cannot recall the sentence
+    assert not out.promoted and "new-fact recall 0%" in out.reason
+    active, versions, runs, lock = _state(db)
+    assert active == "base" and versions == [("v1", "rejected")] and runs == [("rejected", "v1")] and lock is None
+    meta = adapters.verify(settings.adapters_dir / "v1")
+    assert meta["verdict"] == "rejected" and len(meta["loss_curve"]) == 3 and meta["data_counts"]["sft_rows"] == 10
+    assert meta["metrics"]["new_facts"] == 1 and meta["metrics"]["drift"] is not None
+
+
+def test_promotion_then_a_second_round_continues_with_a_lower_lr(env):
+    settings, db = env
+    _teach(db)
+    seen = []
+    first = run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT, progress=seen.append)
+    assert first.promoted and _state(db)[0] == "v1"
+    assert [p.step for p in seen] == [1, 2, 3]
+    _teach(db, "CHOREI có nghĩa là gì?", "Buổi họp giao ban buổi sáng kiểu Nhật.")
+    second = run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
+    assert second.promoted and _state(db)[0] == "v2"
+    assert second.metrics["lr"] < first.metrics["lr"]
+    assert second.metrics["new_facts"] == 1 and second.metrics["old_facts"] == 1  # fact 1 was replayed and checked
+    with db.session() as s:
+        assert [r.round_index for r in store.list_runs(session=s)] == [1, 0]
+
+
+def test_no_data_says_so_and_creates_no_version(env):
+    settings, db = env
+    with pytest.raises(NoDataError, match="nothing to train"):
+        run_round(db=db, settings=settings, cfg=FAST)
+    active, versions, runs, lock = _state(db)
+    assert versions == [] and runs == [("nodata", None)] and lock is None
+    assert not settings.adapters_dir.exists() or not list(settings.adapters_dir.iterdir())
+
+
+def test_nothing_new_without_force(env):
+    settings, db = env
+    _teach(db)
+    run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
+    with pytest.raises(NoDataError, match="Nothing new"):
+        run_round(db=db, settings=settings, cfg=FAST, force=False)
+
+
+def test_a_second_round_while_one_runs_is_refused(env):
+    settings, db = env
+    _teach(db)
+    with db.write() as s:
+        assert store.acquire_lock(session=s, name=LOCK, owner="other", pid=os.getpid(), stale_after_s=600,
+                                  alive=lambda pid: True)
+    with pytest.raises(ConflictError):
+        run_round(db=db, settings=settings, cfg=FAST)
+    assert _state(db)[1] == []
+
+
+def test_a_crash_mid_training_marks_the_run_failed_and_changes_nothing(env):
+    settings, db = env
+    _teach(db)
+    run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
+
+    def crash(progress):
+        if progress.step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT, progress=crash)
+    active, versions, runs, lock = _state(db)
+    assert active == "v1" and versions == [("v1", "promoted")] and lock is None
+    assert runs[0] == ("failed", None)
+    with db.session() as s:
+        assert store.list_runs(session=s)[0].error == "Interrupted (Ctrl-C)."
+    assert [p.name for p in settings.adapters_dir.iterdir()] == ["v1"]

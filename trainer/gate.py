@@ -1,0 +1,53 @@
+"""The promotion gate: a new adapter is served only if it measurably does not get worse.
+
+Promote only if
+  (a) new-fact recall meets its threshold,
+  (b) retention of earlier facts is not below what the active adapter recalled of them, and
+  (d) drift on held-out general prompts (never trained on) is within its limit.
+Paraphrase recall (c) is measured and stored, and reported, but does not block: the retrieval
+memory serves paraphrases at once, and the weights catch up over rounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    min_new_recall: float = field(default=1.0, metadata={"help": "Share of new facts that must be recalled exactly."})
+    max_drift: float = field(default=0.5, metadata={
+        "help": "Largest allowed drift (0 = same answers as the base model, 1 = nothing in common) on held-out prompts."})
+    retention_slack: float = field(default=0.0, metadata={
+        "help": "How far retention may fall below the active adapter's before the gate refuses."})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return "promoted" if self.promote else "rejected"
+
+
+def decide(metrics: dict, limits: GateLimits) -> Verdict:
+    """Judge `metrics` (new_recall, retention, baseline_retention, drift; None = not measured)."""
+    failures, passes = [], []
+    new = metrics.get("new_recall")
+    if new is not None:
+        (passes if new >= limits.min_new_recall else failures).append(
+            f"new-fact recall {new:.0%} (needs {limits.min_new_recall:.0%})")
+    retention, baseline = metrics.get("retention"), metrics.get("baseline_retention")
+    if retention is not None and baseline is not None:
+        (passes if retention >= baseline - limits.retention_slack else failures).append(
+            f"retention {retention:.0%} (active adapter: {baseline:.0%})")
+    drift = metrics.get("drift")
+    if drift is None:
+        failures.append("drift was not measured")
+    else:
+        (passes if drift <= limits.max_drift else failures).append(f"drift {drift:.2f} (limit {limits.max_drift:.2f})")
+    if failures:
+        return Verdict(False, "rejected: " + "; ".join(failures))
+    return Verdict(True, "passed: " + "; ".join(passes))
