@@ -90,6 +90,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return build_settings(overrides)
 
 
+def wire_serving(kaizen):  # noqa: ANN001, ANN201
+    """Attach training, the schedule and adapter following to a serving process."""
+    from scheduler import KaizenScheduler, TrainingSupervisor
+
+    kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings,
+                                         on_finish=lambda _run_id: kaizen.follower.sync())
+    kaizen.scheduler = KaizenScheduler(db=kaizen.db, settings=kaizen.settings, supervisor=kaizen.training)
+    if kaizen.settings.schedule:
+        kaizen.scheduler.start()
+    kaizen.follower.start()
+    return kaizen
+
+
 @command("serve")
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
@@ -97,7 +110,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from bot.app import build_app
     from bot.services import build_services
 
-    kaizen = build_services(settings)
+    kaizen = wire_serving(build_services(settings))
     app = build_app(kaizen)
     print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

@@ -31,6 +31,8 @@ class Kaizen:
     recall: KnowledgeRecall | None
     follower: AdapterFollower
     model_name: str = "kaizen"
+    training: object = None  # scheduler.TrainingSupervisor, wired by launch.py (bot/ does not import it)
+    scheduler: object = None  # scheduler.KaizenScheduler, or None with --no-schedule
     extras: dict = field(default_factory=dict)
 
     def auto_approve(self) -> bool:
@@ -38,6 +40,10 @@ class Kaizen:
             return bool(store.get_setting(session=s, key=AUTO_APPROVE_KEY, default=self.settings.auto_approve))
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+        if self.training is not None:
+            self.training.stop()
         self.follower.stop()
         self.db.close()
 

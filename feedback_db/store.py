@@ -376,8 +376,10 @@ def set_active_adapter(*, session: Session, version: str) -> None:
 # --- training runs and adapter versions -------------------------------------------------------
 
 
-def create_run(*, session: Session, trigger: str, round_index: int, config: dict | None = None) -> TrainingRun:
-    run = TrainingRun(trigger=trigger, round_index=round_index, status="running", config=config or {}, pid=os.getpid())
+def create_run(*, session: Session, trigger: str, round_index: int, config: dict | None = None,
+               status: str = "running") -> TrainingRun:
+    run = TrainingRun(trigger=trigger, round_index=round_index, status=status, config=config or {},
+                      pid=os.getpid() if status == "running" else None)
     session.add(run)
     session.flush()
     return run
@@ -417,9 +419,9 @@ def completed_rounds(*, session: Session) -> int:
 
 
 def fail_stale_runs(*, session: Session, alive: Any, exclude: int | None = None) -> list[int]:
-    """Mark 'running' runs whose process is gone as failed; `alive(pid)` tells if a pid lives."""
+    """Mark unfinished runs whose process is gone as failed; `alive(pid)` tells if a pid lives."""
     failed = []
-    for run in session.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+    for run in session.scalars(select(TrainingRun).where(TrainingRun.status.in_(("queued", "running")))):
         if run.id != exclude and (run.pid is None or not alive(run.pid)):
             run.status = "failed"
             run.error = run.error or "The training process died (killed or crashed)."

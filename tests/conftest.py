@@ -100,7 +100,11 @@ def settings(tmp_path: Path) -> Settings:
 def kaizen(settings: Settings, fake_engine: FakeEngine):
     from bot.services import build_services
 
+    from scheduler import KaizenScheduler, TrainingSupervisor
+
     k = build_services(settings, engine=fake_engine)
+    k.training = TrainingSupervisor(db=k.db, settings=k.settings, on_finish=lambda _run_id: k.follower.sync())
+    k.scheduler = KaizenScheduler(db=k.db, settings=k.settings, supervisor=k.training)
     yield k
     k.close()
 

@@ -1,0 +1,220 @@
+"""Training on a schedule, and the guard that lets only one round run at a time.
+
+`TrainingSupervisor` runs each round in a child process (spawned, niced, with few torch
+threads), so chat stays responsive and a crash or `kill -9` of the trainer cannot take the
+server down. The round reports progress and its result through the `training_runs` row; when
+the child ends, the supervisor marks a round that died as failed, releases its lock, and tells
+the adapter follower to pick up a promoted version at once.
+
+`KaizenScheduler` (APScheduler 3) checks every N minutes whether at least M new approved items
+or ratings arrived since the last round, and if so starts one through the supervisor. Its
+settings live in the `settings` table and can be changed while it runs. The job has a fixed id,
+`max_instances=1` and `coalesce=True`; on start, a check that was missed while the server was
+down fires once, not once per missed interval.
+
+Only one round ever runs: the supervisor refuses a second start in this process, and the
+`locks` row (taken inside run_round) refuses rounds from other processes, such as `kaizen train`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+
+from errors import ConflictError, InputError
+from feedback_db import store
+from feedback_db.db import Database
+from settings import Settings
+
+SCHEDULE_KEY = "schedule"
+LAST_CHECK_KEY = "schedule_last_check"
+JOB_ID = "kaizen-train"
+
+
+def _child_main(settings: Settings, run_id: int, trigger: str, force: bool) -> None:
+    """Entry point of the training child process."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        os.nice(10)  # chat requests in the parent win the CPU when both want it
+    except OSError:
+        pass
+    from trainer.rounds import run_round
+
+    db = Database(settings.database_url, run_migrations=False)
+    try:
+        run_round(db=db, settings=settings, trigger=trigger, force=force, threads=settings.train_threads,
+                  run_id=run_id)
+    except Exception:  # the run row already holds the error; exit non-zero for the parent's log
+        raise SystemExit(1)
+    finally:
+        db.close()
+
+
+class TrainingSupervisor:
+    def __init__(self, *, db: Database, settings: Settings, on_finish: Callable[[int], None] | None = None,
+                 target: Callable = _child_main):
+        self.db = db
+        self.settings = settings
+        self.on_finish = on_finish
+        self._target = target
+        self._lock = threading.Lock()
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._run_id: int | None = None
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def running(self) -> int | None:
+        with self._lock:
+            return self._run_id if self._proc is not None and self._proc.is_alive() else None
+
+    def start(self, *, trigger: str, force: bool = True) -> int:
+        """Start a round in a child process and return its run id (ConflictError if one runs)."""
+        from trainer.rounds import LOCK, pid_alive
+
+        with self._lock:
+            if self._proc is not None and self._proc.is_alive():
+                raise ConflictError(f"Training run {self._run_id} is still running.")
+            with self.db.write() as s:
+                store.fail_stale_runs(session=s, alive=pid_alive)
+                held = store.get_lock(session=s, name=LOCK)
+                if held is not None and pid_alive(held.pid):
+                    raise ConflictError("A training round is already running (started elsewhere).")
+                run = store.create_run(session=s, trigger=trigger, round_index=store.completed_rounds(session=s),
+                                       status="queued")
+                run_id = run.id
+            proc = self._ctx.Process(target=self._target, args=(self.settings, run_id, trigger, force),
+                                     name=f"kaizen-train-{run_id}", daemon=True)
+            proc.start()
+            with self.db.write() as s:
+                store.update_run(session=s, run_id=run_id, pid=proc.pid)
+            self._proc, self._run_id = proc, run_id
+        threading.Thread(target=self._watch, args=(proc, run_id), name=f"kaizen-watch-{run_id}", daemon=True).start()
+        return run_id
+
+    def _watch(self, proc, run_id: int) -> None:  # noqa: ANN001
+        from trainer.rounds import LOCK
+
+        proc.join()
+        with self.db.write() as s:
+            run = store.get_run(session=s, run_id=run_id)
+            if run.status in ("queued", "running"):
+                how = f"was killed (signal {-proc.exitcode})" if (proc.exitcode or 0) < 0 else \
+                    f"exited with code {proc.exitcode}"
+                store.update_run(session=s, run_id=run_id, status="failed", finished_at=store.utcnow(),
+                                 error=run.error or f"The training process {how}; the active adapter is unchanged.")
+            held = store.get_lock(session=s, name=LOCK)
+            if held is not None and held.pid == proc.pid:
+                store.release_lock(session=s, name=LOCK)
+        if self.on_finish:
+            self.on_finish(run_id)
+
+    def wait(self, timeout: float | None = None) -> None:
+        proc = self._proc
+        if proc is not None:
+            proc.join(timeout)
+
+    def stop(self) -> None:
+        """Kill a round in progress (server shutdown); its run is then marked failed."""
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(10)
+
+
+def _positive_int(name: str, value: object, low: int, high: int) -> int:
+    try:
+        n = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a whole number.") from None
+    if not low <= n <= high:
+        raise InputError(f"{name} must be between {low} and {high}.")
+    return n
+
+
+class KaizenScheduler:
+    def __init__(self, *, db: Database, settings: Settings, supervisor: TrainingSupervisor,
+                 count_new: Callable[[], int] | None = None):
+        self.db = db
+        self.settings = settings
+        self.supervisor = supervisor
+        self._count_new = count_new or self._count_new_items
+        self._scheduler = None
+        self._lock = threading.Lock()
+
+    def _count_new_items(self) -> int:
+        from trainer.rounds import count_new
+
+        return count_new(db=self.db, settings=self.settings)
+
+    def config(self) -> dict:
+        defaults = {"enabled": self.settings.schedule, "minutes": self.settings.schedule_minutes,
+                    "min_items": self.settings.schedule_min_items}
+        with self.db.session() as s:
+            stored = store.get_setting(session=s, key=SCHEDULE_KEY, default={}) or {}
+        return {**defaults, **{k: v for k, v in stored.items() if k in defaults}}
+
+    def update(self, *, enabled: bool | None = None, minutes: int | None = None, min_items: int | None = None) -> dict:
+        cfg = self.config()
+        if enabled is not None:
+            cfg["enabled"] = bool(enabled)
+        if minutes is not None:
+            cfg["minutes"] = _positive_int("minutes", minutes, 1, 7 * 24 * 60)
+        if min_items is not None:
+            cfg["min_items"] = _positive_int("min_items", min_items, 1, 1_000_000)
+        with self.db.write() as s:
+            store.set_setting(session=s, key=SCHEDULE_KEY, value=cfg)
+        if self._scheduler is not None:
+            self._schedule(cfg)
+        return cfg
+
+    def tick(self, *, force: bool = False) -> int | None:
+        """One scheduled check: start a round if enough is new (or forced); returns the run id."""
+        with self._lock:
+            with self.db.write() as s:
+                store.set_setting(session=s, key=LAST_CHECK_KEY, value=store.utcnow().isoformat())
+            cfg = self.config()
+            if self.supervisor.running() is not None:
+                return None
+            if not force and (not cfg["enabled"] or self._count_new() < cfg["min_items"]):
+                return None
+            try:
+                return self.supervisor.start(trigger="schedule", force=True)
+            except ConflictError:
+                return None
+
+    def _next_run(self, minutes: int) -> dt.datetime:
+        with self.db.session() as s:
+            last = store.get_setting(session=s, key=LAST_CHECK_KEY)
+        now = dt.datetime.now(dt.timezone.utc)
+        if not last:
+            return now + dt.timedelta(minutes=minutes)
+        due = dt.datetime.fromisoformat(last).replace(tzinfo=dt.timezone.utc) + dt.timedelta(minutes=minutes)
+        return max(due, now + dt.timedelta(seconds=5))  # a missed check fires once, shortly after start
+
+    def _schedule(self, cfg: dict) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if not cfg["enabled"]:
+            if self._scheduler.get_job(JOB_ID):
+                self._scheduler.remove_job(JOB_ID)
+            return
+        self._scheduler.add_job(self.tick, IntervalTrigger(minutes=cfg["minutes"]), id=JOB_ID, replace_existing=True,
+                                max_instances=1, coalesce=True, misfire_grace_time=None,
+                                next_run_time=self._next_run(cfg["minutes"]))
+
+    def jobs(self) -> list:
+        return self._scheduler.get_jobs() if self._scheduler is not None else []
+
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
+        self._schedule(self.config())
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
