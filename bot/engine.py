@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from errors import AdapterError, BusyError, InputError, ModelError
 
 BASE = "base"
+ADAPTER_SLOT = "default"  # the one peft adapter name in use; versions are swapped into it
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
@@ -151,6 +152,7 @@ class Engine:
         self.name = name
         self.adapter_version = BASE
         self.adapter_path: Path | None = None
+        self.swap_mode = ""
         window = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, window)
         self.wait_timeout_s = wait_timeout_s
@@ -232,29 +234,46 @@ class Engine:
 
     def _drop_adapter(self) -> None:
         if self.model is not self.base_model:
-            self.model = self.model.unload()
-            self.base_model = self.model
+            self.base_model = self.model.unload()  # removes the LoRA layers, base weights untouched
+            if hasattr(self.base_model, "peft_config"):
+                del self.base_model.peft_config  # else the next attach counts a phantom second adapter
+            self.model = self.base_model
             gc.collect()
 
-    def _load_adapter(self, version: str, path: Path) -> None:
+    def _attach(self, path: Path) -> None:
         from peft import PeftModel
+
+        model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=ADAPTER_SLOT, is_trainable=False)
+        model.to(next(self.base_model.parameters()).dtype)
+        model.eval()
+        self.model = model
+
+    def _load_adapter(self, version: str, path: Path) -> None:
+        """Swap in the adapter at `path`. With one already loaded and a compatible config (same
+        rank, alpha and target modules), its weights are replaced in place (peft's hotswap);
+        otherwise the LoRA layers are rebuilt. On any failure the previous adapter is restored."""
+        from peft.utils.hotswap import hotswap_adapter
 
         if not (path / "adapter_config.json").is_file():
             raise AdapterError(f"Adapter {version} has no adapter_config.json in {path}.")
-        old = self.model
+        previous = self.adapter_path
         try:
-            self._drop_adapter()
-            model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=version, is_trainable=False)
-            model.to(next(self.base_model.parameters()).dtype)
-            model.eval()
+            if self.model is not self.base_model:
+                try:
+                    hotswap_adapter(self.model, str(path), adapter_name=ADAPTER_SLOT, torch_device="cpu")
+                    self.swap_mode = "hotswap"
+                except Exception:  # another rank, alpha or target modules: rebuild the LoRA layers
+                    self._drop_adapter()
+                    self._attach(path)
+                    self.swap_mode = "reload"
+            else:
+                self._attach(path)
+                self.swap_mode = "load"
         except Exception as exc:
-            if old is not self.base_model:
-                # The old adapter was unloaded above; reload it so the bot keeps serving it.
-                if self.adapter_path is not None:
-                    self.model = PeftModel.from_pretrained(self.base_model, str(self.adapter_path),
-                                                           adapter_name=self.adapter_version)
-                    self.model.eval()
+            self._drop_adapter()
+            if previous is not None:
+                self._attach(previous)  # keep serving what we had
             raise AdapterError(f"Adapter {version} does not fit the base model: {exc}") from exc
-        self.model = model
         self.adapter_version, self.adapter_path = version, path
         gc.collect()
+
