@@ -33,7 +33,7 @@ class Settings:
     max_new_tokens: int = _f(256, "Most tokens generated for one reply.")
     temperature: float = _f(0.0, "Sampling temperature; 0 means greedy decoding.")
     top_p: float = _f(1.0, "Nucleus sampling cut-off, used when temperature > 0.")
-    repetition_penalty: float = _f(1.1, "Penalty for repeating tokens (1.0 turns it off).")
+    repetition_penalty: float = _f(1.0, "Penalty for repeating tokens (1.0: off; above 1 it also penalizes copying retrieved facts and taught answers).")
     context_tokens: int = _f(2048, "Token budget for the prompt (system + history + message); older turns are dropped first.")
     persona_token_budget: int = _f(200, "System prompts longer than this many tokens get a warning.")
     max_queue: int = _f(32, "Most chat requests waiting for the model; more get HTTP 503.")

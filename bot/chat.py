@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from bot.emotion import Emotion, EmotionAnalyzer, tone_instruction
 from bot.engine import Engine, GenParams
-from bot.persona import SETTING_KEY as PERSONA_KEY, Persona, build_system_prompt
+from bot.persona import SETTING_KEY as PERSONA_KEY, Persona, build_system_prompt, with_context
 from errors import InputError
 from feedback_db import store
 from feedback_db.db import Database
@@ -130,11 +130,13 @@ class ChatService:
             version = self.engine.adapter_version
             gen = None
         else:
-            facts = [(h.item.question, h.item.answer) for h in found.hits] if source == "rag" else []
-            system = build_system_prompt(load_persona(self.db), tone=tone_instruction(emotion.label), facts=facts)
+            facts = [h.item.answer for h in found.hits] if source == "rag" else []
+            system = build_system_prompt(load_persona(self.db), tone=tone_instruction(emotion.label),
+                                         with_context=bool(facts))
             if extra_system:
                 system += "\n\n" + extra_system
-            messages = [{"role": "system", "content": system}, *(history or []), {"role": "user", "content": text}]
+            messages = [{"role": "system", "content": system}, *(history or []),
+                        {"role": "user", "content": with_context(text, facts)}]
             gen = self.engine.stream(messages, params_from(self.settings, **gen_overrides))
             chunks = iter(gen)
             counts = None

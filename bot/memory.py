@@ -297,6 +297,11 @@ class Memory:
     def __len__(self) -> int:
         return len(self._snap.items)
 
+    @staticmethod
+    def indexable(question: str) -> bool:
+        """Whether a question has words to index (a question of only '???' has none)."""
+        return bool(_normalize(question).folded)
+
     def replace_all(self, items: Iterable[MemoryItem]) -> None:
         by_id = {item.id: item for item in items}
         with self._write_lock:

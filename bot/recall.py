@@ -2,7 +2,7 @@
 
 Before each lookup a cheap query (item count and newest update time) tells whether anything
 changed, in this process or another one (`kaizen import`, an admin approving a correction).
-Only the items that changed are re-indexed, so a newly approved answer is served on the very
+Unchanged questions keep their cached embeddings, so a newly approved answer is served on the very
 next message, and a disabled or deleted item is gone from the index before it could be served.
 """
 
@@ -34,12 +34,11 @@ class KnowledgeRecall:
                 r.id: MemoryItem(id=r.id, question=r.question, answer=r.answer, verbatim=r.verbatim,
                                  updated=r.updated_at.timestamp())
                 for r in rows
+                if self.memory.indexable(r.question)  # a question of only punctuation cannot be matched
             }
-            for item_id in self._items.keys() - fresh.keys():
-                self.memory.remove(item_id)
-            for item_id, item in fresh.items():
-                if self._items.get(item_id) != item:
-                    self.memory.upsert(item)
+            if fresh != self._items:
+                # One rebuild for any number of changes; vectors of unchanged questions are reused.
+                self.memory.replace_all(fresh.values())
             self._items = fresh
             self._fingerprint = fingerprint
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bot.persona import Persona, budget_warning, build_system_prompt
+from bot.persona import Persona, budget_warning, build_system_prompt, with_context
 from errors import InputError
 
 
@@ -15,10 +15,12 @@ def test_prompt_names_agent_creator_company_and_style():
     assert text.endswith("Be polite and expert. Be warm.")
 
 
-def test_facts_are_marked_as_overriding_memory():
-    text = build_system_prompt(Persona(), facts=[("Giờ mở cửa?", "8 giờ sáng.")])
-    assert "override anything you remember" in text
-    assert "Q: Giờ mở cửa?" in text and "A: 8 giờ sáng." in text
+def test_retrieved_facts_go_with_the_question_and_override_memory():
+    assert "overrides anything you remember" in build_system_prompt(Persona(), with_context=True)
+    assert "overrides" not in build_system_prompt(Persona())
+    assert with_context("Mấy giờ mở cửa?", ["8 giờ sáng.", "Thứ Hai đến thứ Sáu."]) == (
+        "Context: 8 giờ sáng.\nThứ Hai đến thứ Sáu.\n\nMấy giờ mở cửa?")
+    assert with_context("hi", []) == "hi"
 
 
 def test_default_prompt_is_concise():
