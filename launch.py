@@ -108,9 +108,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from bot.app import build_app
+    from bot.auth import startup_notice
+    from bot.chat import load_persona
+    from bot.persona import budget_warning, build_system_prompt
     from bot.services import build_services
 
     kaizen = wire_serving(build_services(settings))
+    print(startup_notice(db=kaizen.db, settings=settings), flush=True)
+    warning = budget_warning(build_system_prompt(load_persona(kaizen.db)), kaizen.engine.count_tokens,
+                             settings.persona_token_budget)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     app = build_app(kaizen)
     print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

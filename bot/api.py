@@ -19,17 +19,26 @@ from typing import Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bot.chat import INVALID_CHARS
 from errors import KaizenError
 from feedback_db import store
 
 MAX_CORRECTION_CHARS = 4000
 
 
+def _printable(value: str | None) -> str | None:
+    if value is not None and INVALID_CHARS.search(value):
+        raise ValueError("contains control characters (such as NUL) or lone surrogates")
+    return value
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
+
+    _check_content = field_validator("content")(_printable)
 
 
 class ChatRequest(BaseModel):
@@ -49,6 +58,8 @@ class FeedbackRequest(BaseModel):
     id: str = Field(min_length=1, max_length=64)
     rating: Literal["up", "down"]
     correction: str | None = Field(default=None, max_length=MAX_CORRECTION_CHARS)
+
+    _check_correction = field_validator("correction")(_printable)
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:

@@ -25,7 +25,9 @@ from feedback_db.db import Database
 from feedback_db.models import new_id, utcnow
 from settings import Settings
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters other than \t \n \r, and lone UTF-16 surrogates (valid in JSON escapes and Python
+# strings, but the tokenizer and UTF-8 storage cannot take them).
+INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def clean_message(message: object, max_chars: int) -> str:
@@ -34,8 +36,9 @@ def clean_message(message: object, max_chars: int) -> str:
         raise InputError("The message must be text.")
     if len(message) > max_chars:
         raise InputError(f"The message is {len(message):,} characters; the limit is {max_chars:,}. Please shorten it.")
-    if _CONTROL.search(message):
-        raise InputError("The message contains control characters (such as NUL); please remove them.")
+    if INVALID_CHARS.search(message):
+        raise InputError("The message contains control characters (such as NUL) or invalid characters; "
+                         "please remove them.")
     text = message.strip()
     if not text:
         raise InputError("The message is empty.")

@@ -51,6 +51,18 @@ def load_model(path: str, dtype: str = "float32"):
     return model, tokenizer
 
 
+def _strip_lora(model) -> None:  # noqa: ANN001
+    """Put back the base layers wherever peft wrapped one in a LoRA layer, without a PeftModel."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
 class _Cancel(StoppingCriteria):
     def __init__(self) -> None:
         self.cancelled = threading.Event()
@@ -242,11 +254,41 @@ class Engine:
 
     def _attach(self, path: Path) -> None:
         from peft import PeftModel
+        from peft.utils import get_peft_model_state_dict
+        from safetensors import safe_open
 
-        model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=ADAPTER_SLOT, is_trainable=False)
+        try:
+            model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=ADAPTER_SLOT, is_trainable=False)
+            # peft only warns when the weights lack tensors the config names (other target modules):
+            # those layers would silently serve their initial values.
+            with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
+                missing = set(get_peft_model_state_dict(model, adapter_name=ADAPTER_SLOT)) - set(f.keys())
+            if missing:
+                raise AdapterError(f"its weights lack {len(missing)} tensor(s) that its adapter_config.json "
+                                   f"names, such as {min(missing)}")
+        except Exception:
+            _strip_lora(self.base_model)  # peft injected the LoRA layers in place before the load failed
+            raise
         model.to(next(self.base_model.parameters()).dtype)
         model.eval()
         self.model = model
+
+    def _fits_in_place(self, path: Path) -> bool:
+        """True if the adapter at `path` has the loaded one's LoRA config and exactly its tensors (names
+        and shapes), so its weights can simply replace the loaded ones."""
+        from peft import PeftConfig
+        from peft.utils import get_peft_model_state_dict
+        from safetensors import safe_open
+
+        def key(c) -> tuple:  # noqa: ANN001
+            return (c.r, c.lora_alpha, sorted(c.target_modules or ()), c.layers_to_transform, c.rank_pattern,
+                    c.alpha_pattern, c.use_rslora, c.use_dora)
+
+        if key(PeftConfig.from_pretrained(str(path))) != key(self.model.peft_config[ADAPTER_SLOT]):
+            return False
+        loaded = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(self.model, adapter_name=ADAPTER_SLOT).items()}
+        with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
+            return loaded == {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
     def _load_adapter(self, version: str, path: Path) -> None:
         """Swap in the adapter at `path`. With one already loaded and a compatible config (same
@@ -258,17 +300,20 @@ class Engine:
             raise AdapterError(f"Adapter {version} has no adapter_config.json in {path}.")
         previous = self.adapter_path
         try:
-            if self.model is not self.base_model:
+            # peft's hotswap pads, reshapes or rescales tensors that do not match without complaint (even
+            # ones made for another base model), so it is used only for an adapter of the same layout.
+            if self.model is not self.base_model and self._fits_in_place(path):
                 try:
                     hotswap_adapter(self.model, str(path), adapter_name=ADAPTER_SLOT, torch_device="cpu")
                     self.swap_mode = "hotswap"
-                except Exception:  # another rank, alpha or target modules: rebuild the LoRA layers
+                except Exception:  # rebuild the LoRA layers, which checks every tensor
                     self._drop_adapter()
                     self._attach(path)
                     self.swap_mode = "reload"
             else:
+                self.swap_mode = "load" if self.model is self.base_model else "reload"
+                self._drop_adapter()
                 self._attach(path)
-                self.swap_mode = "load"
         except Exception as exc:
             self._drop_adapter()
             if previous is not None:

@@ -28,10 +28,15 @@ class AdapterFollower:
         self.last_swap_s: float | None = None
         self._failed: str | None = None
         self._stop = threading.Event()
+        self._sync_lock = threading.Lock()  # the admin tab and the background loop both sync
         self._thread: threading.Thread | None = None
 
     def sync(self) -> str:
         """Swap to the active version if it changed; returns the version being served."""
+        with self._sync_lock:
+            return self._sync()
+
+    def _sync(self) -> str:
         with self.db.session() as s:
             wanted = store.get_active_adapter(session=s)
         if wanted == self.engine.adapter_version or wanted == self._failed:

@@ -7,7 +7,7 @@ fake or a tiny model) and `memory` to skip the expensive parts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bot.chat import ChatService
 from bot.emotion import EmotionAnalyzer
@@ -33,7 +33,6 @@ class Kaizen:
     model_name: str = "kaizen"
     training: object = None  # scheduler.TrainingSupervisor, wired by launch.py (bot/ does not import it)
     scheduler: object = None  # scheduler.KaizenScheduler, or None with --no-schedule
-    extras: dict = field(default_factory=dict)
 
     def auto_approve(self) -> bool:
         with self.db.session() as s:

@@ -49,7 +49,10 @@ class Invalid(StoreError):
 
 
 def _get(session: Session, model: type, key: Any, what: str) -> Any:
-    row = session.get(model, key)
+    try:
+        row = session.get(model, key)
+    except OverflowError:  # beyond SQLite's 64-bit integers: no such row can exist
+        row = None
     if row is None:
         raise NotFound(f"No {what} with id {key!r}.")
     return row

@@ -234,6 +234,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
             "verdict": verdict.label, "reason": verdict.reason}
     with db.write() as s:
         version = store.next_version(session=s)
+    while adapters.version_dir(settings.adapters_dir, version).exists():  # published by a round killed before its row
+        version = f"v{int(version[1:]) + 1}"
     path = adapters.publish(workdir, settings.adapters_dir, version, meta)
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     with db.write() as s:

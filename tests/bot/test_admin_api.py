@@ -1,0 +1,340 @@
+"""The admin REST API on a live server with the fake engine, through httpx."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from errors import AdapterError
+from feedback_db import store
+from settings import Settings
+from scheduler import SCHEDULE_KEY, TrainingSupervisor
+from trainer import adapters
+
+PASSWORD = "mật-khẩu-quản-trị"  # non-ASCII on purpose: HTTP Basic is decoded as UTF-8
+RIGHT = ("admin", PASSWORD)
+WRONG = [None, ("admin", "wrong"), ("root", PASSWORD), ("admin", "")]
+
+
+def fake_round(settings: Settings, run_id: int, trigger: str, force: bool) -> None:
+    """Stands in for a training round in the supervisor's child process: it reports progress
+    and waits for the test to create `release` in the data directory."""
+    import time
+
+    from feedback_db.db import Database
+
+    db = Database(settings.database_url, run_migrations=False)
+    with db.write() as s:
+        store.update_run(session=s, run_id=run_id, status="running", phase="train", step=3, total_steps=10,
+                         loss=1.25, lr=1e-3, eta_s=7.0, loss_curve=[2.0, 1.5, 1.25])
+    release = settings.data_dir / "release"
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with db.write() as s:
+        store.update_run(session=s, run_id=run_id, status="rejected", phase="done", error="gate said no",
+                         finished_at=store.utcnow())
+    db.close()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", memory=False, schedule=False, admin_password=PASSWORD)
+
+
+@pytest.fixture
+def api(live_app, kaizen):
+    kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, target=fake_round)
+    with httpx.Client(base_url=live_app.url + "/admin/api", timeout=30) as client:
+        yield client
+
+
+def _wait(get, done, timeout: float = 60):
+    """Poll until done(value); the supervisor's child process needs a moment to start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def _exchange(kaizen, question="Giờ mở cửa?", answer="Tôi không biết.", **rating):
+    reply = kaizen.chat.answer(question)
+    if rating:
+        with kaizen.db.write() as s:
+            fb = store.rate_exchange(session=s, exchange_id=reply.exchange_id, **rating)
+            return reply.exchange_id, fb.id
+    return reply.exchange_id, None
+
+
+def _snapshot(kaizen) -> dict:
+    """Everything an admin call could change."""
+    with kaizen.db.session() as s:
+        return {
+            "totals": store.totals(session=s),
+            "feedback": [(f.id, f.status, f.correction) for f, _ in store.list_feedback(session=s)],
+            "knowledge": [(k.id, k.enabled, k.answer) for k in store.list_knowledge(session=s)],
+            "runs": [r.id for r in store.list_runs(session=s)],
+            "active": store.get_active_adapter(session=s),
+            "settings": {k: store.get_setting(session=s, key=k) for k in ("persona", "auto_approve", SCHEDULE_KEY)},
+        }
+
+
+def _publish(kaizen, version: str, verdict: str = "promoted") -> None:
+    work = adapters.new_workdir(kaizen.settings.adapters_dir)
+    (work / "adapter_model.safetensors").write_bytes(b"weights " + version.encode())
+    (work / "adapter_config.json").write_text("{}")
+    path = adapters.publish(work, kaizen.settings.adapters_dir, version, {"round": 0})
+    with kaizen.db.write() as s:
+        store.record_adapter(session=s, version=version, run_id=None, round_index=0, verdict=verdict,
+                             reason="new facts recalled", path=str(path),
+                             metrics={"new_recall": 1.0, "retention": 1.0, "paraphrase_recall": 0.5, "drift": 0.02,
+                                      "steps": 8, "seconds": 12.5})
+
+
+# Every endpoint, with a body that would change something if it were let through.
+ENDPOINTS = [
+    ("POST", "/train", {}),
+    ("GET", "/runs", {}),
+    ("GET", "/runs/1", {}),
+    ("GET", "/adapters", {}),
+    ("POST", "/adapters/base/activate", {}),
+    ("POST", "/adapters/v1/activate", {}),
+    ("GET", "/stats", {}),
+    ("GET", "/settings", {}),
+    ("PUT", "/settings", {"json": {"auto_approve": True, "persona": {"agent_name": "Pwned"}}}),
+    ("GET", "/feedback", {}),
+    ("POST", "/feedback/1/approve", {"json": {"correction": "poison"}}),
+    ("POST", "/feedback/1/reject", {}),
+    ("GET", "/knowledge", {}),
+    ("POST", "/knowledge", {"files": {"file": ("k.txt", "Q -> A\n".encode())}}),
+    ("DELETE", "/knowledge/1", {}),
+    ("POST", "/knowledge/1/disable", {}),
+    ("POST", "/knowledge/1/enable", {}),
+    ("GET", "/export", {}),
+]
+
+
+def test_wrong_or_missing_credentials_get_401_and_change_nothing(api, kaizen):
+    _publish(kaizen, "v1")
+    _exchange(kaizen, rating="down", correction="Mở cửa lúc 8 giờ.")
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Q", answer="A")
+    before = _snapshot(kaizen)
+    for method, path, kw in ENDPOINTS:
+        for auth in WRONG:
+            r = api.request(method, path, auth=auth, **kw)
+            assert r.status_code == 401, (method, path, auth, r.text)
+            assert r.headers["www-authenticate"].startswith("Basic")
+            assert r.json()["error"]["type"] == "AuthError"
+        r = api.request(method, path, headers={"Authorization": "Basic !!!not-base64"}, **kw)
+        assert r.status_code == 401, (method, path)
+    assert _snapshot(kaizen) == before and kaizen.training.running() is None
+    assert not kaizen.settings.exports_dir.exists()
+
+
+def test_train_starts_a_run_reports_progress_and_a_second_is_refused(api, kaizen):
+    r = api.post("/train", auth=RIGHT)
+    assert r.status_code == 202
+    run_id = r.json()["run_id"]
+    r = api.post("/train", auth=RIGHT)
+    assert r.status_code == 409 and "still running" in r.json()["error"]["message"]
+    run = _wait(lambda: api.get(f"/runs/{run_id}", auth=RIGHT).json(), lambda run: run["step"] == 3)
+    assert (run["status"], run["step"], run["total_steps"], run["loss"], run["lr"], run["eta_s"], run["phase"]) == \
+        ("running", 3, 10, 1.25, 1e-3, 7.0, "train")
+    assert run["loss_curve"] == [2.0, 1.5, 1.25] and run["trigger"] == "admin" and run["error"] is None
+    listed = api.get("/runs", auth=RIGHT).json()
+    assert listed["running"] == run_id and [r["id"] for r in listed["runs"]] == [run_id]
+    (kaizen.settings.data_dir / "release").touch()
+    kaizen.training.wait(60)
+    run = _wait(lambda: api.get(f"/runs/{run_id}", auth=RIGHT).json(), lambda run: run["status"] != "running")
+    assert (run["status"], run["error"]) == ("rejected", "gate said no")
+    assert api.get("/runs", auth=RIGHT).json()["running"] is None
+    assert api.get("/runs/999", auth=RIGHT).status_code == 404
+
+
+def test_train_without_a_supervisor_is_a_clear_conflict(api, kaizen):
+    kaizen.training = None
+    r = api.post("/train", auth=RIGHT)
+    assert r.status_code == 409 and "supervisor" in r.json()["error"]["message"]
+
+
+def test_adapters_listed_with_metrics_and_activated(api, kaizen, fake_engine):
+    _publish(kaizen, "v1")
+    _publish(kaizen, "v2", verdict="rejected")
+    view = api.get("/adapters", auth=RIGHT).json()
+    assert view["active"] == "base" and [v["version"] for v in view["versions"]] == ["v1", "v2"]
+    assert view["versions"][1]["verdict"] == "rejected" and view["versions"][0]["metrics"]["drift"] == 0.02
+    r = api.post("/adapters/v1/activate", auth=RIGHT)
+    assert r.status_code == 200 and r.json()["active"] == "v1"
+    assert fake_engine.adapter_version == "v1"  # swapped at once, not on the follower's next tick
+    assert [v["active"] for v in api.get("/adapters", auth=RIGHT).json()["versions"]] == [True, False]
+    assert api.post("/adapters/base/activate", auth=RIGHT).json()["active"] == "base"
+    assert fake_engine.adapter_version == "base"
+
+
+@pytest.mark.parametrize("version, status", [
+    ("v9", 404), ("v0", 422), ("latest", 422), ("v1;rm", 422), ("%2e%2e%2fetc", 404), ("V1", 422),
+])
+def test_activate_refuses_unknown_and_bad_names(api, kaizen, version, status):
+    r = api.post(f"/adapters/{version}/activate", auth=RIGHT)
+    assert r.status_code == status, r.text
+    with kaizen.db.session() as s:
+        assert store.get_active_adapter(session=s) == "base"
+
+
+def test_activate_refuses_a_corrupt_version(api, kaizen, fake_engine):
+    _publish(kaizen, "v1")
+    (kaizen.settings.adapters_dir / "v1" / "adapter_model.safetensors").write_bytes(b"tampered")
+    r = api.post("/adapters/v1/activate", auth=RIGHT)
+    assert r.status_code == 422 and "checksum" in r.json()["error"]["message"]
+    assert fake_engine.adapter_version == "base"
+    with kaizen.db.session() as s:
+        assert store.get_active_adapter(session=s) == "base"
+
+
+def test_activate_reports_an_engine_refusal_and_keeps_the_old_version(api, kaizen, fake_engine, monkeypatch):
+    _publish(kaizen, "v1")
+
+    def refuse(version, path):
+        raise AdapterError("does not fit the base model")
+
+    monkeypatch.setattr(fake_engine, "activate", refuse)
+    r = api.post("/adapters/v1/activate", auth=RIGHT)
+    assert r.status_code == 422 and "does not fit the base model" in r.json()["error"]["message"]
+    with kaizen.db.session() as s:
+        assert store.get_active_adapter(session=s) == "base"
+
+
+def test_feedback_review_approve_with_edit_and_reject(api, kaizen):
+    _, fb_id = _exchange(kaizen, "Giờ mở cửa?", rating="down", correction="8 giờ")
+    _, other = _exchange(kaizen, "Số điện thoại?", rating="down", correction="spam spam")
+    _exchange(kaizen, "Chào", rating="up")
+    pending = api.get("/feedback", params={"status": "pending"}, auth=RIGHT).json()["feedback"]
+    assert sorted(f["id"] for f in pending) == sorted([fb_id, other])
+    assert {f["question"] for f in pending} == {"Giờ mở cửa?", "Số điện thoại?"}
+    r = api.post(f"/feedback/{fb_id}/approve", json={"correction": "Chúng tôi mở cửa lúc 8 giờ sáng."}, auth=RIGHT)
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+    r = api.post(f"/feedback/{other}/reject", auth=RIGHT)
+    assert r.status_code == 200 and r.json()["status"] == "rejected"
+    with kaizen.db.session() as s:
+        items = store.list_knowledge(session=s)
+    assert [(i.question, i.answer, i.origin, i.enabled) for i in items] == \
+        [("Giờ mở cửa?", "Chúng tôi mở cửa lúc 8 giờ sáng.", "correction", True)]
+    assert api.get("/feedback", params={"status": "pending"}, auth=RIGHT).json()["feedback"] == []
+    assert len(api.get("/feedback", params={"rating": "up"}, auth=RIGHT).json()["feedback"]) == 1
+    assert api.post("/feedback/999/approve", auth=RIGHT).status_code == 404
+    assert api.post(f"/feedback/{fb_id}/maybe", auth=RIGHT).status_code in (404, 422)
+    assert api.get("/feedback", params={"status": "weird"}, auth=RIGHT).status_code == 422
+
+
+def test_upload_valid_file_imports_it(api, kaizen):
+    body = "câu hỏi,câu trả lời\nGiờ mở cửa?,8 giờ sáng\nĐịa chỉ?,\"1 Lê Lợi, Huế\"\n".encode()
+    r = api.post("/knowledge", files={"file": ("kb.csv", body)}, data={"verbatim": "true"}, auth=RIGHT)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"imported": 2, "duplicates": 0, "skipped": []}
+    items = api.get("/knowledge", auth=RIGHT).json()["items"]
+    assert [(i["question"], i["answer"], i["verbatim"]) for i in items] == \
+        [("Giờ mở cửa?", "8 giờ sáng", True), ("Địa chỉ?", "1 Lê Lợi, Huế", True)]
+    r = api.post("/knowledge", files={"file": ("kb.csv", body)}, auth=RIGHT)
+    assert r.json()["duplicates"] == 2
+
+
+def test_upload_invalid_file_is_422_with_line_numbers_and_imports_nothing(api, kaizen):
+    body = b"good -> yes\nno arrow here\nalso good -> fine\n -> empty question\n"
+    r = api.post("/knowledge", files={"file": ("kb.txt", body)}, auth=RIGHT)
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert [e["line"] for e in err["lines"]] == [2, 4]
+    assert "line 2" in err["message"] and "line 4" in err["message"]
+    assert api.get("/knowledge", auth=RIGHT).json()["items"] == []
+    r = api.post("/knowledge", files={"file": ("kb.txt", body)}, data={"skip_invalid": "true"}, auth=RIGHT)
+    assert r.status_code == 200 and r.json()["imported"] == 2
+    assert [s["line"] for s in r.json()["skipped"]] == [2, 4]
+
+
+@pytest.mark.parametrize("name, body, reason", [
+    ("kb.pkl", b"\x80\x04K\x01.", "pickle"),
+    ("kb.exe", b"MZ", "unsupported"),
+    ("kb.txt", "q -> a".encode("utf-16"), "UTF-16"),
+    ("kb.jsonl", b'{"question": "q"}\n', "line 1"),
+])
+def test_upload_refuses_bad_files(api, kaizen, name, body, reason):
+    r = api.post("/knowledge", files={"file": (name, body)}, auth=RIGHT)
+    assert r.status_code == 422 and reason in r.json()["error"]["message"]
+    assert api.get("/knowledge", auth=RIGHT).json()["items"] == []
+
+
+def test_upload_without_a_file_or_too_big(api):
+    assert api.post("/knowledge", data={"x": "1"}, auth=RIGHT).status_code == 422
+    big = b"q -> a\n" * 800_000
+    r = api.post("/knowledge", files={"file": ("kb.txt", big)}, auth=RIGHT)
+    assert r.status_code == 422 and "MB" in r.json()["error"]["message"]
+
+
+def test_knowledge_disable_enable_delete(api, kaizen):
+    with kaizen.db.write() as s:
+        item = store.add_knowledge(session=s, question="Q?", answer="A.")
+    assert api.post(f"/knowledge/{item.id}/disable", auth=RIGHT).json()["enabled"] is False
+    assert api.post(f"/knowledge/{item.id}/enable", auth=RIGHT).json()["enabled"] is True
+    assert api.delete(f"/knowledge/{item.id}", auth=RIGHT).json() == {"deleted": item.id}
+    assert api.delete(f"/knowledge/{item.id}", auth=RIGHT).status_code == 404
+    assert api.post(f"/knowledge/{item.id}/enable", auth=RIGHT).status_code == 404
+
+
+def test_settings_round_trip(api, kaizen):
+    got = api.get("/settings", auth=RIGHT).json()
+    assert got["auto_approve"] is False and got["schedule"] == {"enabled": False, "minutes": 30, "min_items": 1}
+    assert got["persona"]["agent_name"] == "Kaizen" and got["persona_preview"]["tokens"] > 0
+    r = api.put("/settings", auth=RIGHT, json={"auto_approve": True, "schedule": {"minutes": 5, "enabled": True},
+                                                "persona": {"agent_name": "Trợ lý BICweb", "company": "BICweb, Huế."}})
+    assert r.status_code == 200, r.text
+    got = api.get("/settings", auth=RIGHT).json()
+    assert got["auto_approve"] is True and kaizen.auto_approve() is True
+    assert got["schedule"] == {"enabled": True, "minutes": 5, "min_items": 1}
+    assert got["persona"]["agent_name"] == "Trợ lý BICweb" and got["persona"]["creator"] == "the Kaizen team"
+    assert "Trợ lý BICweb" in got["persona_preview"]["prompt"]
+    # A reply now uses the new persona.
+    kaizen.chat.answer("Bạn là ai?")
+    assert "Trợ lý BICweb" in kaizen.engine.history[-1]["messages"][0]["content"]
+
+
+@pytest.mark.parametrize("body", [
+    {"persona": {"agent_name": "  "}},
+    {"persona": {"style": "x" * 1001}},
+    {"schedule": {"minutes": 0}},
+    {"persona": {"agent_name": "ok"}, "schedule": {"minutes": -1}},
+    {"auto_approve": "maybe"},
+    {"unknown": 1},
+])
+def test_bad_settings_are_422_and_change_nothing(api, kaizen, body):
+    before = _snapshot(kaizen)
+    r = api.put("/settings", auth=RIGHT, json=body)
+    assert r.status_code == 422, r.text
+    assert _snapshot(kaizen) == before
+
+
+def test_schedule_change_without_a_scheduler_is_refused(api, kaizen):
+    kaizen.scheduler = None
+    assert api.get("/settings", auth=RIGHT).json()["schedule"] is None
+    assert api.put("/settings", auth=RIGHT, json={"schedule": {"minutes": 5}}).status_code == 422
+
+
+def test_export_downloads_the_jsonl_training_set(api, kaizen):
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Giờ mở cửa?", answer="8 giờ sáng")
+    r = api.get("/export", auth=RIGHT)
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    rows = [json.loads(line) for line in r.text.splitlines()]
+    assert rows and all(row["messages"][-1]["content"] == "8 giờ sáng" for row in rows)
+    assert len(list(kaizen.settings.exports_dir.glob("kaizen-dataset-*.jsonl"))) == 1
+
+
+def test_stats(api, kaizen):
+    _exchange(kaizen, rating="up")
+    stats = api.get("/stats", auth=RIGHT).json()
+    assert (stats["exchanges"], stats["thumbs_up"], stats["active_adapter"], stats["running_run"]) == (1, 1, "base", None)

@@ -1,0 +1,215 @@
+"""The admin tab's handlers, called directly (as Gradio would) with the fake engine."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import pytest
+from gradio.utils import get_upload_folder
+from matplotlib.figure import Figure
+
+from bot.ui_admin import AdminPanel, build_admin_ui, progress_html
+from feedback_db import store
+from scheduler import TrainingSupervisor
+from tests.bot.test_admin_api import _publish, _snapshot, fake_round
+
+ADMIN = gr.Request(username="admin")
+
+
+@pytest.fixture
+def panel(kaizen) -> AdminPanel:
+    kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, target=fake_round)
+    return AdminPanel(kaizen)
+
+
+def _rated(kaizen, question: str, **rating) -> int:
+    reply = kaizen.chat.answer(question)
+    with kaizen.db.write() as s:
+        return store.rate_exchange(session=s, exchange_id=reply.exchange_id, **rating).id
+
+
+def _upload(name: str, body: bytes) -> str:
+    """A file where Gradio puts uploads (the handler imports nothing from anywhere else)."""
+    folder = Path(get_upload_folder()) / f"kaizen-test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(body)
+    return str(folder / name)
+
+
+def test_every_handler_refuses_a_caller_who_is_not_admin(kaizen, panel):
+    _publish(kaizen, "v1")
+    fb = _rated(kaizen, "Giờ mở cửa?", rating="down", correction="8 giờ")
+    with kaizen.db.write() as s:
+        item = store.add_knowledge(session=s, question="Q", answer="A").id
+    before = _snapshot(kaizen)
+    fns = [f.fn for f in build_admin_ui(kaizen).fns.values() if f.fn is not None]
+    assert len(fns) >= 20
+    plausible = {"feedback_id": fb, "item_id": item, "version": "v1", "status": "pending", "rating": "all",
+                 "correction": "poison", "value": True, "enabled": True, "minutes": 1, "min_items": 1,
+                 "path": _upload("kb.txt", b"Q2 -> A2\n"), "name": "Pwned"}
+    for fn in fns:
+        params = [p for p in inspect.signature(fn).parameters if p != "request"]
+        for request in (gr.Request(username=None), gr.Request(username="guest"), None):
+            result = None
+            with pytest.raises(gr.Error, match="Admin login required"):
+                result = fn(*[plausible.get(p) for p in params], request=request)
+            assert result is None, fn
+    assert _snapshot(kaizen) == before and kaizen.training.running() is None
+    assert not kaizen.settings.exports_dir.exists()
+
+
+def test_dashboard_produces_totals_figures_and_recent_exchanges(kaizen, panel):
+    _rated(kaizen, "I love this, thanks!", rating="up")
+    _rated(kaizen, "Tệ quá, sai rồi", rating="down")
+    totals, *figures, recent = panel.dashboard(ADMIN)
+    # exchanges, conversations, ratings, up, down, up rate, pending, knowledge, adapters, active
+    assert totals.splitlines()[2] == "| 2 | 2 | 2 | 1 | 1 | 50% | 0 | 0 | 0 | **base** (serving base) |"
+    assert len(figures) == 4 and all(isinstance(f, Figure) for f in figures)
+    assert all(f.axes[0].patches for f in figures)  # every chart drew bars from the data
+    assert isinstance(recent, pd.DataFrame) and len(recent) == 2
+    assert set(recent["question"]) == {"I love this, thanks!", "Tệ quá, sai rồi"}
+
+
+def test_dashboard_with_no_data_still_draws(panel):
+    _totals, *figures, recent = panel.dashboard(ADMIN)
+    assert all(isinstance(f, Figure) for f in figures) and recent.empty
+
+
+def test_persona_preview_counts_tokens_and_warns_over_budget(kaizen, panel):
+    prompt, info = panel.preview_persona("Trợ lý", "BICweb", "", "Ngắn gọn.", ADMIN)
+    assert prompt.startswith("You are Trợ lý, a helpful assistant created by BICweb.")
+    assert "tokens" in info and "⚠️" not in info
+    long_company = "Công ty BICweb chuyên thiết kế website. " * 60
+    prompt, info = panel.preview_persona("Trợ lý", "BICweb", long_company, "Ngắn gọn.", ADMIN)
+    assert "⚠️" in info and f"budget of {kaizen.settings.persona_token_budget}" in info
+    assert panel.save_persona("Trợ lý", "BICweb", "Huế", "Ngắn gọn.", ADMIN).startswith("Saved")
+    assert panel.persona_fields(ADMIN) == ("Trợ lý", "BICweb", "Huế", "Ngắn gọn.")
+    with pytest.raises(gr.Error, match="agent name"):
+        panel.save_persona("  ", "x", "", "", ADMIN)
+
+
+def test_review_approve_with_edit_creates_a_knowledge_item(kaizen, panel):
+    fb = _rated(kaizen, "Giờ mở cửa?", rating="down", correction="8 giờ")
+    table = panel.feedback_table("pending", "all", ADMIN)
+    assert list(table["id"]) == [fb]
+    detail, correction = panel.pick_feedback(fb, ADMIN)
+    assert "Giờ mở cửa?" in detail and correction == "8 giờ"
+    message, table = panel.approve(fb, "Chúng tôi mở cửa lúc 8 giờ sáng.", "pending", "all", ADMIN)
+    assert "approved" in message and table.empty
+    with kaizen.db.session() as s:
+        items = store.list_knowledge(session=s)
+    assert [(i.question, i.answer, i.origin, i.enabled) for i in items] == \
+        [("Giờ mở cửa?", "Chúng tôi mở cửa lúc 8 giờ sáng.", "correction", True)]
+    message, _ = panel.reject(fb, "", "all", "all", ADMIN)
+    assert "rejected" in message
+    with kaizen.db.session() as s:
+        assert not store.list_knowledge(session=s)[0].enabled
+    with pytest.raises(gr.Error, match="Choose a feedback row"):
+        panel.approve(None, "", "pending", "all", ADMIN)
+    with pytest.raises(gr.Error, match="No feedback with id 999"):
+        panel.approve(999, "", "pending", "all", ADMIN)
+
+
+def test_auto_approve_toggle(kaizen, panel):
+    assert kaizen.auto_approve() is False
+    assert "ON" in panel.set_auto_approve(True, ADMIN) and kaizen.auto_approve() is True
+    assert "off" in panel.set_auto_approve(False, ADMIN) and kaizen.auto_approve() is False
+
+
+def test_knowledge_upload_shows_line_errors_and_imports_nothing(kaizen, panel):
+    path = _upload("kb.txt", "Giờ mở cửa? -> 8 giờ\nkhông có mũi tên\n".encode())
+    message, table = panel.upload_knowledge(path, False, False, ADMIN)
+    assert "was not imported" in message and "line 2" in message and table.empty
+    message, table = panel.upload_knowledge(path, True, True, ADMIN)
+    assert "Imported 1" in message and "skipped line 2" in message
+    assert list(table["question"]) == ["Giờ mở cửa?"] and list(table["verbatim"]) == [True]
+    item = int(table["id"][0])
+    assert "disabled" in panel.disable_knowledge(item, ADMIN)[0]
+    assert list(panel.knowledge_table(ADMIN)["enabled"]) == [False]
+    assert "enabled" in panel.enable_knowledge(item, ADMIN)[0]
+    assert panel.delete_knowledge(item, ADMIN)[1].empty
+    with pytest.raises(gr.Error, match="No knowledge item"):
+        panel.delete_knowledge(item, ADMIN)
+
+
+def test_upload_refuses_files_outside_gradios_upload_folder(kaizen, panel, tmp_path):
+    outside = tmp_path / "kb.txt"
+    outside.write_text("Q -> A\n")
+    with pytest.raises(gr.Error, match="uploaded through this page"):
+        panel.upload_knowledge(str(outside), False, False, ADMIN)
+    with kaizen.db.session() as s:
+        assert store.list_knowledge(session=s) == []
+
+
+def test_train_now_shows_live_progress_then_stops_the_timer(kaizen, panel):
+    message, html, curve, timer = panel.train_now(ADMIN)
+    run_id = kaizen.training.running()
+    assert message == f"Started training run #{run_id}." and timer.active is True
+    with pytest.raises(gr.Error, match="still running"):
+        panel.train_now(ADMIN)
+    for _ in range(600):
+        html, curve, timer, runs = panel.training_status(ADMIN)
+        if "step 3/10" in html:
+            break
+        time.sleep(0.1)
+    assert "running" in html and "loss 1.2500" in html and "ETA 7 s" in html and "width:30.0%" in html
+    assert timer.active is True and isinstance(curve, Figure) and len(curve.axes[0].lines[0].get_xdata()) == 3
+    (kaizen.settings.data_dir / "release").touch()
+    kaizen.training.wait(60)
+    for _ in range(600):
+        html, curve, timer, runs = panel.training_status(ADMIN)
+        if timer.active is False:
+            break
+        time.sleep(0.1)
+    assert "rejected" in html and "gate said no" in html and list(runs["status"]) == ["rejected"]
+
+
+def test_progress_html_escapes_error_text():
+    run = {"id": 1, "status": "failed", "phase": "", "step": 0, "total_steps": 0, "loss": None, "lr": None,
+           "eta_s": None, "adapter_version": None, "error": "<script>alert(1)</script>"}
+    assert "<script>" not in progress_html(run) and "&lt;script&gt;" in progress_html(run)
+    assert "No training run yet" in progress_html(None)
+
+
+def test_schedule_and_hyperparameters(kaizen, panel):
+    hyper, enabled, minutes, min_items, note = panel.training_settings(ADMIN)
+    assert "`lr0`" in hyper and "Peak learning rate" in hyper and minutes.value == 30 and note == ""
+    assert "Every 10 min" in panel.save_schedule(True, 10, 3, ADMIN)
+    assert kaizen.scheduler.config() == {"enabled": True, "minutes": 10, "min_items": 3}
+    with pytest.raises(gr.Error, match="minutes"):
+        panel.save_schedule(True, 0, 3, ADMIN)
+    kaizen.scheduler = None
+    assert "--no-schedule" in panel.training_settings(ADMIN)[4]
+
+
+def test_adapters_activate_rollback_and_download(kaizen, panel, fake_engine):
+    _publish(kaizen, "v1")
+    table, dropdown, note = panel.adapters_table(ADMIN)
+    assert list(table["version"]) == ["base", "v1"] and list(table["drift"]) == ["", "0.020"]
+    assert dropdown.choices and "Active: **base**" in note
+    table, _, note = panel.activate("v1", ADMIN)
+    assert fake_engine.adapter_version == "v1" and "Now serving **v1**" in note
+    assert list(table["active"]) == ["", "●"]
+    panel.rollback(ADMIN)
+    assert fake_engine.adapter_version == "base"
+    with pytest.raises(gr.Error, match="not a version name"):
+        panel.activate("../../etc", ADMIN)
+    zipped = Path(panel.download_adapter("v1", ADMIN))
+    assert zipped.parent == kaizen.settings.exports_dir and zipped.suffix == ".zip"
+    assert "v1/meta.json" in zipfile.ZipFile(zipped).namelist()
+    with pytest.raises(gr.Error, match="no adapter"):
+        panel.download_adapter("base", ADMIN)
+
+
+def test_export_writes_the_dataset_into_the_exports_dir(kaizen, panel):
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Giờ mở cửa?", answer="8 giờ sáng")
+    path, message = panel.export(ADMIN)
+    assert Path(path).parent == kaizen.settings.exports_dir and "rows" in message
+    assert "8 giờ sáng" in Path(path).read_text(encoding="utf-8")
