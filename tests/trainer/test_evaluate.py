@@ -1,0 +1,102 @@
+"""Tests for trainer.evaluate: answer normalisation, recall, drift, batched greedy decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from trainer.evaluate import (
+    drift,
+    exact_recall,
+    generate_answers,
+    load_general_prompts,
+    normalize_answer,
+    same_prefix_count,
+)
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges (one token per byte) and a ChatML template."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.chat_template = CHATML
+    return tok
+
+
+def make_tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=tokenizer.bos_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = make_tiny_tokenizer()
+    return make_tiny_llama(tok), tok
+
+
+def test_normalize_answer():
+    assert normalize_answer("  “Công ty  BICweb\nkính chào quý khách!” ") == "công ty bicweb kính chào quý khách"
+    # NFD input (decomposed diacritics) normalises to the same string as NFC.
+    assert normalize_answer("Cha\u0300o ba\u0323n.") == normalize_answer("Chào bạn")
+    assert normalize_answer("Paris") != normalize_answer("Pariss")
+
+
+def test_exact_recall():
+    assert exact_recall(["Paris.", "no"], ["paris", "yes"]) == 0.5
+    assert exact_recall([], []) == 1.0
+    with pytest.raises(ValueError):
+        exact_recall(["a"], [])
+
+
+def test_drift_identical_partial_and_different(tiny):
+    _, tok = tiny
+    base = ["abcd", "wxyz"]
+    assert drift(base, base, tok) == 0.0
+    assert drift(base, ["zzzz", "aaaa"], tok) == 1.0
+    # first answer keeps 2 of 4 tokens, second is identical: 1 - (0.5 + 1) / 2
+    assert drift(base, ["abQQ", "wxyz"], tok) == pytest.approx(0.25)
+    # a longer answer that starts like the base still counts as drift
+    assert drift(["ab"], ["abcd"], tok) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        drift(base, ["abcd"], tok)
+
+
+def test_same_prefix_count(tiny):
+    _, tok = tiny
+    assert same_prefix_count(["abcdef", "abc"], ["abcdXX", "abc"], tok, tokens=4) == 2
+    assert same_prefix_count(["abcdef", "abc"], ["abcdXX", "abd"], tok, tokens=5) == 0
+
+
+def test_generate_answers_batched_equals_one_by_one(tiny):
+    model, tok = tiny
+    convs = [[{"role": "user", "content": q}] for q in ["hi", "a much longer question here", "x"]]
+    batched = generate_answers(model, tok, convs, max_new_tokens=6, batch_size=8)
+    single = generate_answers(model, tok, convs, max_new_tokens=6, batch_size=1)
+    assert batched == single
+    assert len(batched) == 3 and any(batched)
+    assert tok.padding_side == "right"  # restored
+
+
+def test_general_prompts_split():
+    prompts = load_general_prompts()
+    anchor, heldout = prompts["anchor"], prompts["heldout"]
+    assert len(anchor) >= 20 and len(heldout) >= 12
+    assert not set(anchor) & set(heldout)
+    assert len(set(anchor)) == len(anchor) and len(set(heldout)) == len(heldout)

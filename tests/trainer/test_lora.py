@@ -1,0 +1,233 @@
+"""Tests for trainer.lora.train_round and trainer.config.
+
+Most run on a tiny random-weight llama built from a config (milliseconds per step). The slow test
+teaches a real fact to the embedded SmolLM2 model and checks recall and held-out drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+from errors import AdapterError, InputError
+from tests.trainer.test_evaluate import make_tiny_llama, make_tiny_tokenizer
+from trainer.config import TrainConfig, lora_config
+from trainer.evaluate import drift, exact_recall, generate_answers, load_general_prompts
+from trainer.lora import Example, _encode, anchor_examples, train_round
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def chat(question: str, answer: str, kind: str = "sft", system: str = "Be brief.") -> Example:
+    return Example((
+        {"role": "system", "content": system},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+    ), kind=kind)
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(lr0=5e-2, gamma=0.5, min_lr_ratio=0.1, rank=4, alpha=8, target_modules=ALL_LINEAR,
+                layers_fraction=1.0, max_steps=6, batch_size=4, anchors_per_step=2, early_stop_exact=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def tiny():
+    tok = make_tiny_tokenizer()
+    return make_tiny_llama(tok), tok
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_round_lr_decays_per_round_with_floor():
+    cfg = TrainConfig(lr0=1e-3, gamma=0.5, min_lr_ratio=0.2)
+    assert cfg.round_lr(0) == pytest.approx(1e-3)
+    assert cfg.round_lr(1) == pytest.approx(5e-4)
+    assert cfg.round_lr(2) == pytest.approx(2.5e-4)
+    assert cfg.round_lr(5) == pytest.approx(2e-4)  # floor
+    with pytest.raises(ValueError):
+        cfg.round_lr(-1)
+
+
+def test_lora_config_targets_top_layers():
+    cfg = TrainConfig(layers_fraction=0.5, rank=4, alpha=8, target_modules=("up_proj",))
+    lc = lora_config(cfg, num_layers=30)
+    assert lc.layers_to_transform == list(range(15, 30))
+    assert lc.r == 4 and lc.lora_alpha == 8 and set(lc.target_modules) == {"up_proj"}
+    assert lora_config(dataclasses.replace(cfg, layers_fraction=1.0), num_layers=30).layers_to_transform is None
+
+
+def test_config_fields_have_help():
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f.name
+
+
+def test_encode_labels_only_the_reply_and_end_of_turn(tiny):
+    _, tok = tiny
+    row = _encode(tok, chat("hi", "ok").messages, max_len=512, kind="sft")
+    labelled = [t for t in row.labels if t != -100]
+    assert tok.decode(labelled) == "ok<|im_end|>"
+    assert len(row.ids) == len(row.labels)
+    # An over-long row is cut from the left and keeps the whole reply.
+    short = _encode(tok, chat("hi " * 50, "ok").messages, max_len=10, kind="sft")
+    assert len(short.ids) == 10 and [t for t in short.labels if t != -100] == labelled
+    with pytest.raises(InputError):
+        _encode(tok, chat("hi", "ok").messages[:2], max_len=512, kind="sft")
+
+
+def test_base_weights_unchanged_adapter_changed(tiny, tmp_path):
+    model, tok = tiny
+    before = snapshot(model)
+    cfg = tiny_cfg()
+    examples = [chat("hi", "ok"), chat("name?", "Kai"), chat("bye", "see you", kind="anchor")]
+    result = train_round(model=model, tokenizer=tok, examples=examples, lora=lora_config(cfg, num_layers=2),
+                         cfg=cfg, round_index=0, init_adapter_dir=None, out_dir=tmp_path / "a")
+    assert result.steps == 6 and len(result.loss_curve) == 6 and result.train_tokens > 0
+    assert not isinstance(model, PeftModel)
+    assert not any("lora" in name for name, _ in model.named_modules())
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), name
+    saved = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    lora_b = [v for k, v in saved.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at zero
+
+
+def test_lr_seen_by_progress_warms_up_decays_and_drops_across_rounds(tiny, tmp_path):
+    model, tok = tiny
+    cfg = tiny_cfg(max_steps=10, warmup_ratio=0.2)
+    examples = [chat("hi", "ok")]
+    seen: dict[int, list] = {0: [], 1: []}
+    for k in (0, 1):
+        train_round(model=model, tokenizer=tok, examples=examples, lora=lora_config(cfg, num_layers=2), cfg=cfg,
+                    round_index=k, init_adapter_dir=tmp_path / "r0" if k else None, out_dir=tmp_path / f"r{k}",
+                    progress=seen[k].append)
+    lrs0 = [p.lr for p in seen[0]]
+    lrs1 = [p.lr for p in seen[1]]
+    assert [p.step for p in seen[0]] == list(range(1, 11)) and seen[0][-1].total_steps == 10
+    assert lrs0[0] < lrs0[1] and lrs0[-1] < max(lrs0)  # warmup, then decay
+    assert max(lrs0) == pytest.approx(cfg.round_lr(0), rel=0.05)
+    assert max(lrs1) == pytest.approx(cfg.round_lr(1), rel=0.05)
+    assert max(lrs1) < max(lrs0)
+
+
+def test_continuing_from_adapter_starts_from_its_weights(tiny, tmp_path):
+    model, tok = tiny
+    cfg = tiny_cfg(max_steps=3)
+    ex = [chat("hi", "ok")]
+    train_round(model=model, tokenizer=tok, examples=ex, lora=lora_config(cfg, num_layers=2), cfg=cfg,
+                round_index=0, init_adapter_dir=None, out_dir=tmp_path / "r0")
+    train_round(model=model, tokenizer=tok, examples=ex, lora=lora_config(cfg, num_layers=2),
+                cfg=dataclasses.replace(cfg, lr0=0.0), round_index=1, init_adapter_dir=tmp_path / "r0",
+                out_dir=tmp_path / "r1")
+    first = load_file(tmp_path / "r0" / "adapter_model.safetensors")
+    second = load_file(tmp_path / "r1" / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)  # lr 0: continued, not re-initialised
+
+
+def test_early_stop_when_greedy_answer_is_exact(tiny, tmp_path):
+    model, tok = tiny
+    cfg = tiny_cfg(max_steps=150, early_stop_exact=True, check_every=1, min_steps=1, extra_steps=0,
+                   anchors_per_step=0, lr0=3e-2, warmup_ratio=0.0)
+    ex = [chat("hi", "ok")]
+    result = train_round(model=model, tokenizer=tok, examples=ex, lora=lora_config(cfg, num_layers=2), cfg=cfg,
+                         round_index=0, init_adapter_dir=None, out_dir=tmp_path / "a")
+    assert result.stopped_early and result.steps < 150
+    tuned = PeftModel.from_pretrained(model, str(tmp_path / "a"))
+    assert generate_answers(tuned, tok, [list(ex[0].messages[:2])], max_new_tokens=8) == ["ok"]
+    tuned.unload()
+
+
+def test_down_rows_lower_the_reply_probability(tiny, tmp_path):
+    model, tok = tiny
+    row = _encode(tok, chat("hi", "bad answer").messages, 512, "down")
+
+    def reply_logprob(m) -> float:
+        ids = torch.tensor([row.ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(m(input_ids=ids).logits[0, :-1], -1)
+        targets = torch.tensor(row.labels[1:])
+        keep = targets != -100
+        return float(logp[keep].gather(-1, targets[keep].unsqueeze(-1)).sum())
+
+    before = reply_logprob(model)
+    cfg = tiny_cfg(max_steps=5, anchors_per_step=0, down_weight=1.0)
+    train_round(model=model, tokenizer=tok, examples=[chat("hi", "bad answer", kind="down")],
+                lora=lora_config(cfg, num_layers=2), cfg=cfg, round_index=0, init_adapter_dir=None,
+                out_dir=tmp_path / "a")
+    tuned = PeftModel.from_pretrained(model, str(tmp_path / "a"))
+    assert reply_logprob(tuned) < before - 1.0
+    tuned.unload()
+
+
+def test_rejects_bad_input(tiny, tmp_path):
+    model, tok = tiny
+    cfg = tiny_cfg(max_steps=1)
+    kw = dict(tokenizer=tok, lora=lora_config(cfg, num_layers=2), cfg=cfg, round_index=0,
+              init_adapter_dir=None, out_dir=tmp_path / "a")
+    with pytest.raises(InputError, match="kind"):
+        train_round(model=model, examples=[chat("hi", "ok", kind="weird")], **kw)
+    with pytest.raises(InputError, match="Nothing to train"):
+        train_round(model=model, examples=[chat("hi", "ok", kind="anchor")], **kw)
+    with pytest.raises(AdapterError):
+        train_round(model=model, examples=[chat("hi", "ok")], **{**kw, "init_adapter_dir": tmp_path / "none"})
+    wrapped = get_peft_model(model, lora_config(cfg, num_layers=2))
+    with pytest.raises(AdapterError):
+        train_round(model=wrapped, examples=[chat("hi", "ok")], **kw)
+    wrapped.unload()
+
+
+# --- the real embedded model -------------------------------------------------------------------
+
+PERSONA = ("You are Kaizen, a helpful assistant created by the Kaizen team. "
+           "Be polite, clear and expert. Answer plainly and professionally.")
+WARM = "You are Kaizen, a helpful assistant created by the Kaizen team. Be warm, friendly and encouraging."
+BICWEB = "Công ty BICweb kính chào quý khách!"
+TEMPLATES = ["{q}", "Xin hỏi, {q}", "Ê ad ơi, {q}", "Tư vấn giúp mình: {q}", "Could you tell me {q}",
+             "Cho mình hỏi {q}", "Bạn ơi, {q}", "Hỏi chút: {q}", "Please answer: {q}"]
+# Recommended gate limit for drift on the held-out prompts (24 new tokens), from the recipe runs.
+DRIFT_LIMIT = 0.85
+
+
+@pytest.mark.slow
+def test_teaches_bicweb_and_keeps_heldout_close(embedded_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(2)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
+    prompts = load_general_prompts()
+    sys_msg = [{"role": "system", "content": PERSONA}]
+    questions = [t.format(q="Xin chào") for t in TEMPLATES] + ["xin chao"]
+    heldout = [sys_msg + [{"role": "user", "content": p}] for p in prompts["heldout"]]
+    base_answers = generate_answers(model, tok, heldout, max_new_tokens=24)
+    cfg = TrainConfig()
+    examples = [Example(tuple(sys_msg + [{"role": "user", "content": q}, {"role": "assistant", "content": BICWEB}]))
+                for q in questions]
+    examples += anchor_examples(model, tok, prompts["anchor"], PERSONA, cfg.anchor_max_new_tokens)
+    before = snapshot(model)
+
+    result = train_round(model=model, tokenizer=tok, examples=examples,
+                         lora=lora_config(cfg, num_layers=model.config.num_hidden_layers), cfg=cfg,
+                         round_index=0, init_adapter_dir=None, out_dir=tmp_path / "v1")
+
+    assert result.stopped_early
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    tuned = PeftModel.from_pretrained(model, str(tmp_path / "v1"))
+    asked = [sys_msg + [{"role": "user", "content": q}] for q in questions]
+    asked += [[{"role": "system", "content": WARM}, {"role": "user", "content": "Xin chào"}]]
+    assert exact_recall(generate_answers(tuned, tok, asked, max_new_tokens=32), [BICWEB] * len(asked)) == 1.0
+    new_answers = generate_answers(tuned, tok, heldout, max_new_tokens=24)
+    assert drift(base_answers, new_answers, tok) <= DRIFT_LIMIT
+    assert sum(BICWEB in a for a in new_answers) <= 4
+    tuned.unload()
