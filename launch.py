@@ -90,11 +90,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return build_settings(overrides)
 
 
+def training_knobs():  # noqa: ANN201
+    """The trainer's knobs (KAIZEN_TRAIN_*) and the gate's limits (KAIZEN_GATE_*)."""
+    from settings import dataclass_from_env
+    from trainer.config import TrainConfig
+    from trainer.gate import GateLimits
+
+    return (dataclass_from_env(TrainConfig, os.environ, "KAIZEN_TRAIN_"),
+            dataclass_from_env(GateLimits, os.environ, "KAIZEN_GATE_"))
+
+
 def wire_serving(kaizen):  # noqa: ANN001, ANN201
     """Attach training, the schedule and adapter following to a serving process."""
     from scheduler import KaizenScheduler, TrainingSupervisor
 
-    kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings,
+    cfg, limits = training_knobs()
+    kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, cfg=cfg, limits=limits,
                                          on_finish=lambda _run_id: kaizen.follower.sync())
     kaizen.scheduler = KaizenScheduler(db=kaizen.db, settings=kaizen.settings, supervisor=kaizen.training)
     if kaizen.settings.schedule:
@@ -162,14 +173,17 @@ def cmd_teach(args: argparse.Namespace, settings: Settings) -> int:
     with db.write() as s:
         item = store.add_knowledge(session=s, question=question, answer=answer, origin="teach", verbatim=True)
     print(f"stored as knowledge item {item.id}; training a round ...", flush=True)
-    return _print_outcome(run_round(db=db, settings=settings, trigger="teach", force=True))
+    cfg, limits = training_knobs()
+    return _print_outcome(run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger="teach", force=True))
 
 
 @command("train")
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.rounds import run_round
 
-    return _print_outcome(run_round(db=_open_db(settings), settings=settings, trigger="cli", force=args.force))
+    cfg, limits = training_knobs()
+    return _print_outcome(run_round(db=_open_db(settings), settings=settings, cfg=cfg, limits=limits, trigger="cli",
+                                    force=args.force))
 
 
 @command("import")

@@ -34,7 +34,7 @@ LAST_CHECK_KEY = "schedule_last_check"
 JOB_ID = "kaizen-train"
 
 
-def _child_main(settings: Settings, run_id: int, trigger: str, force: bool) -> None:
+def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg=None, limits=None) -> None:  # noqa: ANN001
     """Entry point of the training child process."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
@@ -45,8 +45,8 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool) -> N
 
     db = Database(settings.database_url, run_migrations=False)
     try:
-        run_round(db=db, settings=settings, trigger=trigger, force=force, threads=settings.train_threads,
-                  run_id=run_id)
+        run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger=trigger, force=force,
+                  threads=settings.train_threads, run_id=run_id)
     except Exception:  # the run row already holds the error; exit non-zero for the parent's log
         raise SystemExit(1)
     finally:
@@ -55,9 +55,10 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool) -> N
 
 class TrainingSupervisor:
     def __init__(self, *, db: Database, settings: Settings, on_finish: Callable[[int], None] | None = None,
-                 target: Callable = _child_main):
+                 target: Callable = _child_main, cfg=None, limits=None):  # noqa: ANN001
         self.db = db
         self.settings = settings
+        self.cfg, self.limits = cfg, limits  # trainer.config.TrainConfig / trainer.gate.GateLimits
         self.on_finish = on_finish
         self._target = target
         self._lock = threading.Lock()
@@ -84,7 +85,10 @@ class TrainingSupervisor:
                 run = store.create_run(session=s, trigger=trigger, round_index=store.completed_rounds(session=s),
                                        status="queued")
                 run_id = run.id
-            proc = self._ctx.Process(target=self._target, args=(self.settings, run_id, trigger, force),
+            args = (self.settings, run_id, trigger, force)
+            if self.cfg is not None or self.limits is not None:
+                args += (self.cfg, self.limits)
+            proc = self._ctx.Process(target=self._target, args=args,
                                      name=f"kaizen-train-{run_id}", daemon=True)
             proc.start()
             with self.db.write() as s:

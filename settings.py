@@ -94,6 +94,34 @@ def build_settings(overrides: dict[str, Any] | None = None, environ: dict[str, s
     return Settings(**values)
 
 
+def dataclass_from_env(cls: type, environ: dict[str, str], prefix: str) -> Any:
+    """An instance of the dataclass `cls` with fields overridden by PREFIX+FIELD variables.
+
+    Used for the trainer's knobs (KAIZEN_TRAIN_*) and the gate's limits (KAIZEN_GATE_*); a tuple
+    field takes a comma-separated list.
+    """
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        name = prefix + f.name.upper()
+        if name not in environ:
+            continue
+        raw = environ[name]
+        if isinstance(f.default, tuple):
+            values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+            if not values[f.name]:
+                raise InputError(f"{name} needs at least one value")
+            continue
+        typ = type(f.default)
+        if typ is bool:
+            values[f.name] = _convert(raw, bool, name[len("KAIZEN_"):].lower())
+        else:
+            try:
+                values[f.name] = typ(raw)
+            except (TypeError, ValueError):
+                raise InputError(f"{name} must be a {typ.__name__}, not {raw!r}") from None
+    return cls(**values)
+
+
 def settings_help() -> list[tuple[str, str, Any]]:
     """(variable, help, default) for every setting, for the README and --help."""
     return [(env_name(f.name), f.metadata["help"], f.default) for f in fields(Settings)]

@@ -12,6 +12,7 @@ for anything the client sent.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Literal
@@ -28,17 +29,22 @@ from feedback_db import store
 MAX_CORRECTION_CHARS = 4000
 
 
-def _printable(value: str | None) -> str | None:
-    if value is not None and INVALID_CHARS.search(value):
-        raise ValueError("contains control characters (such as NUL) or lone surrogates")
-    return value
+def _refuse(pattern: re.Pattern, what: str):  # noqa: ANN202
+    def check(value: str | None) -> str | None:
+        if value is not None and pattern.search(value):
+            raise ValueError(f"contains {what}")
+        return value
+
+    return check
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
-    _check_content = field_validator("content")(_printable)
+    # Lone surrogates (JSON allows "\ud800") break the tokenizer. Control characters are refused
+    # only in the new user message (clean_message): the bot's own earlier replies may hold them.
+    _check_content = field_validator("content")(_refuse(re.compile("[\ud800-\udfff]"), "a lone surrogate"))
 
 
 class ChatRequest(BaseModel):
@@ -59,7 +65,8 @@ class FeedbackRequest(BaseModel):
     rating: Literal["up", "down"]
     correction: str | None = Field(default=None, max_length=MAX_CORRECTION_CHARS)
 
-    _check_correction = field_validator("correction")(_printable)
+    _check_correction = field_validator("correction")(
+        _refuse(INVALID_CHARS, "control characters (such as NUL) or lone surrogates"))
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:

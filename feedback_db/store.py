@@ -304,7 +304,7 @@ def get_knowledge(*, session: Session, item_id: int) -> KnowledgeItem:
 def list_knowledge(
     *, session: Session, enabled_only: bool = False, limit: int | None = None, offset: int = 0
 ) -> list[KnowledgeItem]:
-    q = select(KnowledgeItem).order_by(KnowledgeItem.id).offset(offset)
+    q = select(KnowledgeItem).order_by(KnowledgeItem.id).offset(min(offset, 2**63 - 1))  # SQLite's largest integer
     if enabled_only:
         q = q.where(KnowledgeItem.enabled.is_(True))
     if limit is not None:

@@ -22,9 +22,9 @@ def _f(default, help: str):
 @dataclass
 class TrainConfig:
     lr0: float = _f(2e-3, "Peak learning rate of round 0.")
-    gamma: float = _f(0.85, "Decay of the peak learning rate per round: lr_k = lr0 * gamma**k.")
+    gamma: float = _f(0.85, "Decay per round: lr_k = floor + (lr0 - floor) * gamma**k, lower every round.")
     min_lr_ratio: float = _f(
-        0.5, "Floor of the per-round decay, as a fraction of lr0, so late rounds still learn a new fact."
+        0.5, "The floor the per-round lr approaches (never reaches), as a fraction of lr0, so late rounds still learn."
     )
     warmup_ratio: float = _f(0.1, "Fraction of max_steps spent warming the learning rate up from 0.")
     rank: int = _f(8, "LoRA rank r.")
@@ -42,13 +42,18 @@ class TrainConfig:
     anchors_per_step: int = _f(8, "Anchor rows (base model's own answers) mixed into every step.")
     anchor_weight: float = _f(1.0, "Weight of the anchor rows' loss relative to the taught rows.")
     down_weight: float = _f(0.5, "Weight of the unlikelihood loss on thumbs-down replies.")
-    first_token_weight: float = _f(1.0, "Extra weight on the first answer token of taught rows (1 = none).")
+    first_token_weight: float = _f(
+        3.0, "Extra weight on the first answer token of taught rows (1 = none): it decides between the taught answer and the old one."
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_seq_len: int = _f(192, "Rows are cut to this many tokens (the answer end is kept).")
     anchor_max_new_tokens: int = _f(24, "Length of the base model's greedy answer used as an anchor row.")
     seed: int = _f(0, "Seed for LoRA init, sampling and dropout.")
     early_stop_exact: bool = _f(True, "Stop once every probe question is recalled exactly (greedy).")
     check_every: int = _f(2, "Steps between early-stop checks.")
+    exact_min_prob: float = _f(
+        0.6, "Early stop also needs every reply token at this probability or more, so recall survives bf16 serving."
+    )
     min_steps: int = _f(4, "Never stop before this many steps.")
     extra_steps: int = _f(2, "Steps still taken after the probes first come out exact, for margin.")
 
@@ -56,7 +61,9 @@ class TrainConfig:
         """Peak learning rate of round `round_index` (0-based)."""
         if round_index < 0:
             raise ValueError("round_index must be >= 0")
-        return self.lr0 * max(self.gamma**round_index, self.min_lr_ratio)
+        # Strictly lower every round (the brief), yet never below the floor a new fact needs.
+        floor = self.lr0 * self.min_lr_ratio
+        return floor + (self.lr0 - floor) * self.gamma**round_index
 
     def layers_to_transform(self, num_layers: int) -> list[int] | None:
         """Indices of the top layers_fraction of `num_layers` layers, or None for all of them."""

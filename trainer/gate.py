@@ -3,7 +3,8 @@
 Promote only if
   (a) new-fact recall meets its threshold,
   (b) retention of earlier facts is not below what the active adapter recalled of them, and
-  (d) drift on held-out general prompts (never trained on) is within its limit.
+  (d) drift on held-out general prompts (never trained on) is within its limit, and few of those
+      prompts get a taught answer (the "say this to everything" failure).
 Paraphrase recall (c) is measured and stored, and reported, but does not block: the retrieval
 memory serves paraphrases at once, and the weights catch up over rounds.
 """
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class GateLimits:
     min_new_recall: float = field(default=1.0, metadata={"help": "Share of new facts that must be recalled exactly."})
-    max_drift: float = field(default=0.5, metadata={
+    max_drift: float = field(default=0.85, metadata={
         "help": "Largest allowed drift (0 = same answers as the base model, 1 = nothing in common) on held-out prompts."})
+    max_leak: float = field(default=0.25, metadata={
+        "help": "Largest share of held-out prompts whose answer contains a taught answer ('says it to everything')."})
     retention_slack: float = field(default=0.0, metadata={
         "help": "How far retention may fall below the active adapter's before the gate refuses."})
 
@@ -43,6 +46,10 @@ def decide(metrics: dict, limits: GateLimits) -> Verdict:
     if retention is not None and baseline is not None:
         (passes if retention >= baseline - limits.retention_slack else failures).append(
             f"retention {retention:.0%} (active adapter: {baseline:.0%})")
+    leak = metrics.get("leak")
+    if leak is not None:
+        (passes if leak <= limits.max_leak else failures).append(
+            f"taught answers leaking into {leak:.0%} of held-out prompts (limit {limits.max_leak:.0%})")
     drift = metrics.get("drift")
     if drift is None:
         failures.append("drift was not measured")

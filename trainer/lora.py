@@ -159,14 +159,23 @@ def _reply_logits(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def _all_exact(model, rows: list[_Row], pad_id: int) -> bool:
+def _all_exact(model, rows: list[_Row], pad_id: int, min_prob: float = 0.0) -> bool:
     """True if greedy decoding reproduces every row's reply: under teacher forcing, the argmax at
-    every reply position is the reply's token (through end-of-turn), which is exactly greedy."""
+    every reply position is the reply's token (through end-of-turn), which is exactly greedy.
+
+    With min_prob, every reply token must also have at least that probability. A bare argmax
+    win is fragile: measured on the embedded model, the first answer token won by a hair at the
+    check, and two more steps (or bf16 rounding when served) flipped it back to the base answer.
+    """
     was_training = model.training
     model.eval()
     try:
         logits, targets = _reply_logits(model, _batch(rows, pad_id))
-        return bool((logits.argmax(-1) == targets).all())
+        exact = bool((logits.argmax(-1) == targets).all())
+        if not exact or min_prob <= 0:
+            return exact
+        probs = logits.float().softmax(-1).gather(-1, targets.unsqueeze(-1))
+        return bool(probs.min() >= min_prob)
     finally:
         model.train(was_training)
 
@@ -285,7 +294,7 @@ def _train(peft_model, *, rows, pad_id: int, cfg: TrainConfig, peak_lr: float, r
             bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
             done = step + 1
             if cfg.early_stop_exact and done >= cfg.min_steps and exact_since is None and done % cfg.check_every == 0:
-                if _all_exact(peft_model, exact_rows, pad_id):
+                if _all_exact(peft_model, exact_rows, pad_id, cfg.exact_min_prob):
                     exact_since = done
             if exact_since is not None and done >= exact_since + cfg.extra_steps:
                 stopped_early = done < max_steps

@@ -279,6 +279,8 @@ def _evaluate(model, tokenizer, model_path: str, settings: Settings, training: T
             return None
         return exact_recall([fact_answers[i] for i in selected], [facts[i].answer for i in selected])
 
+    taught = [normalize_answer(f.answer) for f in facts]
+    leaks = sum(any(t and t in normalize_answer(a) for t in taught) for a in new_answers)
     per_fact = {str(f.item_id): [_answer_key(f.answer), normalize_answer(a) == normalize_answer(f.answer)]
                 for f, a in zip(facts, fact_answers)}
     return {
@@ -289,6 +291,7 @@ def _evaluate(model, tokenizer, model_path: str, settings: Settings, training: T
         "paraphrase_recall": exact_recall(para_answers, [a for _, a in paraphrases]) if paraphrases else None,
         "drift": round(drift(base_answers, new_answers, tokenizer), 4),
         "heldout_unchanged": same_prefix_count(base_answers, new_answers, tokenizer),
+        "leak": round(leaks / len(heldout), 4) if heldout else 0.0,
         "heldout_total": len(heldout),
         "facts": per_fact,
         "eval_seconds": round(time.perf_counter() - t0, 2),

@@ -17,6 +17,7 @@ def test_good_metrics_promote():
     ({"retention": 0.5}, "retention 50% (active adapter: 100%)"),
     ({"drift": 0.9}, "drift 0.90"),
     ({"drift": None}, "drift was not measured"),
+    ({"leak": 0.5}, "leaking into 50% of held-out prompts"),
 ])
 def test_each_failure_rejects_with_its_reason(change, reason):
     v = decide({**GOOD, **change}, GateLimits(max_drift=0.5))

@@ -18,7 +18,7 @@ from errors import AdapterError, InputError
 from tests.trainer.test_evaluate import make_tiny_llama, make_tiny_tokenizer
 from trainer.config import TrainConfig, lora_config
 from trainer.evaluate import drift, exact_recall, generate_answers, load_general_prompts
-from trainer.lora import Example, _encode, anchor_examples, train_round
+from trainer.lora import _all_exact, Example, _encode, anchor_examples, train_round
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -47,12 +47,14 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_round_lr_decays_per_round_with_floor():
+def test_round_lr_decays_every_round_towards_a_floor():
     cfg = TrainConfig(lr0=1e-3, gamma=0.5, min_lr_ratio=0.2)
     assert cfg.round_lr(0) == pytest.approx(1e-3)
-    assert cfg.round_lr(1) == pytest.approx(5e-4)
-    assert cfg.round_lr(2) == pytest.approx(2.5e-4)
-    assert cfg.round_lr(5) == pytest.approx(2e-4)  # floor
+    assert cfg.round_lr(1) == pytest.approx(2e-4 + 8e-4 * 0.5)
+    assert cfg.round_lr(2) == pytest.approx(2e-4 + 8e-4 * 0.25)
+    lrs = [cfg.round_lr(k) for k in range(30)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # lower than the last, every round
+    assert min(lrs) > 2e-4  # but never below the floor
     with pytest.raises(ValueError):
         cfg.round_lr(-1)
 
@@ -138,13 +140,16 @@ def test_continuing_from_adapter_starts_from_its_weights(tiny, tmp_path):
 def test_early_stop_when_greedy_answer_is_exact(tiny, tmp_path):
     model, tok = tiny
     cfg = tiny_cfg(max_steps=150, early_stop_exact=True, check_every=1, min_steps=1, extra_steps=0,
-                   anchors_per_step=0, lr0=3e-2, warmup_ratio=0.0)
+                   anchors_per_step=0, lr0=3e-2, warmup_ratio=0.0, exact_min_prob=0.0)
     ex = [chat("hi", "ok")]
     result = train_round(model=model, tokenizer=tok, examples=ex, lora=lora_config(cfg, num_layers=2), cfg=cfg,
                          round_index=0, init_adapter_dir=None, out_dir=tmp_path / "a")
     assert result.stopped_early and result.steps < 150
     tuned = PeftModel.from_pretrained(model, str(tmp_path / "a"))
     assert generate_answers(tuned, tok, [list(ex[0].messages[:2])], max_new_tokens=8) == ["ok"]
+    rows = [_encode(tok, ex[0].messages, 512, "sft")]
+    assert _all_exact(tuned, rows, tok.pad_token_id)
+    assert not _all_exact(tuned, rows, tok.pad_token_id, min_prob=0.999)  # a bare argmax win is not enough
     tuned.unload()
 
 
