@@ -131,6 +131,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     app = build_app(kaizen)
+    # uvicorn re-raises SIGTERM after its shutdown, so atexit never runs: close (and stop a running
+    # training child) in the shutdown event instead.
+    app.router.add_event_handler("shutdown", kaizen.close)
     print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0

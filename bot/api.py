@@ -20,6 +20,7 @@ from typing import Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bot.chat import INVALID_CHARS
@@ -86,6 +87,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(store.Invalid)
     async def _invalid(_req: Request, exc: store.Invalid):  # noqa: ANN202
         return _error(422, str(exc), "Invalid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException):  # noqa: ANN202
+        message = exc.detail if isinstance(exc.detail, str) else "Invalid request."
+        response = _error(exc.status_code, message, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):  # noqa: ANN202

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
+from fastapi.responses import RedirectResponse
 import pandas as pd
 from fastapi import FastAPI
 from gradio.utils import get_upload_folder
@@ -542,6 +543,8 @@ def mount_admin(app: FastAPI, kaizen) -> None:  # noqa: ANN001 - bot.services.Ka
     auth = AdminAuth(db=kaizen.db, settings=kaizen.settings)
     ops.install_admin_errors(app)
     app.include_router(ops.build_admin_router(kaizen, auth))  # before the /admin mount, which would shadow it
+    # Without this the chat app mounted at "/" answers /admin (no slash) with a 404.
+    app.add_api_route("/admin", lambda: RedirectResponse("/admin/"), include_in_schema=False)
     ui = build_admin_ui(kaizen)
     ui.queue(default_concurrency_limit=4)
     # Gradio's file routes must never serve the data directory. Downloads still work: Gradio

@@ -15,7 +15,7 @@ import gradio as gr
 from errors import KaizenError
 from feedback_db import store
 
-EMOTION_ICONS = {"positive": "🙂", "negative": "🙁", "neutral": "😐"}
+EMOTION_ICONS = {"positive": "🙂", "negative": "🙁", "neutral": "😐\ufe0f"}  # VS16: colour, not DejaVu black
 SOURCE_BADGES = {"memory": "🧠 from memory", "rag": "📚 used taught facts"}
 
 

@@ -1,0 +1,261 @@
+"""The real server in a real browser: chat, rate, correct, review, train, and the memory badges.
+
+One `kaizen serve` with the embedded model and a temporary data directory is shared by the
+module (loading the model and MiniLM takes ~20 s). Each test makes the data it needs, so any
+one of them can run alone. Screenshots of the chat tab and every admin panel are saved in
+test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from feedback_db import store
+from feedback_db.db import Database
+from tests.conftest import ProcessServer
+from tests.e2e.browser import CHROMIUM, VIEWPORT, AdminPage, ChatPage, launch_chromium, screenshot, wait_until
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (`make browser` installs it)"),
+]
+
+PASSWORD = "browser-test-Đúng-1"
+TRAIN_TIMEOUT_S = 600  # 1-3 min on an idle 2-core machine; much longer when others share the cores
+# Each admin tab, and an element that only that tab shows.
+ADMIN_PANELS = {"Dashboard": "#totals", "Feedback review": "#review-table", "Knowledge": "#knowledge-table",
+                "Persona": "#persona-preview", "Training": "#runs-table", "Adapters": "#adapters-table",
+                "Export": "#export"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, embedded_model_dir):
+    data = tmp_path_factory.mktemp("browser") / "data"
+    # Short replies keep the module quick; the behaviour under test does not depend on length.
+    env = {"KAIZEN_ADMIN_PASSWORD": PASSWORD, "KAIZEN_MAX_NEW_TOKENS": "48"}
+    with ProcessServer(data, "--model", str(embedded_model_dir), "--no-schedule", env=env) as srv:
+        yield srv
+        children = descendants(srv.proc.pid)
+    # A training child can outlive the server (uvicorn re-raises SIGTERM, so atexit never runs):
+    # never leave one behind to eat the CPU.
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, children.read_text().split()):
+            found += [child, *descendants(child)]
+    return found
+
+
+@pytest.fixture(scope="module")
+def db(server):
+    database = Database(f"sqlite:///{server.data_dir / 'kaizen.db'}", run_migrations=False)
+    yield database
+    database.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)  # a fresh context: no cookies from other tests
+    yield context.new_page()
+    context.close()
+
+
+def exchange_count(db: Database) -> int:
+    with db.session() as s:
+        return store.totals(session=s)["exchanges"]
+
+
+def newest_exchange(db: Database):  # noqa: ANN201
+    with db.session() as s:
+        return store.list_exchanges(session=s, limit=1)[0]
+
+
+def feedback_of(db: Database, exchange_id: str):  # noqa: ANN201
+    with db.session() as s:
+        return store.feedback_for_exchange(session=s, exchange_id=exchange_id)
+
+
+def test_chat_streams_a_reply_and_stores_a_thumbs_down_with_a_better_answer(server, db, page):
+    chat = ChatPage(page, server.url)
+    question = "Công ty mở cửa lúc mấy giờ?"
+    better = "Công ty mở cửa lúc 8 giờ sáng, từ thứ Hai đến thứ Sáu."
+    seen = chat.send(question, lambda: exchange_count(db))
+    ex = newest_exchange(db)
+    assert ex.user_text == question and ex.source == "model" and ex.bot_text.strip()
+    # Streamed: the bubble grew through several partial texts before the whole answer.
+    assert len(seen) >= 3, seen
+    assert all(len(a) <= len(b) for a, b in zip(seen, seen[1:])), seen
+    expect(page.locator('#chatbot [data-testid="user"]').last).to_contain_text(question)
+    assert re.sub(r"\W", "", ex.bot_text)[:20] in re.sub(r"\W", "", chat.last_bot_text())
+
+    assert "type a better answer" in chat.rate(0, like=False)
+    fb = feedback_of(db, ex.id)
+    assert (fb.rating, fb.correction, fb.status) == ("down", None, "approved")  # a plain rating counts at once
+
+    assert "An admin will review it" in chat.submit_better_answer(better)
+    fb = feedback_of(db, ex.id)
+    assert (fb.rating, fb.correction, fb.status) == ("down", better, "pending")
+    expect(page.locator("#better textarea")).to_have_value("")
+    screenshot(page, "chat")
+
+
+def test_thumbs_up_on_another_answer_is_stored_for_that_answer(server, db, page):
+    chat = ChatPage(page, server.url)
+    chat.send("Hello! What is the capital of France?", lambda: exchange_count(db))
+    first = newest_exchange(db)
+    chat.send("And what is the capital of Italy?", lambda: exchange_count(db))
+    second = newest_exchange(db)
+    assert first.conversation_id == second.conversation_id
+
+    chat.rate(1, like=True)
+    fb = feedback_of(db, second.id)
+    assert (fb.rating, fb.correction, fb.status) == ("up", None, "approved")
+    assert feedback_of(db, first.id) is None  # the other answer stays unrated
+
+
+def test_admin_approves_a_correction_trains_and_the_chat_answers_from_memory(server, db, page):
+    question = "Ai đã sáng lập công ty BICweb?"
+    better = "Công ty BICweb được thành lập năm 2010 bởi những kỹ sư trẻ ở Đà Nẵng."
+    chat = ChatPage(page, server.url)
+    chat.send(question, lambda: exchange_count(db))
+    asked = newest_exchange(db)
+    assert asked.source == "model" and asked.bot_text != better
+    chat.rate(0, like=False)
+    chat.submit_better_answer(better)
+    fb_id = feedback_of(db, asked.id).id
+
+    admin = AdminPage(page, server.url)
+    admin.login(PASSWORD)
+    admin.tab("Feedback review")
+    table = page.locator("#review-table")
+    expect(table).to_contain_text(question)
+    # Clicking the row's question cell picks it: its correction lands in the edit box.
+    table.get_by_test_id(re.compile(r"^cell-\d+-3$")).filter(has_text=question).click()
+    expect(page.locator("#review-correction textarea")).to_have_value(better)
+    page.locator("#approve").click()
+    expect(page.locator("#review-message")).to_contain_text(f"Feedback #{fb_id} approved")
+    assert feedback_of(db, asked.id).status == "approved"
+
+    admin.tab("Training")
+    page.locator("#train-now").click()
+    expect(page.locator("#train-message")).to_contain_text("Started training run #")
+    bar = page.locator("#progress [role=progressbar]")
+    line = page.locator("#progress .kz-line")
+    values: list[str] = []
+
+    def finished() -> str | None:
+        value, text = bar.get_attribute("aria-valuenow"), line.inner_text()
+        if not values or values[-1] != value:
+            values.append(value)
+        return next((s for s in ("promoted", "rejected", "failed", "nodata") if f" {s} " in f" {text} "), None)
+
+    outcome = wait_until(finished, TRAIN_TIMEOUT_S, "the training run to finish", interval_s=0.5)
+    assert outcome in ("promoted", "rejected"), page.locator("#progress").inner_text()
+    assert values[-1] == "100" and len(values) >= 2, values  # the bar moved, and filled up at the end
+    with db.session() as s:
+        [run] = store.list_runs(session=s)
+        [version] = store.list_adapters(session=s)
+    assert run.status == outcome and run.adapter_version == version.version
+    print(f"\ntraining run #{run.id}: {outcome}, {run.step}/{run.total_steps} steps, bar values seen {values}, "
+          f"adapter {version.version} verdict {version.verdict}: {version.reason}")
+    expect(page.locator("#runs-table")).to_contain_text(outcome)
+
+    page.reload()  # the adapters table is filled when the page opens
+    admin.tab("Adapters")
+    row = page.locator("#adapters-table").get_by_role("row").filter(has_text=version.version)
+    expect(row).to_contain_text(version.verdict)
+
+    chat = ChatPage(page, server.url)
+    chat.send(question, lambda: exchange_count(db))
+    again = newest_exchange(db)
+    assert (again.source, again.bot_text) == ("memory", better)
+    expect(chat.bot_messages.last).to_contain_text(better)
+    expect(chat.bot_messages.last).to_contain_text("🧠 from memory")
+    screenshot(page, "chat-memory")
+
+
+def test_an_answer_using_uploaded_knowledge_shows_the_taught_facts_badge(server, db, page, tmp_path):
+    facts = tmp_path / "facts.txt"
+    facts.write_text("What is CHOREI? -> CHOREI is a Japanese-style morning meeting where the team shares plans.\n",
+                     encoding="utf-8")
+    admin = AdminPage(page, server.url)
+    admin.login(PASSWORD)
+    admin.tab("Knowledge")
+    page.locator("#knowledge-file input[type=file]").set_input_files(str(facts))
+    expect(page.locator("#knowledge-file")).to_contain_text("facts.txt")
+    page.locator("#import").click()
+    expect(page.locator("#import-result")).to_contain_text("Imported 1 item(s)")
+    expect(page.locator("#knowledge-table")).to_contain_text("What is CHOREI?")
+
+    chat = ChatPage(page, server.url)
+    chat.send("What is CHOREI?", lambda: exchange_count(db))
+    ex = newest_exchange(db)
+    assert ex.source == "rag", ex.bot_text
+    expect(chat.bot_messages.last).to_contain_text("📚 used taught facts")
+    chat.send("What is the capital of France?", lambda: exchange_count(db))
+    assert newest_exchange(db).source == "model"
+    expect(chat.bot_messages.last).not_to_contain_text("📚")
+    expect(chat.bot_messages.last).not_to_contain_text("🧠")
+    screenshot(page, "chat-badges")
+
+
+def test_every_admin_panel_renders_for_the_admin(server, page):
+    admin = AdminPage(page, server.url)
+    admin.login(PASSWORD)
+    for panel, landmark in ADMIN_PANELS.items():
+        admin.tab(panel)
+        expect(page.locator(landmark)).to_be_visible()
+        if panel == "Persona":
+            expect(page.locator("#persona-preview textarea")).to_have_value(re.compile("You are Kaizen"))
+        if panel == "Export":
+            page.locator("#export").click()
+            expect(page.locator("#export-message")).to_contain_text("Exported")
+            expect(page.locator("#export-file")).to_contain_text(".jsonl")
+        screenshot(page, "admin-" + panel.lower().replace(" ", "-"))
+
+
+def test_admin_refuses_missing_or_wrong_credentials(server, page):
+    admin = AdminPage(page, server.url)
+    admin.open_login()
+    expect(page.get_by_role("tab", name="Dashboard")).to_have_count(0)
+    admin.submit_login("admin", "wrong password")
+    expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+    admin.submit_login("root", PASSWORD)
+    expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+    expect(page.get_by_role("tab", name="Dashboard")).to_have_count(0)
+    screenshot(page, "admin-login-refused")
+    assert httpx.get(server.url + "/admin/config").status_code == 401  # the admin page's layout is not served either
+
+    api = server.url + "/admin/api/adapters"
+    assert httpx.get(api).status_code == 401
+    assert httpx.get(api, auth=("admin", "wrong password")).status_code == 401
+    assert httpx.get(api, auth=("admin", PASSWORD)).status_code == 200
+
+
+def test_admin_without_a_trailing_slash_leads_to_the_login(server, page):
+    page.goto(server.url + "/admin")
+    expect(page.get_by_role("button", name="Login")).to_be_visible()
+    assert page.url == server.url + "/admin/"
