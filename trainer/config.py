@@ -55,7 +55,9 @@ class TrainConfig:
         0.6, "Early stop also needs every reply token at this probability or more, so recall survives bf16 serving."
     )
     min_steps: int = _f(4, "Never stop before this many steps.")
-    extra_steps: int = _f(2, "Steps still taken after the probes first come out exact, for margin.")
+    extra_steps: int = _f(
+        0, "Steps still taken after the probes first come out exact. 0: save exactly the state that was checked (measured: 2 more steps flipped the first answer token back)."
+    )
 
     def round_lr(self, round_index: int) -> float:
         """Peak learning rate of round `round_index` (0-based)."""

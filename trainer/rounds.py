@@ -34,6 +34,7 @@ from feedback_db import store
 from feedback_db.db import Database
 from settings import Settings
 from trainer import adapters
+from trainer.augment import strip_diacritics
 from trainer.config import TrainConfig, lora_config
 from trainer.dataset import Fact, TrainingSet, build_training_set
 from trainer.evaluate import drift, exact_recall, generate_answers, load_general_prompts, normalize_answer, same_prefix_count
@@ -86,6 +87,17 @@ def _mark_new(training: TrainingSet, known: dict) -> tuple[list[Fact], float | N
         if old:
             recalled.append(bool(seen[1]))
     return facts, (sum(recalled) / len(recalled) if recalled else None)
+
+
+def _words(text: str) -> set[str]:
+    return set(strip_diacritics(text).casefold().replace("?", " ").replace("!", " ").split())
+
+
+def _overlaps(prompt: str, facts: list[Fact]) -> bool:
+    """An anchor prompt that shares most words of a taught question ("Xin chào buổi sáng" vs the
+    taught "Xin chào") would hold the old answer in place against the new one: leave it out."""
+    words = _words(prompt)
+    return any(len(words & q) >= max(1, len(q) / 2) for q in (_words(f.question) for f in facts))
 
 
 def _cached(path: Path, key: dict, compute: Callable[[], list]) -> list:
@@ -211,7 +223,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         model, tokenizer, prompts["anchor"], training.system_prompt, cfg.anchor_max_new_tokens)])
     from trainer.lora import Example
 
-    anchors = [Example(tuple(m), kind="anchor", source=f"anchor:{i}") for i, m in enumerate(anchors_json)]
+    anchors = [Example(tuple(m), kind="anchor", source=f"anchor:{i}") for i, m in enumerate(anchors_json)
+               if not _overlaps(m[-2]["content"], facts)]
 
     reporter.phase("train")
     workdir = adapters.new_workdir(settings.adapters_dir)
