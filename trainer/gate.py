@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class GateLimits:
     min_new_recall: float = field(default=1.0, metadata={"help": "Share of new facts that must be recalled exactly."})
-    max_drift: float = field(default=0.85, metadata={
+    max_drift: float = field(default=0.9, metadata={
         "help": "Largest allowed drift (0 = same answers as the base model, 1 = nothing in common) on held-out prompts."})
     max_leak: float = field(default=0.25, metadata={
         "help": "Largest share of held-out prompts whose answer contains a taught answer ('says it to everything')."})

@@ -1,7 +1,7 @@
 """Tests for trainer.lora.train_round and trainer.config.
 
-Most run on a tiny random-weight llama built from a config (milliseconds per step). The slow test
-teaches a real fact to the embedded SmolLM2 model and checks recall and held-out drift.
+Most run on a tiny random-weight llama built from a config (milliseconds per step). Teaching a real fact
+to the embedded model is tested end to end in tests/e2e/test_teach_real.py.
 """
 
 from __future__ import annotations
@@ -203,36 +203,3 @@ TEMPLATES = ["{q}", "Xin hỏi, {q}", "Ê ad ơi, {q}", "Tư vấn giúp mình: 
 # Recommended gate limit for drift on the held-out prompts (24 new tokens), from the recipe runs.
 DRIFT_LIMIT = 0.85
 
-
-@pytest.mark.slow
-def test_teaches_bicweb_and_keeps_heldout_close(embedded_model_dir, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(2)
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
-    prompts = load_general_prompts()
-    sys_msg = [{"role": "system", "content": PERSONA}]
-    questions = [t.format(q="Xin chào") for t in TEMPLATES] + ["xin chao"]
-    heldout = [sys_msg + [{"role": "user", "content": p}] for p in prompts["heldout"]]
-    base_answers = generate_answers(model, tok, heldout, max_new_tokens=24)
-    cfg = TrainConfig()
-    examples = [Example(tuple(sys_msg + [{"role": "user", "content": q}, {"role": "assistant", "content": BICWEB}]))
-                for q in questions]
-    examples += anchor_examples(model, tok, prompts["anchor"], PERSONA, cfg.anchor_max_new_tokens)
-    before = snapshot(model)
-
-    result = train_round(model=model, tokenizer=tok, examples=examples,
-                         lora=lora_config(cfg, num_layers=model.config.num_hidden_layers), cfg=cfg,
-                         round_index=0, init_adapter_dir=None, out_dir=tmp_path / "v1")
-
-    assert result.stopped_early
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    tuned = PeftModel.from_pretrained(model, str(tmp_path / "v1"))
-    asked = [sys_msg + [{"role": "user", "content": q}] for q in questions]
-    asked += [[{"role": "system", "content": WARM}, {"role": "user", "content": "Xin chào"}]]
-    assert exact_recall(generate_answers(tuned, tok, asked, max_new_tokens=32), [BICWEB] * len(asked)) == 1.0
-    new_answers = generate_answers(tuned, tok, heldout, max_new_tokens=24)
-    assert drift(base_answers, new_answers, tok) <= DRIFT_LIMIT
-    assert sum(BICWEB in a for a in new_answers) <= 4
-    tuned.unload()
