@@ -80,7 +80,10 @@ def _encode(tokenizer, messages: list[dict] | tuple[dict, ...], max_len: int, ki
     prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)["input_ids"]
     full = tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]
     if full[:len(prompt)] != prompt:
-        raise InputError("The chat template does not extend the prompt with the reply; cannot mask it.")
+        # A reply that starts with whitespace can merge with the template's newline into other
+        # tokens (seen with rated replies). Encode the reply on its own after the prompt instead.
+        reply = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+        full = prompt + reply + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     end = len(full)
     while end > len(prompt) and full[end - 1] != tokenizer.eos_token_id:
         end -= 1

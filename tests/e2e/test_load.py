@@ -92,7 +92,7 @@ def test_sixteen_streaming_clients_with_ratings_and_a_training_round(tmp_path, t
 
     assert not log["failed"], log["failed"][:5]
     assert "database is locked" not in output and "Traceback" not in output, output[-3000:]
-    assert run["status"] in ("promoted", "rejected"), run  # the round ran to its verdict under load
+    assert run["status"] in ("promoted", "rejected"), (run["status"], run.get("error"))  # ran to its verdict under load
     assert log["refused"], "the small queue never pushed back"
     assert all(status in (429, 503) and retry for status, retry, _ in log["refused"])
     con = sqlite3.connect(data / "kaizen.db")

@@ -203,3 +203,12 @@ TEMPLATES = ["{q}", "Xin hỏi, {q}", "Ê ad ơi, {q}", "Tư vấn giúp mình: 
 # Recommended gate limit for drift on the held-out prompts (24 new tokens), from the recipe runs.
 DRIFT_LIMIT = 0.85
 
+
+
+def test_a_reply_starting_with_whitespace_is_still_labelled_exactly(embedded_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    row = _encode(tok, chat("hi", "\n  spaced reply").messages, 512, "sft")
+    labelled = [t for t in row.labels if t != -100]
+    assert tok.decode(labelled[:-1]) == "\n  spaced reply" and labelled[-1] == tok.eos_token_id
