@@ -1,0 +1,276 @@
+"""Benchmark 1, chat: time to first token (TTFT) and decode speed for one user, short and long prompt.
+
+Baseline: plain transformers `generate()` in fp32 on the same model and prompts. Kaizen's engine
+(bf16, streamed through its worker thread, exactly as served) is reported as a ratio to it, next
+to the variants tried to raise CPU throughput. Each variant's answer quality is its greedy
+agreement with fp32 on QUALITY_PROMPTS. The memory-bandwidth bound is the machine's measured read
+bandwidth divided by the weight bytes one decoded token reads.
+
+    python -m bench --only chat [--quick]
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.generation.streamers import BaseStreamer
+
+from bench.common import Options, Result, Row, Table, median, ratio
+from bot.engine import Engine, GenParams
+
+SHORT = "Write a short story about a robot who learns to paint."
+_SECTION = (
+    "Section {n}. Opening hours and service. The shop opens at 8:00 and closes at 21:00 from Monday to "
+    "Saturday, and from 9:00 to 17:00 on Sundays. Customers can return an item within 30 days with the "
+    "receipt; opened software cannot be returned. Delivery inside the city is free for orders above "
+    "500,000 VND and takes one to two days. The warranty on laptops is 24 months and on accessories "
+    "12 months. Staff answer the hotline from 8:00 to 20:00 every day.\n"
+)
+LONG = "".join(_SECTION.format(n=n) for n in range(1, 6)) + "\nSummarize the handbook above in three sentences."
+QUALITY_PROMPTS = [
+    "What is the capital of France?", "Write a haiku about the sea.", "Explain photosynthesis in one sentence.",
+    "Give me three tips for better sleep.", "What is 12 times 7?", "Who wrote Romeo and Juliet?", "Xin chào",
+    "Translate 'good morning' into Spanish.", "What is a black hole?", "Suggest a name for a pet cat.",
+]
+
+
+@dataclass
+class Trace:
+    ttft: float  # seconds from the call to the first new token (or text chunk)
+    decode_tps: float  # tokens per second after the first one
+    tokens: int
+
+
+class _Clock(BaseStreamer):
+    """Records when generate() hands over each new token; nearly free, unlike a text streamer."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt = True
+
+    def put(self, value) -> None:  # noqa: ANN001
+        if self._prompt:  # generate() first passes the prompt itself
+            self._prompt = False
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _trace(t0: float, times: list[float], tokens: int) -> Trace:
+    span = times[-1] - times[0]
+    return Trace(times[0] - t0, (tokens - 1) / span if tokens > 1 and span > 0 else 0.0, tokens)
+
+
+class Variant:
+    """A way of decoding greedily with the model: `trace` times it, `answer` gives its text."""
+
+    def __init__(self, name: str, model, tokenizer, *, weight_bytes: int | None, note: str = "",  # noqa: ANN001
+                 generate_kwargs: dict | None = None):
+        self.name, self.model, self.tokenizer = name, model, tokenizer
+        self.weight_bytes, self.note = weight_bytes, note
+        self.generate_kwargs = generate_kwargs or {}
+
+    def _ids(self, messages: list[dict]) -> torch.Tensor:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+    @torch.inference_mode()
+    def _generate(self, messages: list[dict], n: int, streamer: BaseStreamer | None) -> list[int]:
+        ids = self._ids(messages)
+        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  pad_token_id=self.tokenizer.pad_token_id, streamer=streamer, **self.generate_kwargs)
+        return out[0, ids.shape[1]:].tolist()
+
+    def trace(self, messages: list[dict], n: int) -> Trace:
+        clock = _Clock()
+        t0 = time.perf_counter()
+        self._generate(messages, n, clock)
+        return _trace(t0, clock.times, len(clock.times))
+
+    def answer(self, messages: list[dict], n: int) -> str:
+        return self.tokenizer.decode(self._generate(messages, n, None), skip_special_tokens=True).strip()
+
+
+class LoopVariant(Variant):
+    """Greedy decoding in a bare loop: one forward per token, no logits processors, no stopping
+    criteria, no streamer (the "fewer Python round-trips per token" idea)."""
+
+    @torch.inference_mode()
+    def _loop(self, messages: list[dict], n: int, on_token: Callable[[], None]) -> list[int]:
+        ids = self._ids(messages)
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        out: list[int] = []
+        while True:
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(int(nxt))
+            on_token()
+            if out[-1] == self.tokenizer.eos_token_id or len(out) == n:
+                return out
+            logits = self.model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
+
+    def trace(self, messages: list[dict], n: int) -> Trace:
+        times: list[float] = []
+        t0 = time.perf_counter()
+        self._loop(messages, n, lambda: times.append(time.perf_counter()))
+        return _trace(t0, times, len(times))
+
+    def answer(self, messages: list[dict], n: int) -> str:
+        return self.tokenizer.decode(self._loop(messages, n, lambda: None), skip_special_tokens=True).strip()
+
+
+class EngineVariant(Variant):
+    """Kaizen's engine as served: generate() in a worker thread, text streamed to the caller."""
+
+    def __init__(self, name: str, engine: Engine, *, weight_bytes: int | None, note: str = ""):
+        super().__init__(name, engine.model, engine.tokenizer, weight_bytes=weight_bytes, note=note)
+        self.engine = engine
+
+    def trace(self, messages: list[dict], n: int) -> Trace:
+        t0 = time.perf_counter()
+        gen = self.engine.stream(messages, GenParams(max_new_tokens=n, repetition_penalty=1.0))
+        times = [time.perf_counter() for _chunk in gen]
+        # A chunk is a word, so the first one can come a token late; the count is exact.
+        return _trace(t0, times, gen.completion_tokens)
+
+    def answer(self, messages: list[dict], n: int) -> str:
+        return self.engine.generate(messages, GenParams(max_new_tokens=n, repetition_penalty=1.0)).strip()
+
+
+def weight_bytes_per_token(model) -> int:  # noqa: ANN001
+    """Weight bytes one decoded token reads: every matrix and norm once. A tied embedding table is
+    read whole by the output projection; an untied one only as one row (not counted)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # tied tensors counted once
+    if not model.config.tie_word_embeddings:
+        emb = model.get_input_embeddings().weight
+        total -= emb.numel() * emb.element_size()
+    return total
+
+
+def bandwidth(reps: int, mib: int = 256) -> tuple[float, float]:
+    """(copy, read) memory bandwidth in GB/s: a large torch copy (bytes read + written) and a large
+    sum (bytes read), median over reps, with the same torch threads as the model."""
+    src = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    size = src.numel() * 4
+    copies, reads = [], []
+    for _ in range(reps + 1):  # the first pass only faults the pages in
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        t1 = time.perf_counter()
+        src.sum()
+        t2 = time.perf_counter()
+        copies.append(2 * size / (t1 - t0) / 1e9)
+        reads.append(size / (t2 - t1) / 1e9)
+    return median(copies[1:]), median(reads[1:])
+
+
+def build_variants(model_dir: str) -> list[Variant]:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    m32 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    m16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    with warnings.catch_warnings():  # quantize_dynamic is deprecated in favour of torchao, not installed here
+        warnings.simplefilter("ignore")
+        q8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(m32), {torch.nn.Linear}, dtype=torch.qint8)
+    b32, b16 = weight_bytes_per_token(m32), weight_bytes_per_token(m16)
+    engine = Engine(m16, tok, name="bench")
+    return [
+        Variant("fp32 generate() (baseline)", m32, tok, weight_bytes=b32),
+        Variant("bf16 generate()", m16, tok, weight_bytes=b16),
+        EngineVariant("Kaizen engine (bf16, streamed)", engine, weight_bytes=b16, note="as served"),
+        LoopVariant("bf16 own greedy loop", m16, tok, weight_bytes=b16, note="fewer Python round-trips"),
+        Variant("bf16 static KV cache", m16, tok, weight_bytes=b16, generate_kwargs={"cache_implementation": "static"},
+                note="without torch.compile"),
+        Variant("int8 dynamic quantization", q8, tok, weight_bytes=None, note="torch.ao quantize_dynamic on nn.Linear"),
+    ]
+
+
+def agreement(texts: list[str], ref: list[str]) -> tuple[int, float]:
+    """(exactly equal answers, mean shared-prefix fraction in characters)."""
+    def prefix(a: str, b: str) -> float:
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return n / max(len(a), len(b), 1)
+
+    return sum(a == b for a, b in zip(texts, ref)), sum(prefix(a, b) for a, b in zip(texts, ref)) / len(ref)
+
+
+def run(opts: Options) -> Result:
+    from tqdm import tqdm
+
+    reps, n_new = opts.pick(5, 3), opts.pick(48, 32)
+    quality_new = opts.pick(32, 24)
+    variants = build_variants(opts.model_dir)
+    tok = variants[0].tokenizer
+    prompts = {"short": [{"role": "user", "content": SHORT}], "long": [{"role": "user", "content": LONG}]}
+    prompt_tokens = {k: len(variants[0]._ids(m)[0]) for k, m in prompts.items()}
+
+    for v in variants:  # warm-up: first calls allocate and pick kernels
+        v.trace(prompts["short"], 4)
+    traces: dict[tuple[str, str], list[Trace]] = {}
+    # Round-robin over variants inside each repeat, so a noisy minute hits them all alike.
+    bar = tqdm(total=reps * len(prompts) * len(variants), desc="chat: speed", unit="run")
+    for _ in range(reps):
+        for kind, messages in prompts.items():
+            for v in variants:
+                traces.setdefault((v.name, kind), []).append(v.trace(messages, n_new))
+                bar.update(1)
+    bar.close()
+    copy_bw, read_bw = bandwidth(opts.pick(7, 3))
+
+    quality: dict[str, tuple[int, float]] = {}
+    ref: list[str] = []
+    for v in tqdm(variants, desc="chat: agreement with fp32", unit="variant"):
+        texts = [v.answer([{"role": "user", "content": p}], quality_new) for p in QUALITY_PROMPTS]
+        ref = ref or texts
+        quality[v.name] = agreement(texts, ref)
+
+    def fig(name: str, kind: str) -> tuple[float, float]:
+        ts = traces[(name, kind)]
+        return median([t.ttft for t in ts]), median([t.decode_tps for t in ts])
+
+    base, eng = variants[0], variants[2]
+    detail = Table(
+        f"Chat, one user: {reps} repeats × {n_new} new tokens, greedy; prompts of {prompt_tokens['short']} and "
+        f"{prompt_tokens['long']} tokens. Agreement: exact greedy answers equal to fp32 on {len(QUALITY_PROMPTS)} "
+        f"prompts ({quality_new} tokens).",
+        ["variant", "prompt", "TTFT", "decode tok/s", "× fp32 decode", "% of bandwidth bound", "agrees with fp32",
+         "notes"])
+    for v in variants:
+        exact, pre = quality[v.name]
+        for kind in prompts:
+            ttft, tps = fig(v.name, kind)
+            bound = read_bw * 1e9 / v.weight_bytes if v.weight_bytes else None
+            detail.rows.append([v.name, kind, f"{1000 * ttft:.0f} ms", f"{tps:.1f}", ratio(tps, fig(base.name, kind)[1]),
+                                f"{100 * tps / bound:.0f}%" if bound else "–",
+                                f"{exact}/{len(QUALITY_PROMPTS)} (prefix {pre:.0%})", v.note])
+    bw = Table("Memory bandwidth (torch, 256 MiB, median)", ["measure", "GB/s", "weights read per token", "bound"],
+               [["copy (read + write)", f"{copy_bw:.1f}", "", ""],
+                ["read (sum)", f"{read_bw:.1f}", f"fp32 {base.weight_bytes / 1e6:.0f} MB",
+                 f"{read_bw * 1e9 / base.weight_bytes:.0f} tok/s"],
+                ["", "", f"bf16 {eng.weight_bytes / 1e6:.0f} MB", f"{read_bw * 1e9 / eng.weight_bytes:.0f} tok/s"]])
+
+    rows = []
+    for kind in prompts:
+        (b_ttft, b_tps), (e_ttft, e_tps) = fig(base.name, kind), fig(eng.name, kind)
+        rows.append(Row(f"Chat decode, {kind} prompt ({prompt_tokens[kind]} tokens), engine bf16", f"{e_tps:.1f} tok/s",
+                        f"{b_tps:.1f} tok/s fp32 generate()", ratio(e_tps, b_tps)))
+        rows.append(Row(f"Chat time to first token, {kind} prompt, engine bf16", f"{1000 * e_ttft:.0f} ms",
+                        f"{1000 * b_ttft:.0f} ms fp32 generate()", ratio(e_ttft, b_ttft), "lower is better"))
+    bound16 = read_bw * 1e9 / eng.weight_bytes
+    e_tps = fig(eng.name, "short")[1]
+    rows.append(Row("Decode vs memory-bandwidth bound (bf16, short prompt)", f"{e_tps:.1f} tok/s",
+                    f"{bound16:.0f} tok/s = {read_bw:.1f} GB/s ÷ {eng.weight_bytes / 1e6:.0f} MB", ratio(e_tps, bound16),
+                    "share of the bound reached"))
+    exact, _ = quality[eng.name]
+    rows.append(Row("Engine answers equal to fp32 greedy", f"{exact}/{len(QUALITY_PROMPTS)}", "fp32", "",
+                    "bf16 rounding changes some greedy paths"))
+    return Result("chat", rows, [detail, bw])
