@@ -1,0 +1,70 @@
+"""The benchmark harness's own logic (no timings are asserted: the machines are shared and noisy)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bench.__main__ import parse, render
+from bench.chat import agreement
+from bench.common import Options, Result, Row, Table, markdown_table
+from bench.round_scale import VARIANTS, seed_pairs
+from bench.storage import dashboard_queries, generate, logging_rate
+from feedback_db import store
+from feedback_db.db import Database
+from trainer.augment import clean_question, variants
+
+
+def test_only_selects_known_benchmarks_and_refuses_others():
+    assert parse(["--only", "chat, storage"]).names == ["chat", "storage"]
+    assert "hotswap" in parse([]).names
+    with pytest.raises(SystemExit):
+        parse(["--only", "chat,nonsense"])
+
+
+def test_markdown_table_escapes_pipes_and_newlines():
+    text = markdown_table(["a", "b"], [["x|y", "line\nbreak"]], title="T")
+    assert text.splitlines() == ["**T**", "", "| a | b |", "|---|---|", "| x\\|y | line break |"]
+
+
+def test_render_has_the_headline_row_and_each_detail_table(tmp_path):
+    result = Result("storage", [Row("logging", "10 rows/s", "5 rows/s", "2.00×")], [Table("Detail", ["k"], [["v"]])])
+    import datetime as dt
+
+    text = render([result], Options(model_dir="m", out_dir=tmp_path), dt.datetime(2026, 1, 1), "0.0 0.0 0.0", 60)
+    assert "| storage | logging | 10 rows/s | 5 rows/s | 2.00× |  |" in text
+    assert "## storage" in text and "**Detail**" in text
+
+
+def test_agreement_counts_exact_answers_and_shared_prefixes():
+    exact, prefix = agreement(["Paris.", "abcd", "zzz"], ["Paris.", "abXX", "yyy"])
+    assert exact == 1
+    assert prefix == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_seed_pairs_give_the_briefs_thousand_rows():
+    pairs = seed_pairs(100)
+    assert len({q for q, _ in pairs}) == 100
+    rows = sum(len(variants(clean_question(q), VARIANTS, seed=i)) for i, (q, _) in enumerate(pairs))
+    assert rows == 1000
+
+
+def test_logging_rate_writes_every_row(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'k.db'}")
+    assert logging_rate(db, 4, 40) > 0
+    with db.session() as s:
+        assert store.totals(session=s)["exchanges"] == 40
+
+
+def test_generated_data_feeds_every_dashboard_query(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'k.db'}")
+    generate(db, 500, random.Random(0))
+    generate(db, 500, random.Random(1), start_index=500)
+    results = {name: fn() for name, fn in dashboard_queries(db).items()}
+    totals = results["totals (stats)"]
+    assert totals["exchanges"] == 1000 and totals["conversations"] == 200
+    assert 0 < totals["ratings"] < 1000
+    assert sum(up + down for _, up, down in results["rating by day"]) == totals["ratings"]
+    assert sum(results["emotion counts"].values()) == 1000
+    assert len(results["25 recent exchanges"]) == 25
