@@ -137,6 +137,25 @@ def tiny_model_dir(embedded_model_dir: Path) -> Path:
     return target
 
 
+def random_adapter(out: Path, model_dir: Path, seed: int, *, model=None, lora=None) -> Path:  # noqa: ANN001
+    """A LoRA adapter with random, clearly visible weights, saved as peft saves it."""
+    import torch
+    from peft import get_peft_model
+
+    from bot.engine import load_model
+    from trainer.config import TrainConfig, lora_config
+
+    torch.manual_seed(seed)
+    model = model if model is not None else load_model(str(model_dir), "float32")[0]
+    peft = get_peft_model(model, lora or lora_config(TrainConfig(), num_layers=model.config.num_hidden_layers))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(out)
+    return out
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))

@@ -5,27 +5,19 @@ import threading
 
 import psutil
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 
-from bot.engine import Engine, GenParams, load_model
+from bot.engine import Engine, GenParams
 from errors import AdapterError
+from tests.conftest import random_adapter
 
 PROMPT = [{"role": "user", "content": "Say something."}]
 PARAMS = GenParams(max_new_tokens=12)
 
 
 def _make_adapter(model_dir, out, seed, r=4, targets=("q_proj", "v_proj")):
-    torch.manual_seed(seed)
-    model, _ = load_model(str(model_dir), "float32")
-    cfg = LoraConfig(r=r, lora_alpha=64, target_modules=list(targets), init_lora_weights=False)
-    peft = get_peft_model(model, cfg)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.5)
-    peft.save_pretrained(out)
-    return out
+    return random_adapter(out, model_dir, seed,
+                          lora=LoraConfig(r=r, lora_alpha=64, target_modules=list(targets), init_lora_weights=False))
 
 
 @pytest.fixture(scope="module")

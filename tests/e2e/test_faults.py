@@ -31,16 +31,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from peft import get_peft_model
 
-from bot.engine import load_model
 from feedback_db import store
 from feedback_db.db import Database
 from scheduler import LAST_CHECK_KEY
-from tests.conftest import ProcessServer
+from tests.conftest import ProcessServer, random_adapter
 from trainer import adapters
-from trainer.config import TrainConfig, lora_config
 from trainer.rounds import LOCK
 
 pytestmark = pytest.mark.slow
@@ -79,19 +75,6 @@ def wait_for(pred, timeout: float = 180, every: float = 0.2):  # noqa: ANN001, A
     raise AssertionError("condition not met in time")
 
 
-def lora_weights(out: Path, model_dir: Path, seed: int, *, model=None, lora=None) -> Path:  # noqa: ANN001
-    """A LoRA adapter with random, clearly visible weights, saved as peft saves it."""
-    torch.manual_seed(seed)
-    model = model if model is not None else load_model(str(model_dir), "float32")[0]
-    peft = get_peft_model(model, lora or lora_config(TrainConfig(), num_layers=model.config.num_hidden_layers))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.5)
-    peft.save_pretrained(out)
-    return out
-
-
 def reseal(path: Path) -> None:
     """Re-checksum a version's files, as if the damage had been there when it was published."""
     meta = json.loads((path / adapters.META).read_text())
@@ -103,7 +86,7 @@ def reseal(path: Path) -> None:
 def add_version(db: Database, data: Path, version: str, model_dir: Path, seed: int, *, active: bool = False,
                 **weights) -> Path:
     """Publish and record a version the way a training round does."""
-    work = lora_weights(adapters.new_workdir(data / "adapters"), model_dir, seed, **weights)
+    work = random_adapter(adapters.new_workdir(data / "adapters"), model_dir, seed, **weights)
     path = adapters.publish(work, data / "adapters", version, {"made_by": "tests/e2e/test_faults.py"})
     with db.write() as s:
         store.record_adapter(session=s, version=version, run_id=None, round_index=0, verdict="promoted",
