@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from errors import AdapterError, BusyError, InputError, ModelError
 
 BASE = "base"
+MIN_TEMPERATURE = 0.01
 ADAPTER_SLOT = "default"  # the one peft adapter name in use; versions are swapped into it
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -121,7 +122,9 @@ class Generation:
             pad_token_id=engine.tokenizer.pad_token_id,
             repetition_penalty=params.repetition_penalty,
         )
-        if params.temperature > 0:
+        # Below 0.01 sampling is greedy in all but name, and a tiny temperature (1e-300, found by
+        # the property tests) overflows the logits into inf/NaN.
+        if params.temperature >= MIN_TEMPERATURE:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

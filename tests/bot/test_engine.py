@@ -35,6 +35,11 @@ def test_greedy_is_deterministic(engine):
     assert engine.generate(_chat(0), p) == engine.generate(_chat(0), p)
 
 
+def test_a_tiny_temperature_is_greedy_not_an_overflow(engine):
+    greedy = engine.generate(_chat(0), GenParams(max_new_tokens=6))
+    assert engine.generate(_chat(0), GenParams(max_new_tokens=6, temperature=1e-300, top_p=1e-9)) == greedy
+
+
 def test_history_is_trimmed_keeping_system_and_newest_turns(engine):
     msgs = _chat(30)
     kept = engine.fit_messages(msgs, max_new_tokens=32)
