@@ -333,8 +333,10 @@ def _chat_pair(messages: object) -> tuple[str, str] | str:
 def _check_row(
     question: str, answer: str, category: str, *, line: int, limits: ImportLimits
 ) -> KnowledgeRow | LineError:
+    # NFC again per field: JSON escapes (\uXXXX) are decoded after the file-level normalization.
     question, answer, category = (
-        s.replace("\r\n", "\n").replace("\r", "\n").strip() for s in (question, answer, category)
+        unicodedata.normalize("NFC", s.replace("\r\n", "\n").replace("\r", "\n")).strip()
+        for s in (question, answer, category)
     )
     checks = (
         ("question", question, limits.max_question_chars),
