@@ -243,9 +243,12 @@ class Engine:
             if path is None:
                 self._drop_adapter()
                 self.adapter_version, self.adapter_path = BASE, None
-                return time.perf_counter() - start
-            self._load_adapter(version, Path(path))
-            return time.perf_counter() - start
+            else:
+                self._load_adapter(version, Path(path))
+            held = time.perf_counter() - start
+        # Freeing the old adapter's tensors took 0.5 s of a 0.6 s swap (bench): do it after the lock.
+        gc.collect()
+        return held
 
     def _drop_adapter(self) -> None:
         if self.model is not self.base_model:
@@ -253,7 +256,6 @@ class Engine:
             if hasattr(self.base_model, "peft_config"):
                 del self.base_model.peft_config  # else the next attach counts a phantom second adapter
             self.model = self.base_model
-            gc.collect()
 
     def _attach(self, path: Path) -> None:
         from peft import PeftModel
@@ -323,5 +325,4 @@ class Engine:
                 self._attach(previous)  # keep serving what we had
             raise AdapterError(f"Adapter {version} does not fit the base model: {exc}") from exc
         self.adapter_version, self.adapter_path = version, path
-        gc.collect()
 
