@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bot.chat import INVALID_CHARS
+from bot.persona import INVALID_CHARS
 from errors import KaizenError
 from feedback_db import store
 

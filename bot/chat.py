@@ -18,16 +18,13 @@ from dataclasses import dataclass, field
 
 from bot.emotion import Emotion, EmotionAnalyzer, tone_instruction
 from bot.engine import Engine, GenParams
-from bot.persona import SETTING_KEY as PERSONA_KEY, Persona, build_system_prompt, with_context
+from bot.persona import INVALID_CHARS, SETTING_KEY as PERSONA_KEY, Persona, build_system_prompt, with_context
 from errors import InputError
 from feedback_db import store
 from feedback_db.db import Database
 from feedback_db.models import new_id, utcnow
 from settings import Settings
 
-# Control characters other than \t \n \r, and lone UTF-16 surrogates (valid in JSON escapes and Python
-# strings, but the tokenizer and UTF-8 storage cannot take them).
-INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def clean_message(message: object, max_chars: int) -> str:

@@ -17,9 +17,10 @@ from errors import InputError
 
 SETTING_KEY = "persona"
 MAX_FIELD_CHARS = 1000
-# Control characters other than \t \n \r, and lone surrogates: the tokenizer cannot encode them, and a
-# stored persona is part of every prompt, so one of them would break every reply.
-_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# Control characters other than \t \n \r, and lone surrogates (valid in JSON escapes and Python
+# strings): the tokenizer cannot encode them. Messages, corrections and the persona (part of every
+# prompt) are all checked against this one pattern.
+INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Persona:
         for field in dataclasses.fields(self):
             if len(getattr(self, field.name)) > MAX_FIELD_CHARS:
                 raise InputError(f"The persona's {field.name} is longer than {MAX_FIELD_CHARS} characters.")
-            if _INVALID.search(getattr(self, field.name)):
+            if INVALID_CHARS.search(getattr(self, field.name)):
                 raise InputError(f"The persona's {field.name} contains control or invalid characters.")
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).strip() for f in dataclasses.fields(self)})
 
