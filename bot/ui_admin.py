@@ -395,6 +395,9 @@ class AdminPanel:
 def build_admin_ui(kaizen) -> gr.Blocks:  # noqa: ANN001, PLR0915 - one layout, read top to bottom
     h = AdminPanel(kaizen)
     private = {"api_visibility": "private"}
+    # Handlers that read or change what the page shows run one at a time, in the order they were
+    # sent: otherwise a slow page load could land after an import and show the old table again.
+    ordered = {**private, "concurrency_id": "admin-state", "concurrency_limit": 1}
     # Downloads are copied into Gradio's cache; drop the copies after 15 minutes.
     with gr.Blocks(title="Kaizen admin", delete_cache=(300, 900)) as ui:
         gr.Markdown("## Kaizen admin")
@@ -504,35 +507,35 @@ def build_admin_ui(kaizen) -> gr.Blocks:  # noqa: ANN001, PLR0915 - one layout, 
         adapters_out = [adapters_tbl, version, adapter_msg]
         ui.load(h.load, [status_filter, rating_filter],
                 [*dashboard_out, review_table, auto, knowledge, name, creator, company, style, progress, loss, timer,
-                 runs, *training_out, *adapters_out], **private)
-        refresh.click(h.dashboard, None, dashboard_out, **private)
+                 runs, *training_out, *adapters_out], **ordered)
+        refresh.click(h.dashboard, None, dashboard_out, **ordered)
 
         for trigger in (status_filter.change, rating_filter.change):
-            trigger(h.feedback_table, [status_filter, rating_filter], review_table, **private)
+            trigger(h.feedback_table, [status_filter, rating_filter], review_table, **ordered)
         review_table.select(h.select_feedback, review_table, [review_id, review_detail, correction], **private)
         review_id.submit(h.pick_feedback, review_id, [review_detail, correction], **private)
         review_in = [review_id, correction, status_filter, rating_filter]
-        approve.click(h.approve, review_in, [review_msg, review_table], **private)
-        reject.click(h.reject, review_in, [review_msg, review_table], **private)
+        approve.click(h.approve, review_in, [review_msg, review_table], **ordered)
+        reject.click(h.reject, review_in, [review_msg, review_table], **ordered)
         auto.input(h.set_auto_approve, auto, auto_note, **private)
 
-        import_btn.click(h.upload_knowledge, [upload, skip_invalid, verbatim], [import_msg, knowledge], **private)
+        import_btn.click(h.upload_knowledge, [upload, skip_invalid, verbatim], [import_msg, knowledge], **ordered)
         knowledge.select(h.select_knowledge, knowledge, item_id, **private)
-        enable.click(h.enable_knowledge, item_id, [knowledge_msg, knowledge], **private)
-        disable.click(h.disable_knowledge, item_id, [knowledge_msg, knowledge], **private)
-        delete.click(h.delete_knowledge, item_id, [knowledge_msg, knowledge], **private)
+        enable.click(h.enable_knowledge, item_id, [knowledge_msg, knowledge], **ordered)
+        disable.click(h.disable_knowledge, item_id, [knowledge_msg, knowledge], **ordered)
+        delete.click(h.delete_knowledge, item_id, [knowledge_msg, knowledge], **ordered)
 
         persona_in = [name, creator, company, style]
         for box in persona_in:
             box.change(h.preview_persona, persona_in, [prompt, prompt_info], show_progress="hidden", **private)
         save_persona.click(h.save_persona, persona_in, persona_msg, **private)
 
-        train.click(h.train_now, None, [train_msg, progress, loss, timer], **private)
-        timer.tick(h.training_status, None, [progress, loss, timer, runs], show_progress="hidden", **private)
-        sched_save.click(h.save_schedule, [sched_on, sched_minutes, sched_items], sched_msg, **private)
+        train.click(h.train_now, None, [train_msg, progress, loss, timer], **ordered)
+        timer.tick(h.training_status, None, [progress, loss, timer, runs], show_progress="hidden", **ordered)
+        sched_save.click(h.save_schedule, [sched_on, sched_minutes, sched_items], sched_msg, **ordered)
 
-        activate.click(h.activate, version, adapters_out, **private)
-        rollback.click(h.rollback, None, adapters_out, **private)
+        activate.click(h.activate, version, adapters_out, **ordered)
+        rollback.click(h.rollback, None, adapters_out, **ordered)
         download.click(h.download_adapter, version, adapter_file, **private)
         export.click(h.export, None, [export_file, export_msg], **private)
     return ui

@@ -64,6 +64,18 @@ def test_every_handler_refuses_a_caller_who_is_not_admin(kaizen, panel):
     assert not kaizen.settings.exports_dir.exists()
 
 
+def test_handlers_that_write_the_same_panel_run_one_at_a_time_in_order(kaizen):
+    """The page load fills every panel. A handler that also writes one of them (an import, an
+    approval, a swap) must queue behind it, or a slow load lands last and shows the old table."""
+    fns = [f for f in build_admin_ui(kaizen).fns.values() if f.fn is not None]
+    [load] = [f for f in fns if f.fn.__name__ == "load"]
+    filled = {id(c) for c in load.outputs}
+    sharing = [f for f in fns if f is not load and filled & {id(c) for c in f.outputs}]
+    assert {f.fn.__name__ for f in sharing} >= {"upload_knowledge", "approve", "activate", "training_status"}
+    for f in [load, *sharing]:
+        assert (f.concurrency_id, f.concurrency_limit) == (load.concurrency_id, 1), f.fn.__name__
+
+
 def test_dashboard_produces_totals_figures_and_recent_exchanges(kaizen, panel):
     _rated(kaizen, "I love this, thanks!", rating="up")
     _rated(kaizen, "Tệ quá, sai rồi", rating="down")
