@@ -6,7 +6,9 @@
     python -m bench --model DIR           an already converted model directory (default: KAIZEN_MODEL or embedded)
 
 Scratch data goes to bench/out/ (git-ignored). The headline table and each benchmark's detail
-tables are printed and written to bench/results.md.
+tables are printed and written to bench/results.md. A full-size run (not --quick) also writes its
+headline rows into the README's performance table, between the bench markers: the rows of the
+benchmarks that ran are replaced, the others are kept with the date they were measured.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import datetime as dt
 import importlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -33,6 +36,9 @@ BENCHMARKS = {
     "round": "bench.round_scale",
 }
 RESULTS = ROOT / "bench" / "results.md"
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+README_COLUMNS = ["bench", "what", "figure", "baseline (same run)", "ratio", "notes", "measured"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +49,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="'embedded' or a converted model directory")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out", help="scratch directory")
     p.add_argument("--results", type=Path, default=RESULTS, help="where to write the markdown")
+    p.add_argument("--readme", type=Path, default=README, help="README whose performance table to update")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -68,6 +75,30 @@ def render(results: list[Result], opts: Options, started: dt.datetime, load_befo
         parts.append(f"## {r.name} ({r.seconds / 60:.1f} min)")
         parts += [t.markdown() for t in r.details]
     return "\n\n".join(parts) + "\n"
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of one markdown table row, with escaped pipes unescaped."""
+    inner = line.strip().removeprefix("|").removesuffix("|")
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+
+
+def update_readme(text: str, results: list[Result], measured: str) -> str:
+    """`text` with the table between the bench markers updated: the rows of `results` replace
+    those of the same benchmarks, the other rows stay as they were, in BENCHMARKS order."""
+    if START not in text or END not in text:
+        raise ValueError(f"The README has no {START} … {END} block for the performance table.")
+    head, rest = text.split(START, 1)
+    block, tail = rest.split(END, 1)
+    kept: dict[str, list[list[str]]] = {}
+    for line in block.splitlines():
+        cells = _cells(line.strip()) if line.strip().startswith("| ") else []
+        if len(cells) == len(README_COLUMNS) and cells[0] in BENCHMARKS:
+            kept.setdefault(cells[0], []).append(cells)
+    for r in results:
+        kept[r.name] = [[r.name, row.what, row.figure, row.baseline, row.ratio, row.notes, measured] for row in r.rows]
+    rows = [row for name in BENCHMARKS for row in kept.get(name, [])]
+    return f"{head}{START}\n{markdown_table(README_COLUMNS, rows)}\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(text, encoding="utf-8")  # after each benchmark, so a long run keeps what it has
     print("\n" + text)
     print(f"written to {args.results}")
+    if not opts.quick and args.readme.is_file():
+        measured = f"{started:%Y-%m-%d}, load {load_before.split()[0]}"
+        done = [r for r in results if r.name not in failed]
+        args.readme.write_text(update_readme(args.readme.read_text(encoding="utf-8"), done, measured), encoding="utf-8")
+        print(f"README performance table updated for: {', '.join(r.name for r in done) or 'nothing'}")
     return 1 if failed else 0
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bench.__main__ import parse, render
+from bench.__main__ import END, START, parse, render, update_readme
 from bench.chat import agreement
 from bench.common import Options, Result, Row, Table, markdown_table
 from bench.round_scale import VARIANTS, seed_pairs
@@ -35,6 +35,26 @@ def test_render_has_the_headline_row_and_each_detail_table(tmp_path):
     text = render([result], Options(model_dir="m", out_dir=tmp_path), dt.datetime(2026, 1, 1), "0.0 0.0 0.0", 60)
     assert "| storage | logging | 10 rows/s | 5 rows/s | 2.00× |  |" in text
     assert "## storage" in text and "**Detail**" in text
+
+
+def test_readme_table_gets_the_new_rows_and_keeps_the_other_benchmarks():
+    readme = (f"# Perf\n\nintro\n{START}\n"
+              "| bench | what | figure | baseline (same run) | ratio | notes | measured |\n|---|---|---|---|---|---|---|\n"
+              "| storage | logging | 1 rows/s | 1 rows/s | 1.00× | a \\| b | 2026-01-01, load 3.0 |\n"
+              "| chat | decode | 2 tok/s | 1 tok/s | 2.00× |  | 2026-01-01, load 3.0 |\n"
+              f"{END}\n\nWhat these say.\n")
+    new = Result("storage", [Row("logging", "9 rows/s", "3 rows/s", "3.00×"), Row("queries", "5 ms", "1 ms", "5.00×")])
+    text = update_readme(readme, [new], "2026-02-02, load 0.5")
+    assert text.startswith("# Perf\n\nintro\n") and text.endswith(f"{END}\n\nWhat these say.\n")
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ") and "bench | what" not in ln]
+    assert lines == [  # BENCHMARKS order: chat before storage; the old storage row is gone
+        "| chat | decode | 2 tok/s | 1 tok/s | 2.00× |  | 2026-01-01, load 3.0 |",
+        "| storage | logging | 9 rows/s | 3 rows/s | 3.00× |  | 2026-02-02, load 0.5 |",
+        "| storage | queries | 5 ms | 1 ms | 5.00× |  | 2026-02-02, load 0.5 |",
+    ]
+    assert update_readme(text, [], "x") == text  # nothing ran: nothing changes
+    with pytest.raises(ValueError, match="bench:start"):
+        update_readme("# no markers\n", [new], "x")
 
 
 def test_agreement_counts_exact_answers_and_shared_prefixes():
