@@ -36,9 +36,16 @@ FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correct
 KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits"]
 RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "ms"]
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
-ADAPTER_COLUMNS = ["active", "version", "verdict", "new_recall", "retention", "paraphrase_recall", "drift",
+ADAPTER_COLUMNS = ["active", "version", "verdict", "new recall", "retention", "paraphrases", "drift",
                    "steps", "seconds", "created", "reason"]
-METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "drift", "steps", "seconds")
+# Fixed widths for the short columns, so that headers never break letter by letter and the
+# long text columns (which wrap) get the rest of the row.
+FEEDBACK_WIDTHS = ["56px", "80px", "100px", "22%", "25%", "25%", "150px"]
+KNOWLEDGE_WIDTHS = ["56px", "28%", "38%", "100px", "110px", "90px", "90px", "64px"]
+RECENT_WIDTHS = ["160px", "25%", "38%", "90px", "90px", "80px", "70px"]
+RUN_WIDTHS = ["56px", "100px", "90px", "70px", "70px", "100px", "90px", "160px", "30%"]
+ADAPTER_WIDTHS = ["64px", "80px", "100px", "100px", "90px", "110px", "70px", "64px", "80px", "160px", "30%"]
+METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "drift", "steps", "seconds")  # ADAPTER_COLUMNS 3-8
 STATUS_FILTERS = ["pending", "approved", "rejected", "all"]
 ACTIVE_STATUSES = ("queued", "running")
 RATING_FILTERS = ["all", "up", "down"]
@@ -411,8 +418,8 @@ def build_admin_ui(kaizen) -> gr.Blocks:  # noqa: ANN001, PLR0915 - one layout, 
             with gr.Row():
                 plot_emotion = gr.Plot(label="Emotions", elem_id="plot-emotion")
                 plot_sources = gr.Plot(label="Answer sources", elem_id="plot-sources")
-            recent = gr.Dataframe(headers=RECENT_COLUMNS, label="Recent exchanges", interactive=False, wrap=True,
-                                  elem_id="recent-table")
+            recent = gr.Dataframe(headers=RECENT_COLUMNS, column_widths=RECENT_WIDTHS, label="Recent exchanges",
+                                  interactive=False, wrap=True, elem_id="recent-table")
 
         with gr.Tab("Feedback review", elem_id="tab-review"):
             auto = gr.Checkbox(label="Auto-approve corrections (off: each correction waits for review, which "
@@ -421,10 +428,10 @@ def build_admin_ui(kaizen) -> gr.Blocks:  # noqa: ANN001, PLR0915 - one layout, 
             with gr.Row():
                 status_filter = gr.Dropdown(STATUS_FILTERS, value="pending", label="Status", elem_id="review-status")
                 rating_filter = gr.Dropdown(RATING_FILTERS, value="all", label="Rating", elem_id="review-rating")
-            review_table = gr.Dataframe(headers=FEEDBACK_COLUMNS, interactive=False, wrap=True,
-                                        label="Feedback (click a row to review it)", elem_id="review-table")
+            review_table = gr.Dataframe(headers=FEEDBACK_COLUMNS, column_widths=FEEDBACK_WIDTHS, interactive=False,
+                                        wrap=True, label="Feedback (click a row to review it)", elem_id="review-table")
             with gr.Row():
-                review_id = gr.Number(label="Feedback id", precision=0, minimum=1, scale=1, elem_id="review-id")
+                review_id = gr.Number(label="Feedback id", precision=0, scale=1, elem_id="review-id")
                 review_detail = gr.Markdown(elem_id="review-detail")
             correction = gr.Textbox(label="Correction (edit before approving if needed)", lines=3,
                                     max_length=ops.MAX_CORRECTION_CHARS, elem_id="review-correction")
@@ -441,10 +448,10 @@ def build_admin_ui(kaizen) -> gr.Blocks:  # noqa: ANN001, PLR0915 - one layout, 
                 verbatim = gr.Checkbox(label="Serve these answers word for word", elem_id="verbatim")
                 import_btn = gr.Button("Import", variant="primary", elem_id="import")
             import_msg = gr.Markdown(elem_id="import-result")
-            knowledge = gr.Dataframe(headers=KNOWLEDGE_COLUMNS, interactive=False, wrap=True,
-                                     label="Knowledge items (click a row to pick it)", elem_id="knowledge-table")
+            knowledge = gr.Dataframe(headers=KNOWLEDGE_COLUMNS, column_widths=KNOWLEDGE_WIDTHS, interactive=False,
+                                     wrap=True, label="Knowledge items (click a row to pick it)", elem_id="knowledge-table")
             with gr.Row():
-                item_id = gr.Number(label="Item id", precision=0, minimum=1, elem_id="knowledge-id")
+                item_id = gr.Number(label="Item id", precision=0, elem_id="knowledge-id")
                 enable = gr.Button("Enable", elem_id="knowledge-enable")
                 disable = gr.Button("Disable", elem_id="knowledge-disable")
                 delete = gr.Button("Delete", variant="stop", elem_id="knowledge-delete")
@@ -479,15 +486,15 @@ def build_admin_ui(kaizen) -> gr.Blocks:  # noqa: ANN001, PLR0915 - one layout, 
                                             elem_id="schedule-min-items")
                     sched_save = gr.Button("Save schedule", elem_id="schedule-save")
                 sched_msg = gr.Markdown(elem_id="schedule-message")
-            runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, wrap=True, label="Run history",
-                                elem_id="runs-table")
+            runs = gr.Dataframe(headers=RUN_COLUMNS, column_widths=RUN_WIDTHS, interactive=False, wrap=True,
+                                label="Run history", elem_id="runs-table")
             with gr.Accordion("Hyperparameters", open=False):
                 hyper = gr.Markdown(elem_id="hyperparameters")
             timer = gr.Timer(1.0, active=False)
 
         with gr.Tab("Adapters", elem_id="tab-adapters"):
-            adapters_tbl = gr.Dataframe(headers=ADAPTER_COLUMNS, interactive=False, wrap=True, label="Versions",
-                                        elem_id="adapters-table")
+            adapters_tbl = gr.Dataframe(headers=ADAPTER_COLUMNS, column_widths=ADAPTER_WIDTHS, interactive=False,
+                                        wrap=True, label="Versions", elem_id="adapters-table")
             with gr.Row():
                 version = gr.Dropdown(["base"], value="base", label="Version", elem_id="adapter-version")
                 activate = gr.Button("Activate", variant="primary", elem_id="activate")
