@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from bot.turns import TurnLock
 from errors import AdapterError, BusyError, InputError, ModelError
 
 BASE = "base"
@@ -171,7 +172,7 @@ class Engine:
         window = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, window)
         self.wait_timeout_s = wait_timeout_s
-        self._lock = threading.Lock()
+        self._lock = TurnLock()  # replies in arrival order; a swap goes before them
         self._slots = threading.BoundedSemaphore(max_queue)
 
     @classmethod
@@ -238,7 +239,8 @@ class Engine:
         Waits for the generation in progress to finish, then swaps. The old adapter is
         unloaded, so memory does not grow with each round. Returns the seconds the swap took.
         """
-        with self._lock:
+        self._lock.acquire(priority=True)  # next after the reply in progress, before the queued ones
+        try:
             start = time.perf_counter()
             if path is None:
                 self._drop_adapter()
@@ -246,6 +248,8 @@ class Engine:
             else:
                 self._load_adapter(version, Path(path))
             held = time.perf_counter() - start
+        finally:
+            self._lock.release()
         # Freeing the old adapter's tensors took 0.5 s of a 0.6 s swap (bench): do it after the lock.
         gc.collect()
         return held

@@ -312,10 +312,13 @@ class AdminPanel:
         return pd.DataFrame(data, columns=RUN_COLUMNS)
 
     def training_status(self, request: gr.Request):  # noqa: ANN201
-        """What the 1-second timer shows; the timer switches itself off once no run is going."""
+        """What the 1-second timer shows; the timer switches itself off once no run is going. The
+        last tick also refreshes the adapters panel, which then lists the new version; earlier
+        ticks leave it alone, so a version being picked there is not reset every second."""
         _require_admin(request)
         html_, curve, running = self._progress()
-        return html_, curve, gr.Timer(active=running), self.runs_table(request)
+        adapters = (gr.skip(), gr.skip(), gr.skip()) if running else self.adapters_table(request)
+        return html_, curve, gr.Timer(active=running), self.runs_table(request), *adapters
 
     def train_now(self, request: gr.Request):  # noqa: ANN201
         _require_admin(request)
@@ -538,7 +541,8 @@ def build_admin_ui(kaizen) -> gr.Blocks:  # noqa: ANN001, PLR0915 - one layout, 
         save_persona.click(h.save_persona, persona_in, persona_msg, **private)
 
         train.click(h.train_now, None, [train_msg, progress, loss, timer], **ordered)
-        timer.tick(h.training_status, None, [progress, loss, timer, runs], show_progress="hidden", **ordered)
+        timer.tick(h.training_status, None, [progress, loss, timer, runs, *adapters_out], show_progress="hidden",
+                   **ordered)
         sched_save.click(h.save_schedule, [sched_on, sched_minutes, sched_items], sched_msg, **ordered)
 
         activate.click(h.activate, version, adapters_out, **ordered)

@@ -99,3 +99,34 @@ def test_swaps_during_concurrent_generation_never_mix_or_fail(engine, adapters):
     model = engine.model
     assert list(model.peft_config) == ["default"]  # one adapter slot, not one per swap
     assert rss[-1] - rss[2] < 30 * 2**20  # memory does not grow with swaps
+
+
+def test_a_swap_goes_before_the_replies_already_waiting(engine, adapters):
+    engine.activate("va", adapters["a"])
+    answer_a = engine.generate(PROMPT, PARAMS)
+    engine.activate("base", None)
+    base = engine.generate(PROMPT, PARAMS)
+    assert answer_a != base
+    in_progress = iter(engine.stream(PROMPT, PARAMS))
+    first = next(in_progress)  # this reply now holds the generation lock
+    replies = []
+
+    def wait_then(fn, waiting: int) -> threading.Thread:
+        t = threading.Thread(target=fn)
+        t.start()
+        for _ in range(2000):
+            if engine._lock.waiting() == waiting:
+                return t
+            threading.Event().wait(0.005)
+        raise AssertionError(f"{waiting} waiters expected, {engine._lock.waiting()} seen")
+
+    def reply():
+        gen = engine.stream(PROMPT, PARAMS)
+        replies.append((gen, "".join(gen)))
+
+    queued = [wait_then(reply, n) for n in (1, 2, 3)]
+    swap = wait_then(lambda: engine.activate("va", adapters["a"]), 4)
+    assert first + "".join(in_progress) == base  # the reply in progress finished on the adapter it began with
+    for t in (*queued, swap):
+        t.join(60)
+    assert [(gen.adapter_version, text) for gen, text in replies] == [("va", answer_a)] * 3

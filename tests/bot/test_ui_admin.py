@@ -166,20 +166,24 @@ def test_train_now_shows_live_progress_then_stops_the_timer(kaizen, panel):
     with pytest.raises(gr.Error, match="still running"):
         panel.train_now(ADMIN)
     for _ in range(600):
-        html, curve, timer, runs = panel.training_status(ADMIN)
+        html, curve, timer, runs, *adapters = panel.training_status(ADMIN)
         if "step 3/10" in html:
             break
         time.sleep(0.1)
     assert "running" in html and "loss 1.2500" in html and "ETA 7 s" in html and "width:30.0%" in html
     assert timer.active is True and isinstance(curve, Figure) and len(curve.axes[0].lines[0].get_xdata()) == 3
+    assert adapters == [gr.skip()] * 3  # a version being picked in the adapters panel stays picked
+    _publish(kaizen, "v1", verdict="rejected")  # what the round records as it finishes
     (kaizen.settings.data_dir / "release").touch()
     kaizen.training.wait(60)
     for _ in range(600):
-        html, curve, timer, runs = panel.training_status(ADMIN)
+        html, curve, timer, runs, table, versions, note = panel.training_status(ADMIN)
         if timer.active is False:
             break
         time.sleep(0.1)
     assert "rejected" in html and "gate said no" in html and list(runs["status"]) == ["rejected"]
+    assert list(table["version"]) == ["base", "v1"] and list(table["verdict"]) == ["", "rejected"]
+    assert versions.choices == [("base", "base"), ("v1", "v1")] and "Active: **base**" in note
 
 
 def test_progress_html_escapes_error_text():

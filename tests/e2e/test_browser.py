@@ -183,8 +183,7 @@ def test_admin_approves_a_correction_trains_and_the_chat_answers_from_memory(ser
           f"adapter {version.version} verdict {version.verdict}: {version.reason}")
     expect(page.locator("#runs-table")).to_contain_text(outcome)
 
-    page.reload()  # the adapters table is filled when the page opens
-    admin.tab("Adapters")
+    admin.tab("Adapters")  # refreshed by the progress timer's last tick, without reloading the page
     row = page.locator("#adapters-table").get_by_role("row").filter(has_text=version.version)
     expect(row).to_contain_text(version.verdict)
 
