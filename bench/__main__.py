@@ -1,6 +1,6 @@
 """Run Kaizen's benchmarks and write bench/results.md.
 
-    python -m bench                       everything (about 20-30 minutes on two cores)
+    python -m bench                       everything (about 55 minutes on two cores, 40 of them the round sweep)
     python -m bench --quick               fewer repeats and smaller sizes
     python -m bench --only chat,storage   some of: chat, concurrency, training, hotswap, storage, teach, round
     python -m bench --model DIR           an already converted model directory (default: KAIZEN_MODEL or embedded)
