@@ -38,13 +38,13 @@ RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", 
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
 ADAPTER_COLUMNS = ["active", "version", "verdict", "new recall", "retention", "paraphrases", "drift",
                    "steps", "seconds", "created", "reason"]
-# Fixed widths for the short columns, so that headers never break letter by letter and the
-# long text columns (which wrap) get the rest of the row.
-FEEDBACK_WIDTHS = ["56px", "80px", "100px", "22%", "25%", "25%", "150px"]
-KNOWLEDGE_WIDTHS = ["56px", "28%", "38%", "100px", "110px", "90px", "90px", "64px"]
-RECENT_WIDTHS = ["160px", "25%", "38%", "90px", "90px", "80px", "70px"]
-RUN_WIDTHS = ["56px", "100px", "90px", "70px", "70px", "100px", "90px", "160px", "30%"]
-ADAPTER_WIDTHS = ["64px", "80px", "100px", "100px", "90px", "110px", "70px", "64px", "80px", "160px", "30%"]
+# Fixed widths for the short columns, so that headers never break letter by letter; the long
+# text columns wrap within a share of the row. Each set fits the 1,216 px of a 1,280 px window.
+FEEDBACK_WIDTHS = ["56px", "80px", "100px", "20%", "23%", "23%", "160px"]
+KNOWLEDGE_WIDTHS = ["56px", "22%", "33%", "96px", "110px", "96px", "96px", "64px"]
+RECENT_WIDTHS = ["170px", "22%", "35%", "90px", "90px", "84px", "70px"]
+RUN_WIDTHS = ["56px", "100px", "90px", "72px", "80px", "100px", "90px", "170px", "35%"]
+ADAPTER_WIDTHS = ["84px", "84px", "100px", "96px", "110px", "124px", "72px", "72px", "90px", "116px", "20%"]
 METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "drift", "steps", "seconds")  # ADAPTER_COLUMNS 3-8
 STATUS_FILTERS = ["pending", "approved", "rejected", "all"]
 ACTIVE_STATUSES = ("queued", "running")
