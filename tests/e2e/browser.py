@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from playwright.sync_api import Browser, Page, Playwright, expect
 
@@ -45,6 +46,19 @@ def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def upload_file(page: Page, selector: str, path: Path) -> None:
+    """Put `path` into the Gradio file component `selector` and wait until the server holds it.
+
+    Waits for state (the upload request answered, the component's link pointing at the stored
+    copy), never for how the widget draws the file name: Gradio splits it into pieces whose
+    spacing differs between browser builds.
+    """
+    with page.expect_response(lambda r: "/gradio_api/upload" in r.url) as answer:
+        page.locator(f"{selector} input[type=file]").set_input_files(str(path))
+    assert answer.value.ok, f"upload of {path.name} failed: HTTP {answer.value.status}"
+    expect(page.locator(f"{selector} a[href*='{quote(path.name)}']").first).to_be_attached()
 
 
 def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.25):  # noqa: ANN001, ANN201
