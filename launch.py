@@ -21,9 +21,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from errors import KaizenError
 from feedback_db.store import StoreError
-from settings import Settings, build_settings
+from kaizen.errors import KaizenError
+from kaizen.settings import Settings, build_settings
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
 
@@ -92,9 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def training_knobs():  # noqa: ANN201
     """The trainer's knobs (KAIZEN_TRAIN_*) and the gate's limits (KAIZEN_GATE_*)."""
-    from settings import dataclass_from_env
-    from trainer.config import TrainConfig
-    from trainer.gate import GateLimits
+    from kaizen.settings import GateLimits, TrainConfig, dataclass_from_env
 
     return (dataclass_from_env(TrainConfig, os.environ, "KAIZEN_TRAIN_"),
             dataclass_from_env(GateLimits, os.environ, "KAIZEN_GATE_"))
@@ -103,11 +101,13 @@ def training_knobs():  # noqa: ANN201
 def wire_serving(kaizen):  # noqa: ANN001, ANN201
     """Attach training, the schedule and adapter following to a serving process."""
     from scheduler import KaizenScheduler, TrainingSupervisor
+    from trainer.dataset import export_training_set
 
     cfg, limits = training_knobs()
     kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, cfg=cfg, limits=limits,
                                          on_finish=lambda _run_id: kaizen.follower.sync())
     kaizen.scheduler = KaizenScheduler(db=kaizen.db, settings=kaizen.settings, supervisor=kaizen.training)
+    kaizen.export_dataset = export_training_set
     if kaizen.settings.schedule:
         kaizen.scheduler.start()
     kaizen.follower.start()
@@ -120,9 +120,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from bot.app import build_app
     from bot.auth import startup_notice
-    from bot.chat import load_persona
-    from bot.persona import budget_warning, build_system_prompt
     from bot.services import build_services
+    from kaizen.prompts import budget_warning, build_system_prompt, load_persona
 
     kaizen = wire_serving(build_services(settings))
     print(startup_notice(db=kaizen.db, settings=settings), flush=True)
@@ -159,8 +158,8 @@ def _open_db(settings: Settings):  # noqa: ANN202
 def _print_outcome(outcome) -> int:  # noqa: ANN001
     m = outcome.metrics
     print(f"{outcome.version}: {outcome.reason}")
-    print(f"round took {outcome.seconds:.1f} s ({m.get('steps')} steps, {m.get('train_seconds')} s training, "
-          f"{m.get('tokens_per_s')} tokens/s, {m.get('eval_seconds')} s evaluation)")
+    print(f"round took {outcome.seconds:.1f} s ({m.steps} steps, {m.train_seconds} s training, "
+          f"{m.tokens_per_s} tokens/s, {m.eval_seconds} s evaluation)")
     print("promoted: the bot now answers from " + outcome.version if outcome.promoted
           else "not promoted: the active adapter is unchanged")
     return 0 if outcome.promoted else 1
@@ -192,7 +191,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 @command("import")
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from feedback_db import store
-    from trainer.importer import read_knowledge_file
+    from kaizen.knowledge_files import read_knowledge_file
 
     result = read_knowledge_file(args.file, skip_invalid=args.skip_invalid)
     db = _open_db(settings)
@@ -207,11 +206,9 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("export")
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.chat import load_persona
-    from trainer.dataset import build_training_set, export_jsonl
+    from trainer.dataset import export_training_set
 
-    db = _open_db(settings)
-    n = export_jsonl(build_training_set(db=db, persona=load_persona(db)), args.out)
+    n = export_training_set(db=_open_db(settings), path=args.out)
     print(f"wrote {n} rows to {args.out}")
     return 0
 
@@ -238,7 +235,7 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
 @command("activate")
 def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
     from feedback_db import store
-    from trainer import adapters
+    from kaizen import adapters
 
     version = adapters.check_version_name(args.version)
     if version != adapters.BASE:

@@ -24,10 +24,10 @@ import os
 import threading
 from collections.abc import Callable
 
-from errors import ConflictError, InputError
 from feedback_db import store
 from feedback_db.db import Database
-from settings import Settings
+from kaizen.errors import ConflictError, InputError
+from kaizen.settings import Settings
 
 SCHEDULE_KEY = "schedule"
 LAST_CHECK_KEY = "schedule_last_check"
@@ -72,15 +72,13 @@ class TrainingSupervisor:
 
     def start(self, *, trigger: str, force: bool = True) -> int:
         """Start a round in a child process and return its run id (ConflictError if one runs)."""
-        from trainer.rounds import LOCK, pid_alive
-
         with self._lock:
             if self._proc is not None and self._proc.is_alive():
                 raise ConflictError(f"Training run {self._run_id} is still running.")
             with self.db.write() as s:
-                store.fail_stale_runs(session=s, alive=pid_alive)
-                held = store.get_lock(session=s, name=LOCK)
-                if held is not None and pid_alive(held.pid):
+                store.fail_stale_runs(session=s)
+                held = store.get_lock(session=s, name=store.TRAINING_LOCK)
+                if held is not None and store.pid_alive(held.pid):
                     raise ConflictError("A training round is already running (started elsewhere).")
                 run = store.create_run(session=s, trigger=trigger, round_index=store.completed_rounds(session=s),
                                        status="queued")
@@ -98,8 +96,6 @@ class TrainingSupervisor:
         return run_id
 
     def _watch(self, proc, run_id: int) -> None:  # noqa: ANN001
-        from trainer.rounds import LOCK
-
         proc.join()
         with self.db.write() as s:
             run = store.get_run(session=s, run_id=run_id)
@@ -108,9 +104,9 @@ class TrainingSupervisor:
                     f"exited with code {proc.exitcode}"
                 store.update_run(session=s, run_id=run_id, status="failed", finished_at=store.utcnow(),
                                  error=run.error or f"The training process {how}; the active adapter is unchanged.")
-            held = store.get_lock(session=s, name=LOCK)
+            held = store.get_lock(session=s, name=store.TRAINING_LOCK)
             if held is not None and held.pid == proc.pid:
-                store.release_lock(session=s, name=LOCK)
+                store.release_lock(session=s, name=store.TRAINING_LOCK)
         if self.on_finish:
             self.on_finish(run_id)
 
@@ -148,9 +144,8 @@ class KaizenScheduler:
         self._lock = threading.Lock()
 
     def _count_new_items(self) -> int:
-        from trainer.rounds import count_new
-
-        return count_new(db=self.db, settings=self.settings)
+        with self.db.session() as s:
+            return store.count_new_since_last_round(session=s)
 
     def config(self) -> dict:
         defaults = {"enabled": self.settings.schedule, "minutes": self.settings.schedule_minutes,

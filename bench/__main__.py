@@ -23,7 +23,15 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import ROOT, Options, Result, Row, load_average, machine, markdown_table
+from bench.common import (
+    ROOT,
+    Options,
+    Result,
+    Row,
+    load_average,
+    machine,
+    markdown_table,
+)
 
 # Run in this order: the long training rounds last, so an interrupted run still has the rest.
 BENCHMARKS = {
@@ -103,7 +111,7 @@ def update_readme(text: str, results: list[Result], measured: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from bot.model_source import resolve_model
+    from kaizen.base_model import resolve_model
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     opts = Options(model_dir=resolve_model(args.model, args.out_dir), out_dir=args.out_dir.resolve(), quick=args.quick)

@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.memory import Hit, Memory, MemoryItem, Thresholds, decide, fold, load_embedder  # noqa: E402
+from bot.memory import Hit, Memory, MemoryItem, Thresholds, decide, load_embedder  # noqa: E402
+from kaizen.text import fold  # noqa: E402
 
 
 @dataclass(frozen=True)

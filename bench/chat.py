@@ -18,7 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, CompileConfig, DynamicCache
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CompileConfig,
+    DynamicCache,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from bench.common import Options, Result, Row, Table, median, ratio
@@ -216,7 +221,6 @@ def run(opts: Options) -> Result:
     reps, n_new = opts.pick(5, 3), opts.pick(48, 32)
     quality_new = opts.pick(32, 24)
     variants = build_variants(opts.model_dir)
-    tok = variants[0].tokenizer
     prompts = {"short": [{"role": "user", "content": SHORT}], "long": [{"role": "user", "content": LONG}]}
     prompt_tokens = {k: len(variants[0]._ids(m)[0]) for k, m in prompts.items()}
 

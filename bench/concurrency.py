@@ -14,7 +14,19 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from bench.common import Options, Result, Row, Server, Table, count_tokens, median, p95, ratio, secs, wave
+from bench.common import (
+    Options,
+    Result,
+    Row,
+    Server,
+    Table,
+    count_tokens,
+    median,
+    p95,
+    ratio,
+    secs,
+    wave,
+)
 
 MESSAGES = [
     "Give me three tips for better sleep.", "What is machine learning?", "Write a short poem about the sea.",

@@ -20,11 +20,24 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
-from bench.common import Options, Result, Row, Server, Table, median, ms, p95, ratio, secs, wave
+from bench.common import (
+    Options,
+    Result,
+    Row,
+    Server,
+    Table,
+    median,
+    ms,
+    p95,
+    ratio,
+    secs,
+    wave,
+)
 from feedback_db import store
 from feedback_db.db import Database
-from trainer import adapters
-from trainer.config import TrainConfig, lora_config
+from kaizen import adapters
+from kaizen.settings import TrainConfig
+from trainer.config import lora_config
 
 USERS = 8
 MESSAGES = ["What is machine learning?", "Give me three tips for better sleep.", "How do I make a cup of tea?",

@@ -37,7 +37,7 @@ def _child(conn, data_dir: str, model_dir: str, items: int) -> None:  # noqa: AN
     try:
         from feedback_db import store
         from feedback_db.db import Database
-        from settings import Settings
+        from kaizen.settings import Settings
         from trainer.rounds import run_round
 
         settings = Settings(data_dir=Path(data_dir), model=model_dir, memory=False, schedule=False)
@@ -48,7 +48,7 @@ def _child(conn, data_dir: str, model_dir: str, items: int) -> None:  # noqa: AN
         outcome = run_round(db=db, settings=settings, trigger="bench", force=True)
         seconds = time.perf_counter() - t0
         db.close()
-        conn.send({"seconds": seconds, "metrics": outcome.metrics, "promoted": outcome.promoted,
+        conn.send({"seconds": seconds, "metrics": outcome.metrics.to_dict(), "promoted": outcome.promoted,
                    "reason": outcome.reason, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     except BaseException as exc:  # the parent re-raises it with the child's message
         conn.send({"error": f"{type(exc).__name__}: {exc}"})

@@ -22,7 +22,17 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import Options, Result, Row, Server, Table, chat_once, kaizen_cli, ratio, secs
+from bench.common import (
+    Options,
+    Result,
+    Row,
+    Server,
+    Table,
+    chat_once,
+    kaizen_cli,
+    ratio,
+    secs,
+)
 from feedback_db import store
 from feedback_db.db import Database
 from trainer.evaluate import normalize_answer
@@ -61,10 +71,12 @@ def trl_baseline(opts: Options, data: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from bot.chat import load_persona
-    from trainer.config import TrainConfig, lora_config
+    from kaizen.prompts import load_persona
+    from kaizen.settings import TrainConfig
+    from trainer.config import lora_config
     from trainer.dataset import build_training_set
-    from trainer.evaluate import generate_answers, load_general_prompts
+    from trainer.evaluate import load_general_prompts
+    from trainer.generation import generate_answers
     from trainer.lora import anchor_examples
 
     cfg = TrainConfig()

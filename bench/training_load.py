@@ -15,7 +15,18 @@ import time
 
 import httpx
 
-from bench.common import Options, Result, Row, Server, Table, median, p95, ratio, secs, stream_chat
+from bench.common import (
+    Options,
+    Result,
+    Row,
+    Server,
+    Table,
+    median,
+    p95,
+    ratio,
+    secs,
+    stream_chat,
+)
 from feedback_db import store
 from feedback_db.db import Database
 

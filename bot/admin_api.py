@@ -39,15 +39,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from bot.auth import AdminAuth
-from bot.chat import load_persona
-from bot.emotion import tone_instruction
-from bot.persona import SETTING_KEY as PERSONA_KEY, Persona, budget_warning, build_system_prompt
 from bot.services import AUTO_APPROVE_KEY
-from errors import AdapterError, AuthError, ConflictError, InputError
 from feedback_db import store
-from trainer import adapters
-from trainer.dataset import build_training_set, export_jsonl
-from trainer.importer import ImportFileError, ImportLimits, validate_import
+from kaizen import adapters
+from kaizen.errors import AdapterError, AuthError, ConflictError, InputError
+from kaizen.knowledge_files import ImportFileError, ImportLimits, validate_import
+from kaizen.prompts import SETTING_KEY as PERSONA_KEY
+from kaizen.prompts import (
+    Persona,
+    budget_warning,
+    build_system_prompt,
+    load_persona,
+    tone_instruction,
+)
 
 MAX_CORRECTION_CHARS = 4000
 
@@ -123,10 +127,11 @@ def zip_adapter(kaizen, version: str) -> Path:  # noqa: ANN001
 
 def export_dataset(kaizen) -> tuple[Path, int]:  # noqa: ANN001
     """Write the training set as chat JSONL into the exports directory; (path, rows)."""
-    training = build_training_set(db=kaizen.db, persona=load_persona(kaizen.db))
+    if kaizen.export_dataset is None:
+        raise ConflictError("Exporting the dataset is not available in this process.")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = kaizen.settings.exports_dir / f"kaizen-dataset-{stamp}.jsonl"
-    return path, export_jsonl(training, path)
+    return path, kaizen.export_dataset(db=kaizen.db, path=path)
 
 
 def import_knowledge(kaizen, data: bytes, filename: str, *, skip_invalid: bool = False,  # noqa: ANN001

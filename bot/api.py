@@ -20,12 +20,12 @@ from typing import Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bot.persona import INVALID_CHARS
-from errors import KaizenError
 from feedback_db import store
+from kaizen.errors import KaizenError
+from kaizen.prompts import INVALID_CHARS
 
 MAX_CORRECTION_CHARS = 4000
 

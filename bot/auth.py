@@ -19,7 +19,7 @@ import time
 
 from feedback_db import store
 from feedback_db.db import Database
-from settings import Settings
+from kaizen.settings import Settings
 
 ADMIN_USER = "admin"
 HASH_KEY = "admin_password_hash"

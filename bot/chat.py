@@ -16,15 +16,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bot.emotion import Emotion, EmotionAnalyzer, tone_instruction
+from bot.emotion import Emotion, EmotionAnalyzer
 from bot.engine import Engine, GenParams
-from bot.persona import INVALID_CHARS, SETTING_KEY as PERSONA_KEY, Persona, build_system_prompt, with_context
-from errors import InputError
 from feedback_db import store
 from feedback_db.db import Database
 from feedback_db.models import new_id, utcnow
-from settings import Settings
-
+from kaizen.errors import InputError
+from kaizen.prompts import (
+    INVALID_CHARS,
+    build_system_prompt,
+    load_persona,
+    tone_instruction,
+    with_context,
+)
+from kaizen.settings import Settings
 
 
 def clean_message(message: object, max_chars: int) -> str:
@@ -51,11 +56,6 @@ def params_from(settings: Settings, **overrides) -> GenParams:
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     return GenParams(**values)
-
-
-def load_persona(db: Database) -> Persona:
-    with db.session() as s:
-        return Persona.from_dict(store.get_setting(session=s, key=PERSONA_KEY))
 
 
 def _word_chunks(text: str) -> Iterator[str]:

@@ -36,14 +36,10 @@ from vaderSentiment.vaderSentiment import (
     SentiText,
 )
 
+from kaizen.text import fold
+
 POSITIVE_THRESHOLD = 0.05  # VADER's recommended cut-offs on the compound score
 NEGATIVE_THRESHOLD = -0.05
-
-_TONES = MappingProxyType({
-    "negative": "The user seems upset: reply calmly, with empathy, and keep it brief.",
-    "positive": "The user is in a good mood: reply warmly.",
-    "neutral": "Reply in a plain, professional tone.",
-})
 
 # Valences on VADER's scale (its "good" is 1.9, "great" 3.1, "bad" -2.5, "disappointed" -2.1).
 # The 0.0 entries are compounds that contain a sentiment word but carry none; as longer matches
@@ -135,12 +131,6 @@ _PUNCTUATION = string.punctuation + "…“”‘’«»–—"
 _CLAUSE_END = tuple(",.;:!?…")
 
 
-def _fold(text: str) -> str:
-    """Strip Vietnamese diacritics: "Thất vọng" -> "That vong"."""
-    decomposed = unicodedata.normalize("NFD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).replace("đ", "d").replace("Đ", "D")
-
-
 @dataclass(frozen=True)
 class Emotion:
     """The emotion read from one message."""
@@ -160,14 +150,6 @@ class _Span:
     needs_modifier: bool = False  # ... from _FOLDED_NEXT_TO_MODIFIER
 
 
-def tone_instruction(label: str) -> str:
-    """One short sentence for the system prompt that sets the reply's tone for this emotion."""
-    try:
-        return _TONES[label]
-    except KeyError:
-        raise ValueError(f"Unknown emotion label {label!r}; expected one of {sorted(_TONES)}.") from None
-
-
 class EmotionAnalyzer:
     """Scores messages in English, Vietnamese (with or without diacritics), or a mix of both."""
 
@@ -178,7 +160,7 @@ class EmotionAnalyzer:
         self._phrases = frozenset(vocabulary)
         folded: dict[str, str] = {}
         for phrase in sorted(vocabulary):
-            key = _fold(phrase)
+            key = fold(phrase)
             if " " in key or key in _FOLDED_ALONE or key in _FOLDED_NEXT_TO_MODIFIER:
                 folded.setdefault(key, phrase)
         self._folded = MappingProxyType(folded)
@@ -194,7 +176,7 @@ class EmotionAnalyzer:
         sentitext = SentiText(text)
         words = sentitext.words_and_emoticons
         keys = [w.lower().strip(_PUNCTUATION) for w in words]
-        folded = [_fold(k) for k in keys]
+        folded = [fold(k) for k in keys]
         spans = self._find_spans(keys, folded)
         vietnamese = self._is_vietnamese(keys, folded, spans)
         spans = self._keep_plausible(spans, vietnamese)

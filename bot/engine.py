@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from bot.turns import TurnLock
-from errors import AdapterError, BusyError, InputError, ModelError
+from kaizen.base_model import load_model
+from kaizen.errors import AdapterError, BusyError, InputError, ModelError
 
 BASE = "base"
 MIN_TEMPERATURE = 0.01
 ADAPTER_SLOT = "default"  # the one peft adapter name in use; versions are swapped into it
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -33,24 +33,6 @@ class GenParams:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-
-
-def load_model(path: str, dtype: str = "float32"):
-    """Load tokenizer and model from a directory or a cached HF id, with a clear error."""
-    if dtype not in DTYPES:
-        raise ModelError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"Could not load the model from {path!r}: {exc}. Pass --model with a local model directory "
-            "(saved with save_pretrained), or leave it unset to use the embedded model."
-        ) from exc
-    model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def _strip_lora(model) -> None:  # noqa: ANN001

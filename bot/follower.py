@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from errors import KaizenError
 from feedback_db import store
 from feedback_db.db import Database
-from trainer import adapters
+from kaizen import adapters
+from kaizen.errors import KaizenError
 
 
 class AdapterFollower:

@@ -68,7 +68,8 @@ import bm25s
 import numpy as np
 import scipy.sparse as sp
 
-from errors import InputError, ModelError
+from kaizen.errors import InputError, ModelError
+from kaizen.text import fold
 
 # bm25s sets its logger to DEBUG on import and logs every index build.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -194,12 +195,6 @@ class HashingEmbedder:
             if norm:
                 row /= norm
         return rows
-
-
-def fold(text: str) -> str:
-    """Remove Vietnamese (and other) diacritics: "Xin chào, Đà Nẵng" -> "Xin chao, Da Nang"."""
-    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
-    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
 
 
 class _Text(NamedTuple):

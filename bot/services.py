@@ -13,11 +13,12 @@ from bot.chat import ChatService
 from bot.emotion import EmotionAnalyzer
 from bot.engine import Engine
 from bot.follower import AdapterFollower
-from bot.model_source import resolve_model
 from bot.recall import KnowledgeRecall
 from feedback_db import store
 from feedback_db.db import Database
-from settings import Settings
+from kaizen.base_model import resolve_model
+from kaizen.ports import DatasetExporter, ScheduleControl, TrainingControl
+from kaizen.settings import Settings
 
 AUTO_APPROVE_KEY = "auto_approve"
 
@@ -31,8 +32,10 @@ class Kaizen:
     recall: KnowledgeRecall | None
     follower: AdapterFollower
     model_name: str = "kaizen"
-    training: object = None  # scheduler.TrainingSupervisor, wired by launch.py (bot/ does not import it)
-    scheduler: object = None  # scheduler.KaizenScheduler, or None with --no-schedule
+    # Wired by launch.py (bot/ imports neither trainer/ nor scheduler.py); None where not wired.
+    training: TrainingControl | None = None
+    scheduler: ScheduleControl | None = None  # None with --no-schedule
+    export_dataset: DatasetExporter | None = None
 
     def auto_approve(self) -> bool:
         with self.db.session() as s:

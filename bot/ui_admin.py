@@ -17,20 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
-from fastapi.responses import RedirectResponse
 import pandas as pd
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from gradio.utils import get_upload_folder
 
 from bot import admin_api as ops
 from bot import plots
 from bot.auth import ADMIN_USER, AdminAuth
-from bot.chat import load_persona
-from bot.persona import Persona
-from errors import KaizenError
 from feedback_db import store
-from trainer.config import TrainConfig
-from trainer.importer import ImportFileError, ImportLimits
+from kaizen.errors import KaizenError
+from kaizen.knowledge_files import ImportFileError, ImportLimits
+from kaizen.prompts import Persona, load_persona
+from kaizen.settings import TrainConfig
 
 FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correction", "updated"]
 KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from errors import KaizenError
 from feedback_db import store
+from kaizen.errors import KaizenError
 
 EMOTION_ICONS = {"positive": "🙂", "negative": "🙁", "neutral": "😐\ufe0f"}  # VS16: colour, not DejaVu black
 SOURCE_BADGES = {"memory": "🧠 from memory", "rag": "📚 used taught facts"}

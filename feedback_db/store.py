@@ -416,22 +416,16 @@ def last_finished_run(*, session: Session) -> TrainingRun | None:
     )
 
 
+def count_new_since_last_round(*, session: Session) -> int:
+    """Approved knowledge items and ratings that arrived since the last finished round started."""
+    last = last_finished_run(session=session)
+    since = last.started_at if last else None
+    return knowledge_changed_since(session=session, since=since) + ratings_since(session=session, since=since)
+
+
 def completed_rounds(*, session: Session) -> int:
     """Rounds that produced an adapter; the next round's index (for the lr decay)."""
     return session.scalar(select(func.count()).select_from(AdapterVersion)) or 0
-
-
-def fail_stale_runs(*, session: Session, alive: Any, exclude: int | None = None) -> list[int]:
-    """Mark unfinished runs whose process is gone as failed; `alive(pid)` tells if a pid lives."""
-    failed = []
-    for run in session.scalars(select(TrainingRun).where(TrainingRun.status.in_(("queued", "running")))):
-        if run.id != exclude and (run.pid is None or not alive(run.pid)):
-            run.status = "failed"
-            run.error = run.error or "The training process died (killed or crashed)."
-            run.finished_at = utcnow()
-            failed.append(run.id)
-    session.flush()
-    return failed
 
 
 def next_version(*, session: Session) -> str:
@@ -471,9 +465,37 @@ def list_adapters(*, session: Session) -> list[AdapterVersion]:
 
 # --- the training lock ------------------------------------------------------------------------
 
+TRAINING_LOCK = "training"  # the one lock row: only one training round runs at a time, anywhere
+STALE_LOCK_S = 30 * 60  # a holder whose heartbeat is older than this is taken to be dead
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this machine (signal 0 checks without killing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_runs(*, session: Session, alive: Any = pid_alive, exclude: int | None = None) -> list[int]:
+    """Mark unfinished runs whose process is gone as failed; `alive(pid)` tells if a pid lives."""
+    failed = []
+    for run in session.scalars(select(TrainingRun).where(TrainingRun.status.in_(("queued", "running")))):
+        if run.id != exclude and (run.pid is None or not alive(run.pid)):
+            run.status = "failed"
+            run.error = run.error or "The training process died (killed or crashed)."
+            run.finished_at = utcnow()
+            failed.append(run.id)
+    session.flush()
+    return failed
+
 
 def acquire_lock(
-    *, session: Session, name: str, owner: str, pid: int, stale_after_s: float, alive: Any
+    *, session: Session, name: str, owner: str, pid: int, stale_after_s: float = STALE_LOCK_S,
+    alive: Any = pid_alive,
 ) -> bool:
     """Take the named lock. A lock whose holder died, or whose heartbeat is older than
     stale_after_s, is taken over (stale-lock recovery). Returns False if someone holds it."""

@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(ROOT))
 
 from bot.engine import BASE, GenParams  # noqa: E402
-from settings import Settings  # noqa: E402
+from kaizen.settings import Settings  # noqa: E402
 
 MODEL_CACHE = Path(os.environ.get("KAIZEN_TEST_CACHE", ROOT / ".pytest_cache" / "kaizen-models"))
 
@@ -39,7 +39,7 @@ class FakeGeneration:
         self.prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
         self.completion_tokens = 0
         if engine.busy:
-            from errors import BusyError
+            from kaizen.errors import BusyError
 
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
 
@@ -99,12 +99,13 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def kaizen(settings: Settings, fake_engine: FakeEngine):
     from bot.services import build_services
-
     from scheduler import KaizenScheduler, TrainingSupervisor
+    from trainer.dataset import export_training_set
 
     k = build_services(settings, engine=fake_engine)
     k.training = TrainingSupervisor(db=k.db, settings=k.settings, on_finish=lambda _run_id: k.follower.sync())
     k.scheduler = KaizenScheduler(db=k.db, settings=k.settings, supervisor=k.training)
+    k.export_dataset = export_training_set
     yield k
     k.close()
 
@@ -112,7 +113,7 @@ def kaizen(settings: Settings, fake_engine: FakeEngine):
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The real embedded SmolLM2-135M-Instruct, converted once and cached between runs."""
-    from bot.model_source import convert_embedded
+    from kaizen.base_model import convert_embedded
 
     return convert_embedded(MODEL_CACHE)
 
@@ -142,8 +143,9 @@ def random_adapter(out: Path, model_dir: Path, seed: int, *, model=None, lora=No
     import torch
     from peft import get_peft_model
 
-    from bot.engine import load_model
-    from trainer.config import TrainConfig, lora_config
+    from kaizen.base_model import load_model
+    from kaizen.settings import TrainConfig
+    from trainer.config import lora_config
 
     torch.manual_seed(seed)
     model = model if model is not None else load_model(str(model_dir), "float32")[0]

@@ -19,8 +19,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from kaizen.knowledge_files import (
+    ImportFileError,
+    ImportLimits,
+    parse_knowledge,
+    question_key,
+)
 from tests.conftest import ProcessServer
-from trainer.importer import ImportFileError, ImportLimits, parse_knowledge, question_key
 
 SMALL = ImportLimits(max_bytes=20_000, max_rows=50, max_question_chars=200, max_answer_chars=400)
 NAMES = st.sampled_from(["kb.csv", "kb.jsonl", "kb.txt", "KB.CSV", "kb.pkl", "kb", "kb.exe", "../kb.txt"])

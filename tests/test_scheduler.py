@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from errors import ConflictError
 from feedback_db import store
 from feedback_db.db import Database
+from feedback_db.store import TRAINING_LOCK as LOCK
+from kaizen.errors import ConflictError
+from kaizen.settings import Settings
 from scheduler import JOB_ID, LAST_CHECK_KEY, KaizenScheduler, TrainingSupervisor
-from settings import Settings
-from trainer.rounds import LOCK
 
 
 def quick_child(settings, run_id, trigger, force):
@@ -26,8 +26,7 @@ def quick_child(settings, run_id, trigger, force):
 
 def slow_real_child(settings, run_id, trigger, force):
     """The real round (run_round on the tiny model), slowed down so a test can watch and kill it."""
-    from trainer.config import TrainConfig
-    from trainer.gate import GateLimits
+    from kaizen.settings import GateLimits, TrainConfig
     from trainer.rounds import run_round
 
     db = Database(settings.database_url, run_migrations=False)
@@ -184,7 +183,7 @@ def test_restarts_keep_one_job_and_a_missed_check_fires_once(env):
 
 @pytest.mark.parametrize("change", [{"minutes": 0}, {"minutes": "x"}, {"min_items": -1}])
 def test_bad_schedule_settings_are_refused(env, change):
-    from errors import InputError
+    from kaizen.errors import InputError
 
     settings, db = env
     sched = KaizenScheduler(db=db, settings=settings, supervisor=TrainingSupervisor(db=db, settings=settings))

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import random
 import re
-import unicodedata
 from collections.abc import Sequence
+
+from kaizen.text import fold
 
 TRAIN_TEMPLATES: tuple[str, ...] = (
     "Xin hỏi, {q}",
@@ -134,14 +135,6 @@ def augment_rows(
     ]
 
 
-def strip_diacritics(text: str) -> str:
-    """ "Giờ mở cửa" -> "Gio mo cua" (đ/Đ included, which Unicode does not decompose)."""
-    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
-    return unicodedata.normalize(
-        "NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
-    )
-
-
 def _variants(
     question: str, n: int, rng: random.Random, templates: Sequence[str], casual: bool
 ) -> list[str]:
@@ -151,7 +144,7 @@ def _variants(
     embedded = _embeddable(cleaned)
     candidates = [t.format(q=embedded) for t in templates]
     rng.shuffle(candidates)
-    plain = strip_diacritics(cleaned)
+    plain = fold(cleaned)
     if casual and plain != cleaned:
         # Ahead of the templates so that it is always kept.
         candidates.insert(0, _TRAILING.sub("", plain).lower())

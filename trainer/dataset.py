@@ -20,12 +20,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.emotion import tone_instruction
-from bot.persona import Persona, build_system_prompt
 from feedback_db import store
 from feedback_db.db import Database
+from kaizen.knowledge_files import question_key
+from kaizen.prompts import Persona, build_system_prompt, load_persona, tone_instruction
 from trainer.augment import clean_question, heldout_questions, variants
-from trainer.importer import question_key
 from trainer.lora import Example
 
 TONES = ("neutral", "positive", "negative")
@@ -133,3 +132,9 @@ def export_jsonl(training: TrainingSet, path: Path) -> int:
                 n += 1
     tmp.replace(path)
     return n
+
+
+def export_training_set(*, db: Database, path: Path) -> int:
+    """The training set built with the stored persona, written as chat JSONL (`kaizen export`, the
+    admin tab's Export); returns the number of rows. A `kaizen.ports.DatasetExporter`."""
+    return export_jsonl(build_training_set(db=db, persona=load_persona(db)), path)

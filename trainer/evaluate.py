@@ -8,15 +8,22 @@ real model, a tiny random one, or lists of strings.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
-import unicodedata
+import time
 from importlib import resources
+from pathlib import Path
 
 import torch
 
-_SURROUNDING = " \t\r\n\"'`“”‘’«».,;:!?¡¿…()[]{}-–—*_"
-_SPACE = re.compile(r"\s+")
+from kaizen.metrics import RoundMetrics
+from kaizen.text import normalize_answer
+from trainer.cache import cached
+from trainer.dataset import Fact, TrainingSet
+from trainer.generation import generate_answers
+
+EVAL_MAX_NEW_TOKENS = 64  # length of the greedy answers compared on held-out prompts
+
 
 
 def load_general_prompts() -> dict[str, list[str]]:
@@ -24,43 +31,6 @@ def load_general_prompts() -> dict[str, list[str]]:
     text = resources.files("trainer.data").joinpath("general_prompts.json").read_text(encoding="utf-8")
     data = json.loads(text)
     return {"anchor": list(data["anchor"]), "heldout": list(data["heldout"])}
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                     batch_size: int = 8) -> list[str]:
-    """Greedy answers to each conversation (a list of chat messages ending with a user turn).
-
-    Batched with left padding: on two CPU cores 8 prompts in one batch decode about 3-4x faster
-    than one by one, and greedy outputs match the unbatched ones on the embedded model.
-    """
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    answers: list[str] = []
-    try:
-        for start in range(0, len(conversations), batch_size):
-            chunk = conversations[start:start + batch_size]
-            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-            new = out[:, enc["input_ids"].shape[1]:]
-            answers.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return [a.strip() for a in answers]
-
-
-def normalize_answer(s: str) -> str:
-    """Casefold, NFC, collapse whitespace and strip surrounding punctuation and quotes."""
-    s = unicodedata.normalize("NFC", s).casefold()
-    s = _SPACE.sub(" ", s)
-    return s.strip(_SURROUNDING)
 
 
 def exact_recall(answers: list[str], expected: list[str]) -> float:
@@ -110,3 +80,55 @@ def same_prefix_count(base_answers: list[str], new_answers: list[str], tokenizer
         b = tokenizer(new, add_special_tokens=False)["input_ids"][:tokens]
         count += a == b
     return count
+
+
+def answer_key(answer: str) -> str:
+    """A short fingerprint of an answer: a fact counts as known only while its answer is unchanged."""
+    return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
+
+
+def evaluate_adapter(model, tokenizer, model_path: str, dtype: str, training: TrainingSet, facts: list[Fact],
+                     adapter_dir: Path, cache_dir: Path) -> RoundMetrics:
+    """Recall of new and old facts, paraphrase recall and drift, as served (dtype) without memory."""
+    from peft import PeftModel
+
+    t0 = time.perf_counter()
+    model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype, torch.float32))
+    heldout = load_general_prompts()["heldout"]
+    heldout_convs = [training.conversation(p) for p in heldout]
+    base_key = {"model": model_path, "prompts": heldout, "system": training.system_prompt, "dtype": dtype,
+                "n": EVAL_MAX_NEW_TOKENS, "kind": "heldout"}
+    base_answers = cached(cache_dir, base_key, lambda: generate_answers(model, tokenizer, heldout_convs,
+                                                                     EVAL_MAX_NEW_TOKENS))
+    tuned = PeftModel.from_pretrained(model, str(adapter_dir))
+    tuned.eval()
+    paraphrases = training.paraphrases(facts)
+    convs = [training.conversation(f.question) for f in facts] + [training.conversation(q) for q, _ in paraphrases]
+    longest = max([len(tokenizer(f.answer)["input_ids"]) for f in facts] or [16]) + 8
+    answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
+    fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
+    new_answers = generate_answers(tuned, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS)
+    tuned.unload()
+
+    def recall(selected: list[int]) -> float | None:
+        if not selected:
+            return None
+        return exact_recall([fact_answers[i] for i in selected], [facts[i].answer for i in selected])
+
+    taught = [normalize_answer(f.answer) for f in facts]
+    leaks = sum(any(t and t in normalize_answer(a) for t in taught) for a in new_answers)
+    per_fact = {str(f.item_id): [answer_key(f.answer), normalize_answer(a) == normalize_answer(f.answer)]
+                for f, a in zip(facts, fact_answers)}
+    return RoundMetrics(
+        new_facts=sum(f.new for f in facts),
+        old_facts=sum(not f.new for f in facts),
+        new_recall=recall([i for i, f in enumerate(facts) if f.new]),
+        retention=recall([i for i, f in enumerate(facts) if not f.new]),
+        paraphrase_recall=exact_recall(para_answers, [a for _, a in paraphrases]) if paraphrases else None,
+        drift=round(drift(base_answers, new_answers, tokenizer), 4),
+        heldout_unchanged=same_prefix_count(base_answers, new_answers, tokenizer),
+        leak=round(leaks / len(heldout), 4) if heldout else 0.0,
+        heldout_total=len(heldout),
+        facts=per_fact,
+        eval_seconds=round(time.perf_counter() - t0, 2),
+    )

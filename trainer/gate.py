@@ -11,18 +11,10 @@ memory serves paraphrases at once, and the weights catch up over rounds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class GateLimits:
-    min_new_recall: float = field(default=1.0, metadata={"help": "Share of new facts that must be recalled exactly."})
-    max_drift: float = field(default=0.9, metadata={
-        "help": "Largest allowed drift (0 = same answers as the base model, 1 = nothing in common) on held-out prompts."})
-    max_leak: float = field(default=0.25, metadata={
-        "help": "Largest share of held-out prompts whose answer contains a taught answer ('says it to everything')."})
-    retention_slack: float = field(default=0.0, metadata={
-        "help": "How far retention may fall below the active adapter's before the gate refuses."})
+from kaizen.metrics import RoundMetrics
+from kaizen.settings import GateLimits
 
 
 @dataclass(frozen=True)
@@ -35,22 +27,22 @@ class Verdict:
         return "promoted" if self.promote else "rejected"
 
 
-def decide(metrics: dict, limits: GateLimits) -> Verdict:
+def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:
     """Judge `metrics` (new_recall, retention, baseline_retention, drift; None = not measured)."""
     failures, passes = [], []
-    new = metrics.get("new_recall")
+    new = metrics.new_recall
     if new is not None:
         (passes if new >= limits.min_new_recall else failures).append(
             f"new-fact recall {new:.0%} (needs {limits.min_new_recall:.0%})")
-    retention, baseline = metrics.get("retention"), metrics.get("baseline_retention")
+    retention, baseline = metrics.retention, metrics.baseline_retention
     if retention is not None and baseline is not None:
         (passes if retention >= baseline - limits.retention_slack else failures).append(
             f"retention {retention:.0%} (active adapter: {baseline:.0%})")
-    leak = metrics.get("leak")
+    leak = metrics.leak
     if leak is not None:
         (passes if leak <= limits.max_leak else failures).append(
             f"taught answers leaking into {leak:.0%} of held-out prompts (limit {limits.max_leak:.0%})")
-    drift = metrics.get("drift")
+    drift = metrics.drift
     if drift is None:
         failures.append("drift was not measured")
     else:

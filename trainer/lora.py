@@ -26,9 +26,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm
 
-from errors import AdapterError, InputError
-from trainer.config import TrainConfig
-from trainer.evaluate import generate_answers
+from kaizen.errors import AdapterError, InputError
+from kaizen.settings import TrainConfig
+from trainer.generation import generate_answers
 
 KINDS = ("sft", "up", "down", "anchor")
 TAUGHT = ("sft", "up")

@@ -14,8 +14,6 @@ as it was.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import socket
 import time
@@ -26,24 +24,28 @@ from pathlib import Path
 
 import torch
 
-from bot.chat import load_persona
-from bot.engine import load_model
-from bot.model_source import resolve_model
-from errors import ConflictError, KaizenError
 from feedback_db import store
 from feedback_db.db import Database
-from settings import Settings
-from trainer import adapters
-from trainer.augment import strip_diacritics
-from trainer.config import TrainConfig, lora_config
+from kaizen import adapters
+from kaizen.base_model import load_model, resolve_model
+from kaizen.errors import ConflictError, KaizenError
+from kaizen.metrics import RoundMetrics
+from kaizen.prompts import load_persona
+from kaizen.settings import GateLimits, Settings, TrainConfig
+from kaizen.text import fold
+from trainer.cache import cached
+from trainer.config import lora_config
 from trainer.dataset import Fact, TrainingSet, build_training_set
-from trainer.evaluate import drift, exact_recall, generate_answers, load_general_prompts, normalize_answer, same_prefix_count
-from trainer.gate import GateLimits, decide
-from trainer.lora import Progress, anchor_examples, train_round
+from trainer.evaluate import answer_key, evaluate_adapter, load_general_prompts
+from trainer.gate import decide
+from trainer.lora import Example, Progress, anchor_examples, train_round
 
-LOCK = "training"
-STALE_LOCK_S = 30 * 60
-EVAL_MAX_NEW_TOKENS = 64
+LOCK = store.TRAINING_LOCK
+
+
+def _count_new(db: Database) -> int:
+    with db.session() as s:
+        return store.count_new_since_last_round(session=s)
 
 
 class NoDataError(KaizenError):
@@ -56,22 +58,8 @@ class RoundOutcome:
     version: str | None
     promoted: bool
     reason: str
-    metrics: dict
+    metrics: RoundMetrics
     seconds: float
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _answer_key(answer: str) -> str:
-    return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
 
 
 def _mark_new(training: TrainingSet, known: dict) -> tuple[list[Fact], float | None]:
@@ -82,7 +70,7 @@ def _mark_new(training: TrainingSet, known: dict) -> tuple[list[Fact], float | N
     facts, recalled = [], []
     for f in training.facts:
         seen = known.get(str(f.item_id))
-        old = seen is not None and seen[0] == _answer_key(f.answer)
+        old = seen is not None and seen[0] == answer_key(f.answer)
         facts.append(dataclasses.replace(f, new=not old))
         if old:
             recalled.append(bool(seen[1]))
@@ -90,7 +78,7 @@ def _mark_new(training: TrainingSet, known: dict) -> tuple[list[Fact], float | N
 
 
 def _words(text: str) -> set[str]:
-    return set(strip_diacritics(text).casefold().replace("?", " ").replace("!", " ").split())
+    return set(fold(text).casefold().replace("?", " ").replace("!", " ").split())
 
 
 def _overlaps(prompt: str, facts: list[Fact]) -> bool:
@@ -98,20 +86,6 @@ def _overlaps(prompt: str, facts: list[Fact]) -> bool:
     taught "Xin chào") would hold the old answer in place against the new one: leave it out."""
     words = _words(prompt)
     return any(len(words & q) >= max(1, len(q) / 2) for q in (_words(f.question) for f in facts))
-
-
-def _cached(path: Path, key: dict, compute: Callable[[], list]) -> list:
-    """Base-model answers depend only on the model, prompts and settings: compute them once."""
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-    file = path / f"{digest}.json"
-    if file.is_file():
-        return json.loads(file.read_text(encoding="utf-8"))
-    value = compute()
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".part")
-    tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(file)
-    return value
 
 
 class _RunReporter:
@@ -141,14 +115,6 @@ class _RunReporter:
             self.callback(p)
 
 
-def count_new(*, db: Database, settings: Settings) -> int:
-    """Approved items and ratings that arrived since the last finished round."""
-    with db.session() as s:
-        last = store.last_finished_run(session=s)
-        since = last.started_at if last else None
-        return store.knowledge_changed_since(session=s, since=since) + store.ratings_since(session=s, since=since)
-
-
 def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = None, limits: GateLimits | None = None,
               trigger: str = "cli", force: bool = True, threads: int = 0, run_id: int | None = None,
               progress: Callable[[Progress], None] | None = None) -> RoundOutcome:
@@ -158,15 +124,13 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
     limits = limits or GateLimits()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with db.write() as s:
-        store.fail_stale_runs(session=s, alive=pid_alive, exclude=run_id)
-        if not store.acquire_lock(session=s, name=LOCK, owner=owner, pid=os.getpid(), stale_after_s=STALE_LOCK_S,
-                                  alive=pid_alive):
+        store.fail_stale_runs(session=s, exclude=run_id)
+        if not store.acquire_lock(session=s, name=LOCK, owner=owner, pid=os.getpid()):
             if run_id is not None:
                 store.update_run(session=s, run_id=run_id, status="failed", error="Another round was running.")
             raise ConflictError("A training round is already running; wait for it to finish.")
-    workdir = None
     try:
-        if not force and count_new(db=db, settings=settings) == 0:
+        if not force and _count_new(db) == 0:
             raise NoDataError("Nothing new to learn since the last round (use --force to train anyway).")
         with db.write() as s:
             round_index = store.completed_rounds(session=s)
@@ -206,7 +170,7 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     training = build_training_set(db=db, persona=persona, seed=cfg.seed)
     if not training.examples:
         raise NoDataError("There is nothing to train on yet: no approved knowledge, corrections or ratings.")
-    facts, baseline_retention = _mark_new(training, (active_row.metrics or {}).get("facts", {}) if active_row else {})
+    facts, baseline_retention = _mark_new(training, RoundMetrics.from_dict(active_row.metrics).facts if active_row else {})
     init_dir = None
     if active_row is not None:
         init_dir = adapters.version_dir(settings.adapters_dir, active)
@@ -219,10 +183,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     reporter.phase("anchors")
     anchor_key = {"model": model_path, "prompts": prompts["anchor"], "system": training.system_prompt,
                   "n": cfg.anchor_max_new_tokens, "kind": "anchors"}
-    anchors_json = _cached(cache, anchor_key, lambda: [list(e.messages) for e in anchor_examples(
+    anchors_json = cached(cache, anchor_key, lambda: [list(e.messages) for e in anchor_examples(
         model, tokenizer, prompts["anchor"], training.system_prompt, cfg.anchor_max_new_tokens)])
-    from trainer.lora import Example
-
     anchors = [Example(tuple(m), kind="anchor", source=f"anchor:{i}") for i, m in enumerate(anchors_json)
                if not _overlaps(m[-2]["content"], facts)]
 
@@ -234,78 +196,30 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
                          progress=reporter, probe=probe or None)
 
     reporter.phase("evaluate")
-    metrics = _evaluate(model, tokenizer, model_path, settings, training, facts, workdir, cache)
-    metrics["baseline_retention"] = baseline_retention
-    metrics.update(steps=result.steps, train_seconds=round(result.seconds, 2), train_tokens=result.train_tokens,
-                   tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),
-                   stopped_early=result.stopped_early, lr=cfg.round_lr(round_index))
+    metrics = evaluate_adapter(model, tokenizer, model_path, settings.dtype, training, facts, workdir, cache)
+    metrics = dataclasses.replace(
+        metrics, baseline_retention=baseline_retention, steps=result.steps, train_seconds=round(result.seconds, 2),
+        train_tokens=result.train_tokens, tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),
+        stopped_early=result.stopped_early, lr=cfg.round_lr(round_index))
     verdict = decide(metrics, limits)
 
     reporter.phase("save")
     meta = {"round": round_index, "run_id": run_id, "base_model": model_path, "config": dataclasses.asdict(cfg),
-            "data_counts": training.counts, "loss_curve": result.loss_curve, "metrics": metrics,
+            "data_counts": training.counts, "loss_curve": result.loss_curve, "metrics": metrics.to_dict(),
             "verdict": verdict.label, "reason": verdict.reason}
     with db.write() as s:
         version = store.next_version(session=s)
     while adapters.version_dir(settings.adapters_dir, version).exists():  # published by a round killed before its row
         version = f"v{int(version[1:]) + 1}"
     path = adapters.publish(workdir, settings.adapters_dir, version, meta)
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    metrics.seconds = round(time.perf_counter() - started, 2)
     with db.write() as s:
         store.record_adapter(session=s, version=version, run_id=run_id, round_index=round_index,
-                             verdict=verdict.label, reason=verdict.reason, metrics=metrics, path=str(path))
+                             verdict=verdict.label, reason=verdict.reason, metrics=metrics.to_dict(), path=str(path))
         if verdict.promote:
             store.set_active_adapter(session=s, version=version)
         store.update_run(session=s, run_id=run_id, status=verdict.label, adapter_version=version,
                          data_counts=training.counts, loss_curve=result.loss_curve, phase="done",
                          finished_at=store.utcnow(), error=None if verdict.promote else verdict.reason)
     return RoundOutcome(run_id=run_id, version=version, promoted=verdict.promote, reason=verdict.reason,
-                        metrics=metrics, seconds=metrics["seconds"])
-
-
-def _evaluate(model, tokenizer, model_path: str, settings: Settings, training: TrainingSet, facts: list[Fact],
-              workdir: Path, cache: Path) -> dict:
-    """Recall of new and old facts, paraphrase recall and drift, as served (dtype) without memory."""
-    from peft import PeftModel
-
-    t0 = time.perf_counter()
-    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}.get(settings.dtype, torch.float32)
-    model.to(dtype)
-    heldout = load_general_prompts()["heldout"]
-    heldout_convs = [training.conversation(p) for p in heldout]
-    base_key = {"model": model_path, "prompts": heldout, "system": training.system_prompt, "dtype": settings.dtype,
-                "n": EVAL_MAX_NEW_TOKENS, "kind": "heldout"}
-    base_answers = _cached(cache, base_key, lambda: generate_answers(model, tokenizer, heldout_convs,
-                                                                     EVAL_MAX_NEW_TOKENS))
-    tuned = PeftModel.from_pretrained(model, str(workdir))
-    tuned.eval()
-    paraphrases = training.paraphrases(facts)
-    convs = [training.conversation(f.question) for f in facts] + [training.conversation(q) for q, _ in paraphrases]
-    longest = max([len(tokenizer(f.answer)["input_ids"]) for f in facts] or [16]) + 8
-    answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
-    fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
-    new_answers = generate_answers(tuned, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS)
-    tuned.unload()
-
-    def recall(selected: list[int]) -> float | None:
-        if not selected:
-            return None
-        return exact_recall([fact_answers[i] for i in selected], [facts[i].answer for i in selected])
-
-    taught = [normalize_answer(f.answer) for f in facts]
-    leaks = sum(any(t and t in normalize_answer(a) for t in taught) for a in new_answers)
-    per_fact = {str(f.item_id): [_answer_key(f.answer), normalize_answer(a) == normalize_answer(f.answer)]
-                for f, a in zip(facts, fact_answers)}
-    return {
-        "new_facts": sum(f.new for f in facts),
-        "old_facts": sum(not f.new for f in facts),
-        "new_recall": recall([i for i, f in enumerate(facts) if f.new]),
-        "retention": recall([i for i, f in enumerate(facts) if not f.new]),
-        "paraphrase_recall": exact_recall(para_answers, [a for _, a in paraphrases]) if paraphrases else None,
-        "drift": round(drift(base_answers, new_answers, tokenizer), 4),
-        "heldout_unchanged": same_prefix_count(base_answers, new_answers, tokenizer),
-        "leak": round(leaks / len(heldout), 4) if heldout else 0.0,
-        "heldout_total": len(heldout),
-        "facts": per_fact,
-        "eval_seconds": round(time.perf_counter() - t0, 2),
-    }
+                        metrics=metrics, seconds=metrics.seconds)

@@ -8,11 +8,11 @@ import time
 import httpx
 import pytest
 
-from errors import AdapterError
 from feedback_db import store
-from settings import Settings
+from kaizen import adapters
+from kaizen.errors import AdapterError
+from kaizen.settings import Settings
 from scheduler import SCHEDULE_KEY, TrainingSupervisor
-from trainer import adapters
 
 PASSWORD = "mật-khẩu-quản-trị"  # non-ASCII on purpose: HTTP Basic is decoded as UTF-8
 RIGHT = ("admin", PASSWORD)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from bot.persona import Persona
-from errors import BusyError, InputError
 from feedback_db import store
+from kaizen.errors import BusyError, InputError
+from kaizen.prompts import Persona
 
 
 def _exchanges(kaizen):

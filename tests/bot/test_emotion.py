@@ -7,7 +7,9 @@ import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from bot import emotion
-from bot.emotion import Emotion, EmotionAnalyzer, tone_instruction
+from bot.emotion import Emotion, EmotionAnalyzer
+from kaizen.prompts import tone_instruction
+from kaizen.text import fold
 
 P, N, U = "positive", "negative", "neutral"
 
@@ -165,11 +167,11 @@ def test_folded_lookups_are_unambiguous():
     vocabulary = {*emotion._LEXICON, *emotion._NEGATORS, *emotion._NEGATION_EMPHASIS,
                   *emotion._BOOSTERS_BEFORE, *emotion._BOOSTERS_AFTER}
     for key in emotion._FOLDED_ALONE | emotion._FOLDED_NEXT_TO_MODIFIER:
-        assert [p for p in vocabulary if emotion._fold(p) == key].__len__() == 1, key
+        assert [p for p in vocabulary if fold(p) == key].__len__() == 1, key
     folded_multi: dict[str, set[float]] = {}
     for phrase, valence in emotion._LEXICON.items():
         if " " in phrase:
-            folded_multi.setdefault(emotion._fold(phrase), set()).add(valence)
+            folded_multi.setdefault(fold(phrase), set()).add(valence)
     assert all(len(v) == 1 for v in folded_multi.values())
     assert not set(emotion._LEXICON) & (vocabulary - set(emotion._LEXICON))
     assert all(-4.0 <= v <= 4.0 for v in emotion._LEXICON.values())

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from bot.engine import Engine, GenParams
-from errors import BusyError, InputError, ModelError
+from kaizen.errors import BusyError, InputError, ModelError
 
 
 @pytest.fixture(scope="module")

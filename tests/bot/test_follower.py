@@ -3,8 +3,8 @@
 import time
 
 from feedback_db import store
+from kaizen import adapters
 from tests.conftest import kaizen_cli
-from trainer import adapters
 
 
 def _publish(settings, version, meta=None):

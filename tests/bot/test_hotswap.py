@@ -8,7 +8,7 @@ import pytest
 from peft import LoraConfig
 
 from bot.engine import Engine, GenParams
-from errors import AdapterError
+from kaizen.errors import AdapterError
 from tests.conftest import random_adapter
 
 PROMPT = [{"role": "user", "content": "Say something."}]

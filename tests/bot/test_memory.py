@@ -18,10 +18,10 @@ from bot.memory import (
     Recall,
     Thresholds,
     decide,
-    fold,
     load_embedder,
 )
-from errors import InputError
+from kaizen.errors import InputError
+from kaizen.text import fold
 
 GREETING = MemoryItem(1, "Xin chào", "Công ty BICweb kính chào quý khách!", True, 1.0)
 HOURS = MemoryItem(2, "Công ty mở cửa lúc mấy giờ?", "Từ 8h00 đến 17h30.", True, 2.0)

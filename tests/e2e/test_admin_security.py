@@ -6,17 +6,17 @@ gradio_client and raw HTTP, as an outsider would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 import urllib.parse
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from gradio_client import Client
 
 from feedback_db import store
-from settings import Settings
+from kaizen.settings import Settings
 from tests.bot.test_admin_api import _publish, _snapshot
 
 PASSWORD = "e2e-Secret-mật-khẩu"

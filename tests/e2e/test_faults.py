@@ -34,10 +34,10 @@ import pytest
 
 from feedback_db import store
 from feedback_db.db import Database
+from feedback_db.store import TRAINING_LOCK as LOCK
+from kaizen import adapters
 from scheduler import LAST_CHECK_KEY
 from tests.conftest import ProcessServer, random_adapter
-from trainer import adapters
-from trainer.rounds import LOCK
 
 pytestmark = pytest.mark.slow
 

@@ -4,13 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kaizen.text import fold
 from trainer.augment import (
     HELDOUT_TEMPLATES,
     TRAIN_TEMPLATES,
     augment_rows,
     clean_question,
     heldout_questions,
-    strip_diacritics,
     variants,
 )
 
@@ -50,8 +50,8 @@ def test_clean_question_is_idempotent_on_examples():
         assert clean_question(once) == once
 
 
-def test_strip_diacritics():
-    assert strip_diacritics("Đường đi Hà Nội, giờ mở cửa?") == "Duong di Ha Noi, gio mo cua?"
+def test_fold():
+    assert fold("Đường đi Hà Nội, giờ mở cửa?") == "Duong di Ha Noi, gio mo cua?"
 
 
 def test_variants_are_n_distinct_with_the_cleaned_original_first():

@@ -2,9 +2,9 @@
 
 import json
 
-from bot.persona import Persona
 from feedback_db import store
 from feedback_db.db import Database
+from kaizen.prompts import Persona
 from trainer.dataset import build_training_set, export_jsonl
 
 

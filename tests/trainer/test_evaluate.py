@@ -7,14 +7,14 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from kaizen.text import normalize_answer
 from trainer.evaluate import (
     drift,
     exact_recall,
-    generate_answers,
     load_general_prompts,
-    normalize_answer,
     same_prefix_count,
 )
+from trainer.generation import generate_answers
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "

@@ -7,18 +7,18 @@ to the embedded model is tested end to end in tests/e2e/test_teach_real.py.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from errors import AdapterError, InputError
+from kaizen.errors import AdapterError, InputError
+from kaizen.settings import TrainConfig
 from tests.trainer.test_evaluate import make_tiny_llama, make_tiny_tokenizer
-from trainer.config import TrainConfig, lora_config
-from trainer.evaluate import drift, exact_recall, generate_answers, load_general_prompts
-from trainer.lora import _all_exact, Example, _encode, anchor_examples, train_round
+from trainer.config import lora_config
+from trainer.generation import generate_answers
+from trainer.lora import Example, _all_exact, _encode, train_round
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -4,13 +4,11 @@ import os
 
 import pytest
 
-from errors import ConflictError
 from feedback_db import store
 from feedback_db.db import Database
-from settings import Settings
-from trainer import adapters
-from trainer.config import TrainConfig
-from trainer.gate import GateLimits
+from kaizen import adapters
+from kaizen.errors import ConflictError
+from kaizen.settings import GateLimits, Settings, TrainConfig
 from trainer.rounds import LOCK, NoDataError, run_round
 
 FAST = TrainConfig(max_steps=3, batch_size=4, anchors_per_step=2, early_stop_exact=False, anchor_max_new_tokens=8)
@@ -59,8 +57,8 @@ def test_promotion_then_a_second_round_continues_with_a_lower_lr(env):
     _teach(db, "CHOREI có nghĩa là gì?", "Buổi họp giao ban buổi sáng kiểu Nhật.")
     second = run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
     assert second.promoted and _state(db)[0] == "v2"
-    assert second.metrics["lr"] < first.metrics["lr"]
-    assert second.metrics["new_facts"] == 1 and second.metrics["old_facts"] == 1  # fact 1 was replayed and checked
+    assert second.metrics.lr < first.metrics.lr
+    assert second.metrics.new_facts == 1 and second.metrics.old_facts == 1  # fact 1 was replayed and checked
     with db.session() as s:
         assert [r.round_index for r in store.list_runs(session=s)] == [1, 0]
 

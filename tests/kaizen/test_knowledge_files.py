@@ -1,4 +1,4 @@
-"""Tests for trainer.importer: the three formats, every line error, whole-file refusals."""
+"""Tests for kaizen.knowledge_files: the three formats, every line error, whole-file refusals."""
 
 import csv
 import io
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import errors
-from trainer.importer import (
+from kaizen import errors
+from kaizen.knowledge_files import (
     ImportFileError,
     ImportLimits,
     KnowledgeRow,

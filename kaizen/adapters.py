@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from errors import AdapterError, InputError
+from kaizen.errors import AdapterError, InputError
 
 META = "meta.json"
 VERSION_RE = re.compile(r"^v[1-9][0-9]{0,5}$")

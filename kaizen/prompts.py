@@ -12,10 +12,19 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from errors import InputError
+from feedback_db import store
+from feedback_db.db import Database
+from kaizen.errors import InputError
 
 SETTING_KEY = "persona"
+TONES = MappingProxyType({
+    "negative": "The user seems upset: reply calmly, with empathy, and keep it brief.",
+    "positive": "The user is in a good mood: reply warmly.",
+    "neutral": "Reply in a plain, professional tone.",
+})
+
 MAX_FIELD_CHARS = 1000
 # Control characters other than \t \n \r, and lone surrogates (valid in JSON escapes and Python
 # strings): the tokenizer cannot encode them. Messages, corrections and the persona (part of every
@@ -47,6 +56,20 @@ class Persona:
             if INVALID_CHARS.search(getattr(self, field.name)):
                 raise InputError(f"The persona's {field.name} contains control or invalid characters.")
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).strip() for f in dataclasses.fields(self)})
+
+
+def tone_instruction(label: str) -> str:
+    """One short sentence for the system prompt that sets the reply's tone for this emotion."""
+    try:
+        return TONES[label]
+    except KeyError:
+        raise ValueError(f"Unknown emotion label {label!r}; expected one of {sorted(TONES)}.") from None
+
+
+def load_persona(db: Database) -> Persona:
+    """The persona stored in the `settings` table, or the default one."""
+    with db.session() as s:
+        return Persona.from_dict(store.get_setting(session=s, key=SETTING_KEY))
 
 
 CONTEXT_RULE = "Answer from the context given with the question; it overrides anything you remember."

@@ -4,10 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from errors import InputError
-from settings import Settings, build_settings, dataclass_from_env
-from trainer.config import TrainConfig
-from trainer.gate import GateLimits
+from kaizen.errors import InputError
+from kaizen.settings import (
+    GateLimits,
+    Settings,
+    TrainConfig,
+    build_settings,
+    dataclass_from_env,
+)
 
 
 def test_flags_beat_environment_beat_defaults():

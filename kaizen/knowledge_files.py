@@ -31,7 +31,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import errors
+from kaizen import errors
+from kaizen.text import question_key
 
 FORMATS = (".csv", ".jsonl", ".txt")
 MAX_CATEGORY_CHARS = 100
@@ -100,12 +101,6 @@ class ImportFileError(errors.InputError):
                 f"(fix them, or skip invalid lines to import the rest):\n{shown}{tail}"
             )
         super().__init__(message)
-
-
-def question_key(question: str) -> str:
-    """The form under which two questions count as duplicates."""
-    collapsed = " ".join(unicodedata.normalize("NFC", question).casefold().split())
-    return collapsed.rstrip("?!.？！。 ")
 
 
 def parse_knowledge(

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bot.persona import Persona, budget_warning, build_system_prompt, with_context
-from errors import InputError
+from kaizen.errors import InputError
+from kaizen.prompts import Persona, budget_warning, build_system_prompt, with_context
 
 
 def test_prompt_names_agent_creator_company_and_style():

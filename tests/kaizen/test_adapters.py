@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from errors import AdapterError, InputError
-from trainer import adapters
+from kaizen import adapters
+from kaizen.errors import AdapterError, InputError
 
 
 def _workdir(adapters_dir, payload=b"weights"):

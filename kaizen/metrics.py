@@ -1,0 +1,47 @@
+"""What one training round measured: the typed seam between the trainer, the gate, the admin
+tab, the command line and the database (stored as JSON in `adapter_versions.metrics` and in
+each version's `meta.json`).
+
+The names follow lifelong model editing (EasyEdit): reliability is `new_recall` (the taught
+question is answered), generality is `paraphrase_recall` (phrasings never trained on are too),
+locality is measured on held-out prompts that were never trained on (`drift`, `leak`).
+Every figure is None when it was not measured (no new facts, no old ones, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RoundMetrics:
+    new_facts: int = 0  # taught facts that are new or changed since the active version
+    old_facts: int = 0  # facts the active version was already checked on (replayed)
+    new_recall: float | None = None  # reliability: share of new facts answered exactly (0..1)
+    retention: float | None = None  # share of old facts still answered exactly (0..1)
+    baseline_retention: float | None = None  # the active version's recall of those old facts (0..1)
+    paraphrase_recall: float | None = None  # generality: held-out phrasings answered exactly (0..1)
+    drift: float | None = None  # 1 - mean shared greedy prefix with the base model's answers (0..1)
+    heldout_unchanged: int | None = None  # held-out answers whose first 20 tokens equal the base model's
+    leak: float | None = None  # share of held-out prompts whose answer contains a taught answer (0..1)
+    heldout_total: int = 0  # number of held-out prompts
+    facts: dict[str, list[Any]] = field(default_factory=dict)  # item id -> [answer key, recalled exactly]
+    eval_seconds: float | None = None
+    steps: int | None = None  # optimizer steps taken
+    train_seconds: float | None = None
+    train_tokens: int | None = None
+    tokens_per_s: float | None = None
+    stopped_early: bool | None = None  # stopped at exact recall before max_steps
+    lr: float | None = None  # the round's peak learning rate
+    seconds: float | None = None  # the whole round, wall time
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RoundMetrics:
+        """Read a stored row; keys this version does not know (older or newer rows) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})

@@ -1,0 +1,39 @@
+"""Text folding shared by every layer: diacritics, question keys and answer comparison.
+
+Vietnamese users type with or without diacritics ("giờ mở cửa" / "gio mo cua"), and keyboards
+differ in composed or combining accents. These functions are the one place that decides when two
+texts count as the same: the retrieval memory, the emotion reader, the importer's duplicate check,
+the dataset builder and the gate's exact recall all use them.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_SURROUNDING = " \t\r\n\"'`“”‘’«».,;:!?¡¿…()[]{}-–—*_"
+_SPACE = re.compile(r"\s+")
+
+
+def fold(text: str) -> str:
+    """Remove diacritics, NFC: "Xin chào, Đà Nẵng" -> "Xin chao, Da Nang".
+
+    đ/Đ are mapped by hand: Unicode does not decompose them. Case is kept.
+    """
+    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
+    return unicodedata.normalize("NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn"))
+
+
+def question_key(question: str) -> str:
+    """The form under which two questions count as duplicates: NFC, casefolded, single spaces,
+    without trailing question marks or full stops (diacritics are kept: "ban" is not "bán")."""
+    collapsed = " ".join(unicodedata.normalize("NFC", question).casefold().split())
+    return collapsed.rstrip("?!.？！。 ")
+
+
+def normalize_answer(text: str) -> str:
+    """Casefold, NFC, collapse whitespace and strip surrounding punctuation and quotes; two answers
+    are "exactly" the same when their normalized forms are equal."""
+    text = unicodedata.normalize("NFC", text).casefold()
+    text = _SPACE.sub(" ", text)
+    return text.strip(_SURROUNDING)
