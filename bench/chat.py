@@ -27,7 +27,8 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from bench.common import Options, Result, Row, Table, median, ratio
-from bot.engine import Engine, GenParams
+from bot.engine import Engine
+from bot.engine_api import GenParams
 
 SHORT = "Write a short story about a robot who learns to paint."
 _SECTION = (

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bot.emotion import Emotion, EmotionAnalyzer
-from bot.engine import Engine, GenParams
+from bot.engine_api import ChatEngine, GenParams
 from feedback_db import store
 from feedback_db.db import Database
 from feedback_db.models import new_id, utcnow
@@ -93,7 +93,7 @@ class Reply:
 
 
 class ChatService:
-    def __init__(self, *, engine: Engine, db: Database, emotions: EmotionAnalyzer, settings: Settings,
+    def __init__(self, *, engine: ChatEngine, db: Database, emotions: EmotionAnalyzer, settings: Settings,
                  recall=None):  # noqa: ANN001 - recall is a bot.recall.KnowledgeRecall or None
         self.engine = engine
         self.db = db

@@ -18,21 +18,13 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from bot.engine_api import BASE, GenParams
 from bot.turns import TurnLock
 from kaizen.base_model import load_model
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
 
-BASE = "base"
 MIN_TEMPERATURE = 0.01
 ADAPTER_SLOT = "default"  # the one peft adapter name in use; versions are swapped into it
-
-
-@dataclass(frozen=True)
-class GenParams:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
 
 
 def _strip_lora(model) -> None:  # noqa: ANN001

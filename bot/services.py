@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from bot.chat import ChatService
 from bot.emotion import EmotionAnalyzer
 from bot.engine import Engine
+from bot.engine_api import ChatEngine
 from bot.follower import AdapterFollower
 from bot.recall import KnowledgeRecall
 from feedback_db import store
@@ -27,7 +28,7 @@ AUTO_APPROVE_KEY = "auto_approve"
 class Kaizen:
     settings: Settings
     db: Database
-    engine: Engine
+    engine: ChatEngine
     chat: ChatService
     recall: KnowledgeRecall | None
     follower: AdapterFollower
@@ -62,7 +63,7 @@ def build_memory(settings: Settings):  # noqa: ANN201
     return Memory(load_embedder())
 
 
-def build_services(settings: Settings, *, engine: Engine | None = None, memory=None, db: Database | None = None) -> Kaizen:  # noqa: ANN001
+def build_services(settings: Settings, *, engine: ChatEngine | None = None, memory=None, db: Database | None = None) -> Kaizen:  # noqa: ANN001
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = db or Database(settings.database_url)
     engine = engine or build_engine(settings)

@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see launch.main: spinning
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(ROOT))
 
-from bot.engine import BASE, GenParams  # noqa: E402
+from bot.engine_api import BASE, GenParams  # noqa: E402
 from kaizen.settings import Settings  # noqa: E402
 
 MODEL_CACHE = Path(os.environ.get("KAIZEN_TEST_CACHE", ROOT / ".pytest_cache" / "kaizen-models"))

@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from bot.engine import Engine, GenParams
+from bot.engine import Engine
+from bot.engine_api import GenParams
 from kaizen.errors import BusyError, InputError, ModelError
 
 

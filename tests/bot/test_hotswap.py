@@ -7,7 +7,8 @@ import psutil
 import pytest
 from peft import LoraConfig
 
-from bot.engine import Engine, GenParams
+from bot.engine import Engine
+from bot.engine_api import GenParams
 from kaizen.errors import AdapterError
 from tests.conftest import random_adapter
 

@@ -1,0 +1,67 @@
+"""The engine's interface: what the chat service, the API and the adapter follower need from a
+model that generates replies.
+
+`bot.engine.Engine` (transformers + peft, in this process) implements it, and so does the fake
+engine of the tests (`tests/conftest.py`), so both are checked against one definition (mypy
+checks the structure; `tests/bot/test_engine_api.py` checks the behaviour both must share).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+BASE = "base"  # the adapter version name of the model without an adapter
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """How one reply is generated. Tokens are the model's tokens."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 (below 0.01): greedy decoding
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # 1.0: off
+
+
+@runtime_checkable
+class ReplyStream(Protocol):
+    """One reply being generated. Iterating yields text chunks; after the last one the counts are
+    final. Creating it reserves a place in the engine's queue (BusyError when full)."""
+
+    adapter_version: str  # the version that produced (or will produce) this reply
+    prompt_tokens: int
+    completion_tokens: int
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def close(self) -> None:
+        """Give up the reply (and its place in the queue) without reading it."""
+        ...
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    name: str  # the base model's name, shown in /v1/models
+    adapter_version: str  # the version being served now ("base" or "vN")
+    context_tokens: int  # prompt + reply budget, in tokens
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, messages: list[Message], params: GenParams = GenParams()) -> ReplyStream:
+        """Start a reply to `messages` (oldest turns dropped to fit the context). Raises
+        InputError if the newest message alone does not fit, BusyError if the queue is full."""
+        ...
+
+    def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
+        """The whole reply as one string."""
+        ...
+
+    def activate(self, version: str, path: Path | None) -> float:
+        """Serve the adapter in `path` as `version` (None: the base model), between two replies;
+        returns the seconds the swap held the engine. Raises AdapterError and keeps the old one."""
+        ...
