@@ -11,13 +11,16 @@ The UI, the HTTP API and the command line all answer through `ChatService.start(
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.emotion import Emotion, EmotionAnalyzer
-from bot.engine_api import ChatEngine, GenParams
+from bot.engine_api import ChatEngine, GenParams, Message, ReplyStream
+from bot.recall import KnowledgeRecall
 from feedback_db import store
 from feedback_db.db import Database
 from feedback_db.models import new_id, utcnow
@@ -47,7 +50,8 @@ def clean_message(message: object, max_chars: int) -> str:
     return text
 
 
-def params_from(settings: Settings, **overrides) -> GenParams:
+def params_from(settings: Settings, **overrides: Any) -> GenParams:
+    """The settings' generation parameters, with any non-None override applied."""
     values = dict(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
@@ -63,24 +67,47 @@ def _word_chunks(text: str) -> Iterator[str]:
     yield from re.findall(r"\S+\s*|\s+", text)
 
 
+class MemoryReplyStream:
+    """A taught answer served verbatim by the retrieval memory, with the engine's ReplyStream
+    shape (`bot.engine_api.ReplyStream`), so the chat service stores both paths the same way."""
+
+    def __init__(self, answer: str, *, adapter_version: str, completion_tokens: int) -> None:
+        self._answer = answer
+        self.adapter_version = adapter_version
+        self.prompt_tokens = 0  # nothing was sent to the model
+        self.completion_tokens = completion_tokens
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _word_chunks(self._answer)
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Reply:
-    """A reply being streamed. Iterate it for chunks; after that, `exchange_id` is stored."""
+    """A reply being streamed. Iterate it for chunks; after the last one the exchange is stored
+    and `conversation_id` and `meta` are set. A reply abandoned half-way is not stored."""
 
     exchange_id: str
     conversation_id: str | None
     message: str
     emotion: Emotion
-    source: str
+    source: str  # "memory" (taught answer verbatim) | "rag" (model, with retrieved facts) | "model"
     item_ids: list[int]
-    _chunks: Iterator[str]
-    _finish: object
+    _stream: ReplyStream
+    _finish: Callable[[Reply], None]
     text: str = ""
     done: bool = False
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # adapter_version, prompt_tokens, completion_tokens
+
+    @property
+    def stream(self) -> ReplyStream:
+        """The engine's (or the memory's) stream behind this reply: its counts are final once read."""
+        return self._stream
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self._chunks:
+        for chunk in self._stream:
             self.text += chunk
             yield chunk
         self._finish(self)
@@ -94,7 +121,7 @@ class Reply:
 
 class ChatService:
     def __init__(self, *, engine: ChatEngine, db: Database, emotions: EmotionAnalyzer, settings: Settings,
-                 recall=None):  # noqa: ANN001 - recall is a bot.recall.KnowledgeRecall or None
+                 recall: KnowledgeRecall | None = None) -> None:
         self.engine = engine
         self.db = db
         self.emotions = emotions
@@ -105,82 +132,85 @@ class ChatService:
         self,
         *,
         message: object,
-        history: list[dict] | None = None,
+        history: list[Message] | None = None,
         conversation_id: str | None = None,
         client: str = "ui",
         use_memory: bool | None = None,
         extra_system: str = "",
-        **gen_overrides,
+        **gen_overrides: Any,
     ) -> Reply:
-        """Validate and prepare a reply. Raises InputError or BusyError before anything streams."""
+        """Validate and prepare a reply. Raises InputError or BusyError before anything streams.
+
+        `gen_overrides` are GenParams fields (max_new_tokens, temperature, top_p,
+        repetition_penalty); None means the setting's value.
+        """
         text = clean_message(message, self.settings.max_message_chars)
         emotion = self.emotions.analyze(text)
         use_memory = self.settings.memory if use_memory is None else use_memory
         found = self.recall.recall(text) if (use_memory and self.recall is not None) else None
         source = found.source if found is not None else "model"
-        item_ids = [h.item.id for h in found.hits] if found is not None else []
-        started = time.perf_counter()
-        started_at = utcnow()
-        exchange_id = new_id()
-
+        hits = found.hits if found is not None else []
+        started, started_at = time.perf_counter(), utcnow()
         if source == "memory":
-            answer = found.hits[0].item.answer
-            chunks: Iterator[str] = _word_chunks(answer)
-            counts = {"prompt_tokens": 0, "completion_tokens": self.engine.count_tokens(answer)}
-            version = self.engine.adapter_version
-            gen = None
+            stream: ReplyStream = self._memory_reply(hits[0].item.answer)
         else:
-            facts = [h.item.answer for h in found.hits] if source == "rag" else []
-            system = build_system_prompt(load_persona(self.db), tone=tone_instruction(emotion.label),
-                                         with_context=bool(facts))
-            if extra_system:
-                system += "\n\n" + extra_system
-            messages = [{"role": "system", "content": system}, *(history or []),
-                        {"role": "user", "content": with_context(text, facts)}]
-            gen = self.engine.stream(messages, params_from(self.settings, **gen_overrides))
-            chunks = iter(gen)
-            counts = None
-            version = None
+            facts = [h.item.answer for h in hits] if source == "rag" else []
+            stream = self._model_reply(text, emotion, facts, history or [], extra_system,
+                                       params_from(self.settings, **gen_overrides))
+        item_ids = [h.item.id for h in hits]
 
         def finish(reply: Reply) -> None:
-            if not reply.text.strip():
-                reply.text = "…"  # a model that emits nothing still gets a stored, ratable reply
-            with self.db.write() as s:
-                ex = store.create_exchange(
-                    session=s,
-                    conversation_id=conversation_id,
-                    user_text=text,
-                    bot_text=reply.text,
-                    emotion_label=emotion.label,
-                    emotion_score=emotion.score,
-                    adapter_version=version or gen.adapter_version,
-                    source=source,
-                    memory_item_ids=item_ids,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    prompt_tokens=(counts or {}).get("prompt_tokens", gen.prompt_tokens if gen else 0),
-                    completion_tokens=(counts or {}).get("completion_tokens", gen.completion_tokens if gen else 0),
-                    started_at=started_at,
-                    client=client,
-                    exchange_id=exchange_id,
-                )
-                reply.conversation_id = ex.conversation_id
-                reply.meta = {"adapter_version": ex.adapter_version, "prompt_tokens": ex.prompt_tokens,
-                              "completion_tokens": ex.completion_tokens}
-                if item_ids:
-                    store.count_hits(session=s, item_ids=item_ids)
+            self._store(reply, client=client, started=started, started_at=started_at)
 
-        return Reply(
-            exchange_id=exchange_id,
-            conversation_id=conversation_id,
-            message=text,
-            emotion=emotion,
-            source=source,
-            item_ids=item_ids,
-            _chunks=chunks,
-            _finish=finish,
-        )
+        return Reply(exchange_id=new_id(), conversation_id=conversation_id, message=text, emotion=emotion,
+                     source=source, item_ids=item_ids, _stream=stream, _finish=finish)
 
-    def answer(self, message: str, **kw) -> Reply:
+    def _memory_reply(self, answer: str) -> ReplyStream:
+        """The taught answer, word for word, as the version being served would be credited with it."""
+        return MemoryReplyStream(answer, adapter_version=self.engine.adapter_version,
+                                 completion_tokens=self.engine.count_tokens(answer))
+
+    def _model_reply(self, text: str, emotion: Emotion, facts: list[str], history: list[Message],
+                     extra_system: str, params: GenParams) -> ReplyStream:
+        """The model's answer, with the persona, the tone for `emotion` and any retrieved facts."""
+        system = build_system_prompt(load_persona(self.db), tone=tone_instruction(emotion.label),
+                                     with_context=bool(facts))
+        if extra_system:
+            system += "\n\n" + extra_system
+        messages = [{"role": "system", "content": system}, *history,
+                    {"role": "user", "content": with_context(text, facts)}]
+        return self.engine.stream(messages, params)
+
+    def _store(self, reply: Reply, *, client: str, started: float, started_at: dt.datetime) -> None:
+        """Store the finished exchange once, and count the memory items it used."""
+        if not reply.text.strip():
+            reply.text = "…"  # a model that emits nothing still gets a stored, ratable reply
+        stream = reply.stream
+        with self.db.write() as s:
+            ex = store.create_exchange(
+                session=s,
+                conversation_id=reply.conversation_id,
+                user_text=reply.message,
+                bot_text=reply.text,
+                emotion_label=reply.emotion.label,
+                emotion_score=reply.emotion.score,
+                adapter_version=stream.adapter_version,
+                source=reply.source,
+                memory_item_ids=reply.item_ids,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                prompt_tokens=stream.prompt_tokens,
+                completion_tokens=stream.completion_tokens,
+                started_at=started_at,
+                client=client,
+                exchange_id=reply.exchange_id,
+            )
+            reply.conversation_id = ex.conversation_id
+            reply.meta = {"adapter_version": ex.adapter_version, "prompt_tokens": ex.prompt_tokens,
+                          "completion_tokens": ex.completion_tokens}
+            if reply.item_ids:
+                store.count_hits(session=s, item_ids=reply.item_ids)
+
+    def answer(self, message: str, **kw: Any) -> Reply:
         """Start and read a whole reply (command line and non-streaming API)."""
         reply = self.start(message=message, **kw)
         reply.read()
