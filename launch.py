@@ -19,11 +19,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from feedback_db.store import StoreError
 from kaizen.errors import KaizenError
-from kaizen.settings import Settings, build_settings
+from kaizen.settings import (
+    GateLimits,
+    Settings,
+    TrainConfig,
+    flag_help,
+    flag_name,
+    load_gate_limits,
+    load_settings,
+    load_train_config,
+)
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
 
@@ -36,23 +45,34 @@ def command(name: str):  # noqa: ANN201
     return register
 
 
+def setting_flag(p: argparse.ArgumentParser, name: str) -> None:
+    """Add the flag of Settings field `name` (--data-dir for data_dir), its help from the field's description.
+
+    A true/false setting gets --NAME and --no-NAME. Values are validated by load_settings, not argparse,
+    so a bad one gets the same message as a bad KAIZEN_* variable.
+    """
+    if Settings.model_fields[name].annotation is bool:
+        p.add_argument(flag_name(name), dest=name, default=None, help=flag_help(name),
+                       action=argparse.BooleanOptionalAction)
+    else:
+        p.add_argument(flag_name(name), dest=name, default=None, help=flag_help(name))
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (default ./kaizen-data, or KAIZEN_DATA_DIR)")
-    common.add_argument("--model", help="base model: 'embedded', a local directory, or a cached HF id")
-    common.add_argument("--db-url", help="SQLAlchemy database URL (default: sqlite in the data directory)")
+    for name in ("data_dir", "model", "db_url"):
+        setting_flag(common, name)
 
     p = argparse.ArgumentParser(prog="kaizen", description="Kaizen: a chatbot that learns from its users.")
     sub = p.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", parents=[common], help="serve the chat UI, admin UI and HTTP API")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--no-schedule", action="store_true", help="do not run the scheduled training job")
+    for name in ("host", "port", "schedule"):
+        setting_flag(serve, name)
 
     ask = sub.add_parser("ask", parents=[common], help="print one answer from the active adapter")
     ask.add_argument("question")
-    ask.add_argument("--no-memory", action="store_true", help="answer from the weights alone, without retrieval")
+    setting_flag(ask, "memory")
 
     teach = sub.add_parser("teach", parents=[common], help="teach one answer and train a round now")
     teach.add_argument("question")
@@ -75,27 +95,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {
-        "data_dir": getattr(args, "data_dir", None),
-        "model": getattr(args, "model", None),
-        "db_url": getattr(args, "db_url", None),
-        "host": getattr(args, "host", None),
-        "port": getattr(args, "port", None),
-    }
-    if getattr(args, "no_schedule", False):
-        overrides["schedule"] = False
-    if getattr(args, "no_memory", False):
-        overrides["memory"] = False
-    return build_settings(overrides)
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from the flags given (argparse leaves the others None), then KAIZEN_* variables, then defaults.
+
+    Raises InputError naming the flag or variable if a value is out of range.
+    """
+    return load_settings({name: getattr(args, name, None) for name in Settings.model_fields}, environ)
 
 
-def training_knobs():  # noqa: ANN201
-    """The trainer's knobs (KAIZEN_TRAIN_*) and the gate's limits (KAIZEN_GATE_*)."""
-    from kaizen.settings import GateLimits, TrainConfig, dataclass_from_env
-
-    return (dataclass_from_env(TrainConfig, os.environ, "KAIZEN_TRAIN_"),
-            dataclass_from_env(GateLimits, os.environ, "KAIZEN_GATE_"))
+def training_knobs(environ: Mapping[str, str] = os.environ) -> tuple[TrainConfig, GateLimits]:
+    """The trainer's knobs (KAIZEN_TRAIN_*) and the gate's limits (KAIZEN_GATE_*). Raises InputError if invalid."""
+    return load_train_config(environ), load_gate_limits(environ)
 
 
 def wire_serving(kaizen):  # noqa: ANN001, ANN201

@@ -136,10 +136,10 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
             round_index = store.completed_rounds(session=s)
             if run_id is None:
                 run_id = store.create_run(session=s, trigger=trigger, round_index=round_index,
-                                          config=dataclasses.asdict(cfg)).id
+                                          config=cfg.model_dump()).id
             else:
                 store.update_run(session=s, run_id=run_id, status="running", pid=os.getpid(), round_index=round_index,
-                                 config=dataclasses.asdict(cfg))
+                                 config=cfg.model_dump())
         reporter = _RunReporter(db, run_id, owner, progress)
         try:
             outcome = _run(db, settings, cfg, limits, run_id, round_index, reporter, threads)
@@ -204,7 +204,7 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     verdict = decide(metrics, limits)
 
     reporter.phase("save")
-    meta = {"round": round_index, "run_id": run_id, "base_model": model_path, "config": dataclasses.asdict(cfg),
+    meta = {"round": round_index, "run_id": run_id, "base_model": model_path, "config": cfg.model_dump(),
             "data_counts": training.counts, "loss_curve": result.loss_curve, "metrics": metrics.to_dict(),
             "verdict": verdict.label, "reason": verdict.reason}
     with db.write() as s:

@@ -6,8 +6,6 @@ to the embedded model is tested end to end in tests/e2e/test_teach_real.py.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -15,7 +13,7 @@ from safetensors.torch import load_file
 
 from kaizen.errors import AdapterError, InputError
 from kaizen.settings import TrainConfig
-from tests.trainer.test_evaluate import make_tiny_llama, make_tiny_tokenizer
+from tests.models import tiny_llama, tiny_tokenizer
 from trainer.config import lora_config
 from trainer.generation import generate_answers
 from trainer.lora import Example, _all_exact, _encode, train_round
@@ -39,8 +37,8 @@ def tiny_cfg(**kw) -> TrainConfig:
 
 @pytest.fixture()
 def tiny():
-    tok = make_tiny_tokenizer()
-    return make_tiny_llama(tok), tok
+    tok = tiny_tokenizer()
+    return tiny_llama(tok), tok
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -64,12 +62,7 @@ def test_lora_config_targets_top_layers():
     lc = lora_config(cfg, num_layers=30)
     assert lc.layers_to_transform == list(range(15, 30))
     assert lc.r == 4 and lc.lora_alpha == 8 and set(lc.target_modules) == {"up_proj"}
-    assert lora_config(dataclasses.replace(cfg, layers_fraction=1.0), num_layers=30).layers_to_transform is None
-
-
-def test_config_fields_have_help():
-    for f in dataclasses.fields(TrainConfig):
-        assert f.metadata.get("help"), f.name
+    assert lora_config(cfg.replace(layers_fraction=1.0), num_layers=30).layers_to_transform is None
 
 
 def test_encode_labels_only_the_reply_and_end_of_turn(tiny):
@@ -129,7 +122,7 @@ def test_continuing_from_adapter_starts_from_its_weights(tiny, tmp_path):
     train_round(model=model, tokenizer=tok, examples=ex, lora=lora_config(cfg, num_layers=2), cfg=cfg,
                 round_index=0, init_adapter_dir=None, out_dir=tmp_path / "r0")
     train_round(model=model, tokenizer=tok, examples=ex, lora=lora_config(cfg, num_layers=2),
-                cfg=dataclasses.replace(cfg, lr0=0.0), round_index=1, init_adapter_dir=tmp_path / "r0",
+                cfg=cfg.model_copy(update={"lr0": 0.0}), round_index=1, init_adapter_dir=tmp_path / "r0",
                 out_dir=tmp_path / "r1")
     first = load_file(tmp_path / "r0" / "adapter_model.safetensors")
     second = load_file(tmp_path / "r1" / "adapter_model.safetensors")
@@ -205,10 +198,16 @@ DRIFT_LIMIT = 0.85
 
 
 
-def test_a_reply_starting_with_whitespace_is_still_labelled_exactly(embedded_model_dir):
+@pytest.mark.parametrize("which", ["tiny", pytest.param("embedded", marks=pytest.mark.slow)])
+def test_a_reply_starting_with_whitespace_is_still_labelled_exactly(which, request):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
-    row = _encode(tok, chat("hi", "\n  spaced reply").messages, 512, "sft")
+    tok = tiny_tokenizer() if which == "tiny" else AutoTokenizer.from_pretrained(request.getfixturevalue(
+        "embedded_model_dir"))
+    messages = chat("hi", "\n  spaced reply").messages
+    prompt = tok.apply_chat_template(list(messages[:-1]), add_generation_prompt=True, tokenize=True)["input_ids"]
+    whole = tok.apply_chat_template(list(messages), tokenize=True)["input_ids"]
+    assert whole[:len(prompt)] != prompt  # the case in point: the reply's whitespace merged with the template's
+    row = _encode(tok, messages, 512, "sft")
     labelled = [t for t in row.labels if t != -100]
     assert tok.decode(labelled[:-1]) == "\n  spaced reply" and labelled[-1] == tok.eos_token_id
