@@ -32,13 +32,13 @@ from kaizen.errors import ConflictError, KaizenError
 from kaizen.metrics import RoundMetrics
 from kaizen.prompts import load_persona
 from kaizen.settings import GateLimits, Settings, TrainConfig
-from kaizen.text import fold
-from trainer.cache import cached
+from trainer.anchors import build_anchors
 from trainer.config import lora_config
 from trainer.dataset import Fact, TrainingSet, build_training_set
 from trainer.evaluate import answer_key, evaluate_adapter, load_general_prompts
 from trainer.gate import decide
-from trainer.lora import Example, Progress, anchor_examples, train_round
+from trainer.lora import Progress, train_round
+from trainer.progress import RunReporter
 
 LOCK = store.TRAINING_LOCK
 
@@ -46,6 +46,16 @@ LOCK = store.TRAINING_LOCK
 def _count_new(db: Database) -> int:
     with db.session() as s:
         return store.count_new_since_last_round(session=s)
+
+
+def _next_free_version(db: Database, adapters_dir: Path) -> str:
+    """The next version name: after every recorded one, and not a folder that a round killed
+    between publishing and recording left behind."""
+    with db.session() as s:
+        version = store.next_version(session=s)
+    while adapters.version_dir(adapters_dir, version).exists():
+        version = f"v{int(version[1:]) + 1}"
+    return version
 
 
 class NoDataError(KaizenError):
@@ -77,44 +87,6 @@ def _mark_new(training: TrainingSet, known: dict) -> tuple[list[Fact], float | N
     return facts, (sum(recalled) / len(recalled) if recalled else None)
 
 
-def _words(text: str) -> set[str]:
-    return set(fold(text).casefold().replace("?", " ").replace("!", " ").split())
-
-
-def _overlaps(prompt: str, facts: list[Fact]) -> bool:
-    """An anchor prompt that shares most words of a taught question ("Xin chào buổi sáng" vs the
-    taught "Xin chào") would hold the old answer in place against the new one: leave it out."""
-    words = _words(prompt)
-    return any(len(words & q) >= max(1, len(q) / 2) for q in (_words(f.question) for f in facts))
-
-
-class _RunReporter:
-    """Writes progress to the run row (at most every `every_s` seconds) and to the caller."""
-
-    def __init__(self, db: Database, run_id: int, owner: str, callback: Callable[[Progress], None] | None,
-                 every_s: float = 0.5):
-        self.db, self.run_id, self.owner, self.callback, self.every_s = db, run_id, owner, callback, every_s
-        self.curve: list[float] = []
-        self._last = 0.0
-
-    def phase(self, phase: str) -> None:
-        with self.db.write() as s:
-            store.update_run(session=s, run_id=self.run_id, phase=phase)
-            store.heartbeat_lock(session=s, name=LOCK, owner=self.owner)
-
-    def __call__(self, p: Progress) -> None:
-        self.curve.append(round(float(p.loss), 5))
-        now = time.monotonic()
-        if now - self._last >= self.every_s or p.step >= p.total_steps:
-            self._last = now
-            with self.db.write() as s:
-                store.update_run(session=s, run_id=self.run_id, step=p.step, total_steps=p.total_steps,
-                                 loss=float(p.loss), lr=float(p.lr), eta_s=float(p.eta_s), loss_curve=list(self.curve))
-                store.heartbeat_lock(session=s, name=LOCK, owner=self.owner)
-        if self.callback:
-            self.callback(p)
-
-
 def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = None, limits: GateLimits | None = None,
               trigger: str = "cli", force: bool = True, threads: int = 0, run_id: int | None = None,
               progress: Callable[[Progress], None] | None = None) -> RoundOutcome:
@@ -140,7 +112,7 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
             else:
                 store.update_run(session=s, run_id=run_id, status="running", pid=os.getpid(), round_index=round_index,
                                  config=cfg.model_dump())
-        reporter = _RunReporter(db, run_id, owner, progress)
+        reporter = RunReporter(db, run_id, owner, progress)
         try:
             outcome = _run(db, settings, cfg, limits, run_id, round_index, reporter, threads)
             return outcome
@@ -148,8 +120,8 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
             message = "Interrupted (Ctrl-C)." if isinstance(exc, KeyboardInterrupt) else (
                 exc.message if isinstance(exc, KaizenError) else f"{type(exc).__name__}: {exc}")
             with db.write() as s:
-                store.update_run(session=s, run_id=run_id, status="nodata" if isinstance(exc, NoDataError) else "failed",
-                                 error=message, finished_at=store.utcnow())
+                status = "nodata" if isinstance(exc, NoDataError) else "failed"
+                store.update_run(session=s, run_id=run_id, status=status, error=message, finished_at=store.utcnow())
             raise
     finally:
         adapters.clean_workdirs(settings.adapters_dir)
@@ -158,7 +130,7 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
 
 
 def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits, run_id: int, round_index: int,
-         reporter: _RunReporter, threads: int) -> RoundOutcome:
+         reporter: RunReporter, threads: int) -> RoundOutcome:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -170,7 +142,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     training = build_training_set(db=db, persona=persona, seed=cfg.seed)
     if not training.examples:
         raise NoDataError("There is nothing to train on yet: no approved knowledge, corrections or ratings.")
-    facts, baseline_retention = _mark_new(training, RoundMetrics.from_dict(active_row.metrics).facts if active_row else {})
+    known = RoundMetrics.from_dict(active_row.metrics).facts if active_row else {}
+    facts, baseline_retention = _mark_new(training, known)
     init_dir = None
     if active_row is not None:
         init_dir = adapters.version_dir(settings.adapters_dir, active)
@@ -181,19 +154,17 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     prompts = load_general_prompts()
     cache = Path(settings.data_dir) / "cache"
     reporter.phase("anchors")
-    anchor_key = {"model": model_path, "prompts": prompts["anchor"], "system": training.system_prompt,
-                  "n": cfg.anchor_max_new_tokens, "kind": "anchors"}
-    anchors_json = cached(cache, anchor_key, lambda: [list(e.messages) for e in anchor_examples(
-        model, tokenizer, prompts["anchor"], training.system_prompt, cfg.anchor_max_new_tokens)])
-    anchors = [Example(tuple(m), kind="anchor", source=f"anchor:{i}") for i, m in enumerate(anchors_json)
-               if not _overlaps(m[-2]["content"], facts)]
+    anchors = build_anchors(model, tokenizer, model_path=model_path, prompts=prompts["anchor"],
+                            system_prompt=training.system_prompt, max_new_tokens=cfg.anchor_max_new_tokens,
+                            facts=facts, cache_dir=cache)
 
     reporter.phase("train")
     workdir = adapters.new_workdir(settings.adapters_dir)
     probe = [(training.conversation(f.question), f.answer) for f in facts]
-    result = train_round(model=model, tokenizer=tokenizer, examples=training.examples + anchors, lora=lora_config(cfg, num_layers=model.config.num_hidden_layers),
-                         cfg=cfg, round_index=round_index, init_adapter_dir=init_dir, out_dir=workdir,
-                         progress=reporter, probe=probe or None)
+    lora = lora_config(cfg, num_layers=model.config.num_hidden_layers)
+    result = train_round(model=model, tokenizer=tokenizer, examples=training.examples + anchors, lora=lora, cfg=cfg,
+                         round_index=round_index, init_adapter_dir=init_dir, out_dir=workdir, progress=reporter,
+                         probe=probe or None)
 
     reporter.phase("evaluate")
     metrics = evaluate_adapter(model, tokenizer, model_path, settings.dtype, training, facts, workdir, cache)
@@ -207,10 +178,7 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     meta = {"round": round_index, "run_id": run_id, "base_model": model_path, "config": cfg.model_dump(),
             "data_counts": training.counts, "loss_curve": result.loss_curve, "metrics": metrics.to_dict(),
             "verdict": verdict.label, "reason": verdict.reason}
-    with db.write() as s:
-        version = store.next_version(session=s)
-    while adapters.version_dir(settings.adapters_dir, version).exists():  # published by a round killed before its row
-        version = f"v{int(version[1:]) + 1}"
+    version = _next_free_version(db, settings.adapters_dir)
     path = adapters.publish(workdir, settings.adapters_dir, version, meta)
     metrics.seconds = round(time.perf_counter() - started, 2)
     with db.write() as s:
