@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kaizen-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast bench install browser clean
+.PHONY: run test test-fast lint bench install browser clean
 
 install: $(STAMP)
 
@@ -28,14 +28,19 @@ browser:
 run: $(STAMP)
 	$(BIN)/kaizen serve
 
-test: $(STAMP) browser
+# ruff, then mypy over the packages and modules listed in pyproject.toml ([tool.mypy]).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q -rs --durations=15 $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,29 +18,37 @@ Only one round ever runs: the supervisor refuses a second start in this process,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
 import threading
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, SupportsIndex, SupportsInt
 
 from feedback_db import store
 from feedback_db.db import Database
 from kaizen.errors import ConflictError, InputError
 from kaizen.settings import Settings
 
+if TYPE_CHECKING:
+    from apscheduler.job import Job
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from kaizen.settings import GateLimits, TrainConfig
+
 SCHEDULE_KEY = "schedule"
 LAST_CHECK_KEY = "schedule_last_check"
 JOB_ID = "kaizen-train"
 
 
-def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg=None, limits=None) -> None:  # noqa: ANN001
+def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg: TrainConfig | None = None,
+                limits: GateLimits | None = None) -> None:
     """Entry point of the training child process."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
+    with contextlib.suppress(OSError):
         os.nice(10)  # chat requests in the parent win the CPU when both want it
-    except OSError:
-        pass
     from trainer.rounds import run_round
 
     db = Database(settings.database_url, run_migrations=False)
@@ -48,17 +56,18 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg=
         run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger=trigger, force=force,
                   threads=settings.train_threads, run_id=run_id)
     except Exception:  # the run row already holds the error; exit non-zero for the parent's log
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     finally:
         db.close()
 
 
 class TrainingSupervisor:
     def __init__(self, *, db: Database, settings: Settings, on_finish: Callable[[int], None] | None = None,
-                 target: Callable = _child_main, cfg=None, limits=None):  # noqa: ANN001
+                 target: Callable[..., None] = _child_main, cfg: TrainConfig | None = None,
+                 limits: GateLimits | None = None) -> None:
         self.db = db
         self.settings = settings
-        self.cfg, self.limits = cfg, limits  # trainer.config.TrainConfig / trainer.gate.GateLimits
+        self.cfg, self.limits = cfg, limits
         self.on_finish = on_finish
         self._target = target
         self._lock = threading.Lock()
@@ -83,7 +92,7 @@ class TrainingSupervisor:
                 run = store.create_run(session=s, trigger=trigger, round_index=store.completed_rounds(session=s),
                                        status="queued")
                 run_id = run.id
-            args = (self.settings, run_id, trigger, force)
+            args: tuple[object, ...] = (self.settings, run_id, trigger, force)
             if self.cfg is not None or self.limits is not None:
                 args += (self.cfg, self.limits)
             proc = self._ctx.Process(target=self._target, args=args,
@@ -95,13 +104,13 @@ class TrainingSupervisor:
         threading.Thread(target=self._watch, args=(proc, run_id), name=f"kaizen-watch-{run_id}", daemon=True).start()
         return run_id
 
-    def _watch(self, proc, run_id: int) -> None:  # noqa: ANN001
+    def _watch(self, proc: BaseProcess, run_id: int) -> None:
         proc.join()
         with self.db.write() as s:
             run = store.get_run(session=s, run_id=run_id)
             if run.status in ("queued", "running"):
-                how = f"was killed (signal {-proc.exitcode})" if (proc.exitcode or 0) < 0 else \
-                    f"exited with code {proc.exitcode}"
+                code = proc.exitcode
+                how = f"was killed (signal {-code})" if code is not None and code < 0 else f"exited with code {code}"
                 store.update_run(session=s, run_id=run_id, status="failed", finished_at=store.utcnow(),
                                  error=run.error or f"The training process {how}; the active adapter is unchanged.")
             held = store.get_lock(session=s, name=store.TRAINING_LOCK)
@@ -125,7 +134,9 @@ class TrainingSupervisor:
 
 def _positive_int(name: str, value: object, low: int, high: int) -> int:
     try:
-        n = int(value)  # type: ignore[arg-type]
+        if not isinstance(value, str | bytes | bytearray | SupportsInt | SupportsIndex):
+            raise TypeError(value)  # what int() refuses
+        n = int(value)
     except (TypeError, ValueError):
         raise InputError(f"{name} must be a whole number.") from None
     if not low <= n <= high:
@@ -135,26 +146,27 @@ def _positive_int(name: str, value: object, low: int, high: int) -> int:
 
 class KaizenScheduler:
     def __init__(self, *, db: Database, settings: Settings, supervisor: TrainingSupervisor,
-                 count_new: Callable[[], int] | None = None):
+                 count_new: Callable[[], int] | None = None) -> None:
         self.db = db
         self.settings = settings
         self.supervisor = supervisor
         self._count_new = count_new or self._count_new_items
-        self._scheduler = None
+        self._scheduler: BackgroundScheduler | None = None
         self._lock = threading.Lock()
 
     def _count_new_items(self) -> int:
         with self.db.session() as s:
             return store.count_new_since_last_round(session=s)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         defaults = {"enabled": self.settings.schedule, "minutes": self.settings.schedule_minutes,
                     "min_items": self.settings.schedule_min_items}
         with self.db.session() as s:
             stored = store.get_setting(session=s, key=SCHEDULE_KEY, default={}) or {}
         return {**defaults, **{k: v for k, v in stored.items() if k in defaults}}
 
-    def update(self, *, enabled: bool | None = None, minutes: int | None = None, min_items: int | None = None) -> dict:
+    def update(self, *, enabled: bool | None = None, minutes: int | None = None,
+               min_items: int | None = None) -> dict[str, Any]:
         cfg = self.config()
         if enabled is not None:
             cfg["enabled"] = bool(enabled)
@@ -164,8 +176,9 @@ class KaizenScheduler:
             cfg["min_items"] = _positive_int("min_items", min_items, 1, 1_000_000)
         with self.db.write() as s:
             store.set_setting(session=s, key=SCHEDULE_KEY, value=cfg)
-        if self._scheduler is not None:
-            self._schedule(cfg)
+        scheduler = self._scheduler
+        if scheduler is not None:
+            self._schedule(scheduler, cfg)
         return cfg
 
     def tick(self, *, force: bool = False) -> int | None:
@@ -186,32 +199,33 @@ class KaizenScheduler:
     def _next_run(self, minutes: int) -> dt.datetime:
         with self.db.session() as s:
             last = store.get_setting(session=s, key=LAST_CHECK_KEY)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         if not last:
             return now + dt.timedelta(minutes=minutes)
-        due = dt.datetime.fromisoformat(last).replace(tzinfo=dt.timezone.utc) + dt.timedelta(minutes=minutes)
+        due = dt.datetime.fromisoformat(last).replace(tzinfo=dt.UTC) + dt.timedelta(minutes=minutes)
         return max(due, now + dt.timedelta(seconds=5))  # a missed check fires once, shortly after start
 
-    def _schedule(self, cfg: dict) -> None:
+    def _schedule(self, scheduler: BackgroundScheduler, cfg: dict[str, Any]) -> None:
         from apscheduler.triggers.interval import IntervalTrigger
 
         if not cfg["enabled"]:
-            if self._scheduler.get_job(JOB_ID):
-                self._scheduler.remove_job(JOB_ID)
+            if scheduler.get_job(JOB_ID):
+                scheduler.remove_job(JOB_ID)
             return
-        self._scheduler.add_job(self.tick, IntervalTrigger(minutes=cfg["minutes"]), id=JOB_ID, replace_existing=True,
+        scheduler.add_job(self.tick, IntervalTrigger(minutes=cfg["minutes"]), id=JOB_ID, replace_existing=True,
                                 max_instances=1, coalesce=True, misfire_grace_time=None,
                                 next_run_time=self._next_run(cfg["minutes"]))
 
-    def jobs(self) -> list:
+    def jobs(self) -> list[Job]:
         return self._scheduler.get_jobs() if self._scheduler is not None else []
 
     def start(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
-        self._schedule(self.config())
-        self._scheduler.start()
+        scheduler = BackgroundScheduler(timezone=dt.UTC)
+        self._scheduler = scheduler
+        self._schedule(scheduler, self.config())
+        scheduler.start()
 
     def shutdown(self) -> None:
         if self._scheduler is not None:

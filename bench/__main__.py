@@ -78,7 +78,8 @@ def render(results: list[Result], opts: Options, started: dt.datetime, load_befo
         "",
     ]
     rows = [[r.name, row.what, row.figure, row.baseline, row.ratio, row.notes] for r in results for row in r.rows]
-    parts = ["\n".join(header), markdown_table(["bench", "what", "figure", "baseline (same run)", "ratio", "notes"], rows)]
+    columns = ["bench", "what", "figure", "baseline (same run)", "ratio", "notes"]
+    parts = ["\n".join(header), markdown_table(columns, rows)]
     for r in results:
         parts.append(f"## {r.name} ({r.seconds / 60:.1f} min)")
         parts += [t.markdown() for t in r.details]

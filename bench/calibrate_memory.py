@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.memory import Hit, Memory, MemoryItem, Thresholds, decide, load_embedder  # noqa: E402
-from kaizen.text import fold  # noqa: E402
+from bot.memory import Hit, Memory, MemoryItem, Thresholds, decide, load_embedder
+from kaizen.text import fold
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,18 @@ def eval_queries(data: dict) -> list[Query]:
         for kind, texts in (("variant", d["variants"] + templated), ("paraphrase", d["paraphrases"])):
             out += [Query(t, kind, d["id"], n % 2) for n, t in enumerate(texts)]
     for kind in ("untaught", "context_ok"):
-        out += [Query(t, kind, None, n % 2) for n, t in enumerate(data["untaught" if kind == "untaught" else "untaught_context_ok"])]
+        texts = data["untaught" if kind == "untaught" else "untaught_context_ok"]
+        out += [Query(t, kind, None, n % 2) for n, t in enumerate(texts)]
     return out
 
 
 def metrics(scored: list[tuple[Query, list[Hit]]], t: Thresholds) -> dict:
-    found = {"variant": [], "paraphrase": []}
+    found: dict[str, list[bool]] = {"variant": [], "paraphrase": []}
     verbatim_hits, false_verbatim, false_match, context_ok_rag = [], 0, [], []
     for q, hits in scored:
         r = decide(hits, t)
         top = r.hits[0].item if r.hits else None
-        if r.source == "memory" and (top.id != q.want):
+        if r.source == "memory" and (top is None or top.id != q.want):
             false_verbatim += 1
         if q.want is not None:
             found[q.kind].append(top is not None and top.id == q.want)
@@ -74,7 +75,10 @@ def metrics(scored: list[tuple[Query, list[Hit]]], t: Thresholds) -> dict:
             false_match.append(r.source != "model")
         else:
             context_ok_rag.append(r.source == "rag")
-    rate = lambda xs: sum(xs) / len(xs) if xs else 0.0
+
+    def rate(xs: list[bool]) -> float:
+        return sum(xs) / len(xs) if xs else 0.0
+
     return {
         "recall@1": rate(found["variant"] + found["paraphrase"]),
         "recall@1 variants": rate(found["variant"]),
@@ -94,7 +98,8 @@ def choose(scored: list[tuple[Query, list[Hit]]]) -> tuple[Thresholds, list[tupl
         for c in grid[grid <= v]:
             m = metrics(scored, Thresholds(float(v), float(c)))
             if m["false verbatim"] == 0:
-                table.append((m["recall@1"] - 2 * m["false-match rate"], m["verbatim-hit rate"], -v, float(v), float(c), m))
+                score = m["recall@1"] - 2 * m["false-match rate"]
+                table.append((score, m["verbatim-hit rate"], -v, float(v), float(c), m))
     best = max(table, key=lambda row: row[:3])
     return Thresholds(best[3], best[4]), table
 
@@ -105,10 +110,15 @@ VERBATIM_MARGIN, CONTEXT_MARGIN = 0.05, 0.02
 
 
 def synthetic_items(n: int, start_id: int, rng: random.Random) -> list[MemoryItem]:
-    vi_nouns = "sản phẩm|dịch vụ|gói cước|đơn hàng|tài khoản|hóa đơn|máy in|phần mềm|khóa học|hợp đồng|bảo hiểm|thẻ thành viên".split("|")
-    vi_asks = "giá {x} {c} bao nhiêu|{x} {c} còn hàng không|làm sao để hủy {x} {c}|{x} {c} bảo hành mấy tháng|ai phụ trách {x} {c}|đổi {x} {c} ở đâu".split("|")
-    en_nouns = "product|service|plan|order|account|invoice|printer|software|course|contract|insurance|membership".split("|")
-    en_asks = "how much is the {x} {c}|is the {x} {c} in stock|how do I cancel the {x} {c}|what is the warranty of the {x} {c}|who handles the {x} {c}|where can I exchange the {x} {c}".split("|")
+    vi_nouns = ("sản phẩm|dịch vụ|gói cước|đơn hàng|tài khoản|hóa đơn|máy in|phần mềm|khóa học|hợp đồng|bảo hiểm"
+                "|thẻ thành viên").split("|")
+    vi_asks = ("giá {x} {c} bao nhiêu|{x} {c} còn hàng không|làm sao để hủy {x} {c}|{x} {c} bảo hành mấy tháng"
+               "|ai phụ trách {x} {c}|đổi {x} {c} ở đâu").split("|")
+    en_nouns = ("product|service|plan|order|account|invoice|printer|software|course|contract|insurance"
+                "|membership").split("|")
+    en_asks = ("how much is the {x} {c}|is the {x} {c} in stock|how do I cancel the {x} {c}"
+               "|what is the warranty of the {x} {c}|who handles the {x} {c}"
+               "|where can I exchange the {x} {c}").split("|")
     out = []
     for i in range(n):
         asks, nouns = (vi_asks, vi_nouns) if i % 2 else (en_asks, en_nouns)
@@ -147,7 +157,8 @@ def main() -> None:
     print("  context  recall@1  paraphrases  false-match")
     for row in sorted((r for r in table if r[3] == chosen.verbatim), key=lambda r: r[4])[::2]:
         m = row[5]
-        print(f"  {row[4]:7.2f}  {m['recall@1']:8.3f}  {m['recall@1 paraphrases']:11.3f}  {m['false-match rate']:11.3f}")
+        print(f"  {row[4]:7.2f}  {m['recall@1']:8.3f}  {m['recall@1 paraphrases']:11.3f}"
+              f"  {m['false-match rate']:11.3f}")
     chosen = Thresholds(round(chosen.verbatim + VERBATIM_MARGIN, 2), round(chosen.context + CONTEXT_MARGIN, 2))
     print(f"\nedges + margins: {chosen}  (defaults in bot/memory.py: {Thresholds()})")
     for name, part in (("calibration", halves[0]), ("test", halves[1]), ("all", scored)):
@@ -170,11 +181,17 @@ def main() -> None:
     rng.shuffle(texts)
     cold = latency(big, texts)
     warm = latency(big, texts[:200])
-    p95 = lambda xs: float(np.percentile(xs, 95))
-    print(f"recall latency (torch threads {args.torch_threads}), {len(cold)} distinct messages, first time: median {statistics.median(cold):.2f} ms, p95 {p95(cold):.2f} ms")
-    print(f"repeated messages (query embedding cached): median {statistics.median(warm):.2f} ms, p95 {p95(warm):.2f} ms")
+
+    def p95(xs: list[float]) -> float:
+        return float(np.percentile(xs, 95))
+
+    print(f"recall latency (torch threads {args.torch_threads}), {len(cold)} distinct messages, first time: "
+          f"median {statistics.median(cold):.2f} ms, p95 {p95(cold):.2f} ms")
+    print(f"repeated messages (query embedding cached): median {statistics.median(warm):.2f} ms, "
+          f"p95 {p95(warm):.2f} ms")
     m = metrics([(q, big.search(q.text)) for q in queries], Thresholds())
-    print(f"with {len(big)} items, default thresholds: " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+    shown = "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
+    print(f"with {len(big)} items, default thresholds: " + shown)
 
 
 if __name__ == "__main__":

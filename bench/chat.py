@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import (
@@ -23,12 +24,15 @@ from transformers import (
     AutoTokenizer,
     CompileConfig,
     DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 from transformers.generation.streamers import BaseStreamer
 
 from bench.common import Options, Result, Row, Table, median, ratio
 from bot.engine import Engine
-from bot.engine_api import GenParams
+from bot.engine_api import GenParams, Message
+from kaizen.base_model import chat_text, generate
 
 SHORT = "Write a short story about a robot who learns to paint."
 _SECTION = (
@@ -60,7 +64,7 @@ class _Clock(BaseStreamer):
         self.times: list[float] = []
         self._prompt = True
 
-    def put(self, value) -> None:  # noqa: ANN001
+    def put(self, value: torch.Tensor) -> None:
         if self._prompt:  # generate() first passes the prompt itself
             self._prompt = False
             return
@@ -75,35 +79,43 @@ def _trace(t0: float, times: list[float], tokens: int) -> Trace:
     return Trace(times[0] - t0, (tokens - 1) / span if tokens > 1 and span > 0 else 0.0, tokens)
 
 
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    assert isinstance(text, str)  # one sequence of ids decodes to one string
+    return text.strip()
+
+
 class Variant:
     """A way of decoding greedily with the model: `trace` times it, `answer` gives its text."""
 
-    def __init__(self, name: str, model, tokenizer, *, weight_bytes: int | None, note: str = "",  # noqa: ANN001
-                 generate_kwargs: dict | None = None):
+    def __init__(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
+                 weight_bytes: int | None, note: str = "", generate_kwargs: dict[str, Any] | None = None) -> None:
         self.name, self.model, self.tokenizer = name, model, tokenizer
         self.weight_bytes, self.note = weight_bytes, note
         self.generate_kwargs = generate_kwargs or {}
 
-    def _ids(self, messages: list[dict]) -> torch.Tensor:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    def _ids(self, messages: list[Message]) -> torch.Tensor:
+        text = chat_text(self.tokenizer, messages, add_generation_prompt=True)
+        ids: torch.Tensor = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return ids
 
     @torch.inference_mode()
-    def _generate(self, messages: list[dict], n: int, streamer: BaseStreamer | None) -> list[int]:
+    def _generate(self, messages: list[Message], n: int, streamer: BaseStreamer | None) -> list[int]:
         ids = self._ids(messages)
-        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                  do_sample=False, temperature=None, top_p=None, top_k=None,
-                                  pad_token_id=self.tokenizer.pad_token_id, streamer=streamer, **self.generate_kwargs)
-        return out[0, ids.shape[1]:].tolist()
+        out = generate(self.model, input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                       do_sample=False, temperature=None, top_p=None, top_k=None,
+                       pad_token_id=self.tokenizer.pad_token_id, streamer=streamer, **self.generate_kwargs)
+        tokens: list[int] = out[0, ids.shape[1]:].tolist()
+        return tokens
 
-    def trace(self, messages: list[dict], n: int) -> Trace:
+    def trace(self, messages: list[Message], n: int) -> Trace:
         clock = _Clock()
         t0 = time.perf_counter()
         self._generate(messages, n, clock)
         return _trace(t0, clock.times, len(clock.times))
 
-    def answer(self, messages: list[dict], n: int) -> str:
-        return self.tokenizer.decode(self._generate(messages, n, None), skip_special_tokens=True).strip()
+    def answer(self, messages: list[Message], n: int) -> str:
+        return _decode(self.tokenizer, self._generate(messages, n, None))
 
 
 class LoopVariant(Variant):
@@ -111,7 +123,7 @@ class LoopVariant(Variant):
     criteria, no streamer (the "fewer Python round-trips per token" idea)."""
 
     @torch.inference_mode()
-    def _loop(self, messages: list[dict], n: int, on_token: Callable[[], None]) -> list[int]:
+    def _loop(self, messages: list[Message], n: int, on_token: Callable[[], None]) -> list[int]:
         ids = self._ids(messages)
         cache = DynamicCache(config=self.model.config)
         logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
@@ -124,40 +136,41 @@ class LoopVariant(Variant):
                 return out
             logits = self.model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
 
-    def trace(self, messages: list[dict], n: int) -> Trace:
+    def trace(self, messages: list[Message], n: int) -> Trace:
         times: list[float] = []
         t0 = time.perf_counter()
         self._loop(messages, n, lambda: times.append(time.perf_counter()))
         return _trace(t0, times, len(times))
 
-    def answer(self, messages: list[dict], n: int) -> str:
-        return self.tokenizer.decode(self._loop(messages, n, lambda: None), skip_special_tokens=True).strip()
+    def answer(self, messages: list[Message], n: int) -> str:
+        return _decode(self.tokenizer, self._loop(messages, n, lambda: None))
 
 
 class EngineVariant(Variant):
     """Kaizen's engine as served: generate() in a worker thread, text streamed to the caller."""
 
     def __init__(self, name: str, engine: Engine, *, weight_bytes: int | None, note: str = ""):
-        super().__init__(name, engine.model, engine.tokenizer, weight_bytes=weight_bytes, note=note)
+        super().__init__(name, engine.base_model, engine.tokenizer, weight_bytes=weight_bytes, note=note)
         self.engine = engine
 
-    def trace(self, messages: list[dict], n: int) -> Trace:
+    def trace(self, messages: list[Message], n: int) -> Trace:
         t0 = time.perf_counter()
         gen = self.engine.stream(messages, GenParams(max_new_tokens=n, repetition_penalty=1.0))
         times = [time.perf_counter() for _chunk in gen]
         # A chunk is a word, so the first one can come a token late; the count is exact.
         return _trace(t0, times, gen.completion_tokens)
 
-    def answer(self, messages: list[dict], n: int) -> str:
+    def answer(self, messages: list[Message], n: int) -> str:
         return self.engine.generate(messages, GenParams(max_new_tokens=n, repetition_penalty=1.0)).strip()
 
 
-def weight_bytes_per_token(model) -> int:  # noqa: ANN001
+def weight_bytes_per_token(model: PreTrainedModel) -> int:
     """Weight bytes one decoded token reads: every matrix and norm once. A tied embedding table is
     read whole by the output projection; an untied one only as one row (not counted)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())  # tied tensors counted once
     if not model.config.tie_word_embeddings:
         emb = model.get_input_embeddings().weight
+        assert isinstance(emb, torch.Tensor)
         total -= emb.numel() * emb.element_size()
     return total
 
@@ -192,7 +205,8 @@ def build_variants(model_dir: str) -> list[Variant]:
     # generate() compiles only the one-token decode step, and on a CPU only when asked to; the
     # static cache gives that step fixed shapes. Its own copy: compiling changes the model.
     compile_config = CompileConfig(mode="default", dynamic=False)
-    compile_config._compile_all_devices = True  # a class attribute, not a constructor argument  # noqa: SLF001
+    # A class attribute (declared as None), not a constructor argument.
+    compile_config._compile_all_devices = True  # type: ignore[assignment]
     compiled = {"cache_implementation": "static", "compile_config": compile_config}
     return [
         Variant("fp32 generate() (baseline)", m32, tok, weight_bytes=b32),
@@ -210,10 +224,11 @@ def build_variants(model_dir: str) -> list[Variant]:
 def agreement(texts: list[str], ref: list[str]) -> tuple[int, float]:
     """(exactly equal answers, mean shared-prefix fraction in characters)."""
     def prefix(a: str, b: str) -> float:
-        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         return n / max(len(a), len(b), 1)
 
-    return sum(a == b for a, b in zip(texts, ref)), sum(prefix(a, b) for a, b in zip(texts, ref)) / len(ref)
+    pairs = list(zip(texts, ref, strict=True))
+    return sum(a == b for a, b in pairs), sum(prefix(a, b) for a, b in pairs) / len(ref)
 
 
 def run(opts: Options) -> Result:
@@ -255,6 +270,8 @@ def run(opts: Options) -> Result:
         return median([t.ttft for t in ts]), median([t.decode_tps for t in ts])
 
     base, eng = variants[0], variants[2]
+    assert base.weight_bytes and eng.weight_bytes  # fp32 and bf16: counted in build_variants
+    base_bytes, eng_bytes = base.weight_bytes, eng.weight_bytes
     detail = Table(
         f"Chat, one user: {reps} repeats × {n_new} new tokens, greedy; prompts of {prompt_tokens['short']} and "
         f"{prompt_tokens['long']} tokens. Agreement: exact greedy answers equal to fp32 on {len(QUALITY_PROMPTS)} "
@@ -266,15 +283,16 @@ def run(opts: Options) -> Result:
         for kind in prompts:
             ttft, tps = fig(v.name, kind)
             bound = read_bw * 1e9 / v.weight_bytes if v.weight_bytes else None
-            detail.rows.append([v.name, kind, f"{1000 * ttft:.0f} ms", f"{tps:.1f}", ratio(tps, fig(base.name, kind)[1]),
+            detail.rows.append([v.name, kind, f"{1000 * ttft:.0f} ms", f"{tps:.1f}",
+                                ratio(tps, fig(base.name, kind)[1]),
                                 f"{100 * tps / bound:.0f}%" if bound else "–",
                                 f"{exact}/{len(QUALITY_PROMPTS)} (prefix {pre:.0%})",
                                 f"{v.note}; first call {warmup[v.name]:.1f} s".lstrip("; ")])
     bw = Table("Memory bandwidth (torch, 256 MiB, median)", ["measure", "GB/s", "weights read per token", "bound"],
                [["copy (read + write)", f"{copy_bw:.1f}", "", ""],
-                ["read (sum)", f"{read_bw:.1f}", f"fp32 {base.weight_bytes / 1e6:.0f} MB",
-                 f"{read_bw * 1e9 / base.weight_bytes:.0f} tok/s"],
-                ["", "", f"bf16 {eng.weight_bytes / 1e6:.0f} MB", f"{read_bw * 1e9 / eng.weight_bytes:.0f} tok/s"]])
+                ["read (sum)", f"{read_bw:.1f}", f"fp32 {base_bytes / 1e6:.0f} MB",
+                 f"{read_bw * 1e9 / base_bytes:.0f} tok/s"],
+                ["", "", f"bf16 {eng_bytes / 1e6:.0f} MB", f"{read_bw * 1e9 / eng_bytes:.0f} tok/s"]])
 
     rows = []
     for kind in prompts:
@@ -283,10 +301,10 @@ def run(opts: Options) -> Result:
                         f"{b_tps:.1f} tok/s fp32 generate()", ratio(e_tps, b_tps)))
         rows.append(Row(f"Chat time to first token, {kind} prompt, engine bf16", f"{1000 * e_ttft:.0f} ms",
                         f"{1000 * b_ttft:.0f} ms fp32 generate()", ratio(e_ttft, b_ttft), "lower is better"))
-    bound16 = read_bw * 1e9 / eng.weight_bytes
+    bound16 = read_bw * 1e9 / eng_bytes
     e_tps = fig(eng.name, "short")[1]
     rows.append(Row("Decode vs memory-bandwidth bound (bf16, short prompt)", f"{e_tps:.1f} tok/s",
-                    f"{bound16:.0f} tok/s = {read_bw:.1f} GB/s ÷ {eng.weight_bytes / 1e6:.0f} MB", ratio(e_tps, bound16),
+                    f"{bound16:.0f} tok/s = {read_bw:.1f} GB/s ÷ {eng_bytes / 1e6:.0f} MB", ratio(e_tps, bound16),
                     "share of the bound reached"))
     exact, _ = quality[eng.name]
     rows.append(Row("Engine answers equal to fp32 greedy", f"{exact}/{len(QUALITY_PROMPTS)}", "fp32", "",

@@ -52,10 +52,11 @@ def run(opts: Options) -> Result:
                 bar.update(users)
             timings = [t for w in runs for t in w.timings]
             ok = [t for t in timings if t.ok]
+            ttfts = [t.ttft for t in ok if t.ttft is not None]  # None: a reply without text
             stats[users] = {
                 "tps": median([count_tokens(tokenizer, [t.text for t in w.timings if t.ok]) / w.wall for w in runs]),
                 "p50": median([t.total for t in ok]), "p95": p95([t.total for t in ok]),
-                "ttft50": median([t.ttft for t in ok]), "ttft95": p95([t.ttft for t in ok]),
+                "ttft50": median(ttfts), "ttft95": p95(ttfts),
                 "n": len(timings), "failed": len(timings) - len(ok),
                 "errors": sorted({t.error for t in timings if not t.ok}),
             }

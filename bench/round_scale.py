@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import resource
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.common import Options, Result, Row, Table, ratio, secs
@@ -24,15 +25,19 @@ VARIANTS = 10
 def seed_pairs(n: int) -> list[tuple[str, str]]:
     """n distinct shop-FAQ facts in Vietnamese and English, as a business would upload them."""
     forms = [
-        (lambda i: f"Giá của sản phẩm mã SP{i:03d} là bao nhiêu?", lambda i: f"Sản phẩm SP{i:03d} có giá {(i * 37) % 900 + 100}.000 đồng."),
-        (lambda i: f"What are the opening hours of branch {i}?", lambda i: f"Branch {i} is open from {6 + i % 4}:00 to {18 + i % 5}:00."),
-        (lambda i: f"Chi nhánh số {i} ở đâu?", lambda i: f"Chi nhánh số {i} ở số {i * 3 + 1} đường Lê Lợi, quận {1 + i % 12}."),
-        (lambda i: f"Who manages the team called Unit-{i}?", lambda i: f"Unit-{i} is managed by {['An', 'Binh', 'Chi', 'Dung', 'Hoa'][i % 5]} Tran."),
+        (lambda i: f"Giá của sản phẩm mã SP{i:03d} là bao nhiêu?",
+         lambda i: f"Sản phẩm SP{i:03d} có giá {(i * 37) % 900 + 100}.000 đồng."),
+        (lambda i: f"What are the opening hours of branch {i}?",
+         lambda i: f"Branch {i} is open from {6 + i % 4}:00 to {18 + i % 5}:00."),
+        (lambda i: f"Chi nhánh số {i} ở đâu?",
+         lambda i: f"Chi nhánh số {i} ở số {i * 3 + 1} đường Lê Lợi, quận {1 + i % 12}."),
+        (lambda i: f"Who manages the team called Unit-{i}?",
+         lambda i: f"Unit-{i} is managed by {['An', 'Binh', 'Chi', 'Dung', 'Hoa'][i % 5]} Tran."),
     ]
     return [(forms[i % 4][0](i), forms[i % 4][1](i)) for i in range(n)]
 
 
-def _child(conn, data_dir: str, model_dir: str, items: int) -> None:  # noqa: ANN001
+def _child(conn: Connection, data_dir: str, model_dir: str, items: int) -> None:
     """One round in a fresh process: store the seeds, train, send back the outcome and peak RSS."""
     try:
         from feedback_db import store
@@ -89,11 +94,13 @@ def run(opts: Options) -> Result:
             secs(m.get("eval_seconds", 0)), secs(r["seconds"]), secs(r["wall"]), ratio(r["seconds"], base["seconds"]),
             f"{r['rss_mb']:.0f} MB", m.get("new_recall"), "promoted" if r["promoted"] else r["reason"]])
     rows = [
-        Row(f"A {sizes[-1]:,}-row round: wall time", secs(top["seconds"]), f"{secs(base['seconds'])} at {sizes[0]} rows",
+        Row(f"A {sizes[-1]:,}-row round: wall time", secs(top["seconds"]),
+            f"{secs(base['seconds'])} at {sizes[0]} rows",
             ratio(top["seconds"], base["seconds"]),
             f"{sizes[-1] // sizes[0]}× the rows; training {secs(top['metrics'].get('train_seconds', 0))}, "
             f"evaluation {secs(top['metrics'].get('eval_seconds', 0))}"),
-        Row(f"A {sizes[-1]:,}-row round: peak RSS", f"{top['rss_mb']:.0f} MB", f"{base['rss_mb']:.0f} MB at {sizes[0]} rows",
+        Row(f"A {sizes[-1]:,}-row round: peak RSS", f"{top['rss_mb']:.0f} MB",
+            f"{base['rss_mb']:.0f} MB at {sizes[0]} rows",
             ratio(top["rss_mb"], base["rss_mb"]), "whole training process"),
     ]
     return Result("round", rows, [table])

@@ -93,7 +93,7 @@ def generate(db: Database, n: int, rng: random.Random, *, start_index: int = 0) 
 
 def dashboard_queries(db: Database) -> dict[str, Callable[[], object]]:
     """The admin tab's dashboard queries (one session each) and the review queue."""
-    def q(fn: Callable, **kw) -> Callable[[], object]:  # noqa: ANN001
+    def q(fn: Callable[..., object], **kw: object) -> Callable[[], object]:
         def call() -> object:
             with db.session() as s:
                 return fn(session=s, **kw)
@@ -130,7 +130,7 @@ def run(opts: Options) -> Result:
     reps = opts.pick(3, 2)
     rows_per_rep = opts.pick(2000, 600)
     db = Database(f"sqlite:///{work / 'logging.db'}")
-    rates = {w: [] for w in WRITERS}
+    rates: dict[int, list[float]] = {w: [] for w in WRITERS}
     for _ in range(reps):
         for w in WRITERS:
             rates[w].append(logging_rate(db, w, rows_per_rep))

@@ -68,7 +68,8 @@ def trl_baseline(opts: Options, data: Path) -> dict:
     """TRL SFTTrainer, default SFTConfig, on the examples a Kaizen round trains on, same LoRA."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
     from trl import SFTConfig, SFTTrainer
 
     from kaizen.prompts import load_persona
@@ -94,8 +95,12 @@ def trl_baseline(opts: Options, data: Path) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(cfg, num_layers=model.config.num_hidden_layers))
     out = trainer.train()
-    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * args.num_train_epochs
-    answer = generate_answers(trainer.model, tokenizer, [training.conversation(QUESTION)], 32)[0]
+    train_dataset = trainer.train_dataset
+    assert isinstance(train_dataset, Dataset)  # SFTTrainer keeps the (now tokenized) dataset it was given
+    tokens = sum(len(ids) for ids in train_dataset["input_ids"]) * args.num_train_epochs
+    tuned = trainer.model
+    assert isinstance(tuned, PreTrainedModel | PeftModel)  # SFTTrainer wrapped the model for peft_config
+    answer = generate_answers(tuned, tokenizer, [training.conversation(QUESTION)], 32)[0]
     result = {"seconds": out.metrics["train_runtime"], "tokens": tokens, "steps": out.global_step,
               "rows": len(examples), "answer": answer, "exact": _exact(answer), "lr": args.learning_rate,
               "batch": args.per_device_train_batch_size, "epochs": args.num_train_epochs,
@@ -153,8 +158,9 @@ def run(opts: Options) -> Result:
         ["  `kaizen ask --no-memory` answer", f"{cli['answer']!r} ({'exact' if cli['exact'] else 'NOT exact'}, "
                                               f"{secs(cli['ask_wall'])})"],
         ["REST: correction posted and approved", secs(rest["approved"])],
-        ["REST: served from the retrieval memory", f"{secs(rest['memory'])} "
-                                                  f"({'exact' if rest['memory_exact'] else 'NOT exact: ' + repr(rest['memory_answer'])})"],
+        ["REST: served from the retrieval memory",
+         f"{secs(rest['memory'])} "
+         f"({'exact' if rest['memory_exact'] else 'NOT exact: ' + repr(rest['memory_answer'])})"],
         ["REST: round finished (POST /admin/api/train → run done)", f"{secs(rest['trained'])}, {rest['status']}"
                                                                     + (f" ({rest['error']})" if rest["error"] else "")],
         ["REST: /v1/chat/completions with memory off returns it",

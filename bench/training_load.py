@@ -16,6 +16,7 @@ import time
 import httpx
 
 from bench.common import (
+    ChatTiming,
     Options,
     Result,
     Row,
@@ -51,7 +52,7 @@ def run(opts: Options) -> Result:
         for q, a in FACTS:
             store.add_knowledge(session=s, question=q, answer=a, origin="bench", verbatim=True)
     db.close()
-    during = []
+    during: list[ChatTiming] = []
     with Server(data, opts.model_dir) as server, httpx.Client() as client, server.admin() as admin:
         _replies(server, client, 1, 4)  # warm-up
         idle = _replies(server, client, n, max_tokens)
@@ -76,10 +77,11 @@ def run(opts: Options) -> Result:
                   f"{run_id} in phase {run.get('phase')!r} at the end; {failed} failed requests",
                   ["", "replies", "latency p50", "latency p95", "TTFT p50"],
                   [["no training", len(idle), secs(median([t.total for t in idle])), secs(p95([t.total for t in idle])),
-                    secs(median([t.ttft for t in idle]))],
+                    secs(median([t.ttft for t in idle if t.ttft is not None]))],
                    ["training in the child process", len(busy), secs(median([t.total for t in busy])),
-                    secs(p95([t.total for t in busy])), secs(median([t.ttft for t in busy]))]])
+                    secs(p95([t.total for t in busy])), secs(median([t.ttft for t in busy if t.ttft is not None]))]])
     idle50, busy50 = median([t.total for t in idle]), median([t.total for t in busy])
     rows = [Row("Chat latency p50 while a round trains (child process)", secs(busy50), f"{secs(idle50)} without",
-                ratio(busy50, idle50), f"p95 {secs(p95([t.total for t in busy]))} vs {secs(p95([t.total for t in idle]))}")]
+                ratio(busy50, idle50),
+                f"p95 {secs(p95([t.total for t in busy]))} vs {secs(p95([t.total for t in idle]))}")]
     return Result("training", rows, [table])

@@ -182,10 +182,10 @@ class EmotionAnalyzer:
         spans = self._keep_plausible(spans, vietnamese)
 
         span_at: list[_Span | None] = [None] * len(words)
-        for span in spans:
-            span_at[span.start:span.end] = [span] * (span.end - span.start)
+        for found in spans:
+            span_at[found.start:found.end] = [found] * (found.end - found.start)
         # VADER strips the punctuation off its words; the raw tokens still show where clauses end.
-        clause_end = [t.endswith(_CLAUSE_END) or k in _CONTRAST for t, k in zip(text.split(), keys)]
+        clause_end = [t.endswith(_CLAUSE_END) or k in _CONTRAST for t, k in zip(text.split(), keys, strict=True)]
 
         sentiments: list[float] = []
         for i, word in enumerate(words):
@@ -203,7 +203,8 @@ class EmotionAnalyzer:
             else:
                 self._vader.sentiment_valence(0.0, sentitext, word, i, sentiments)
 
-        sentiments = self._vader._but_check(["but" if k in _CONTRAST else w for w, k in zip(words, keys)], sentiments)
+        marked = ["but" if k in _CONTRAST else w for w, k in zip(words, keys, strict=True)]
+        sentiments = self._vader._but_check(marked, sentiments)
         score = self._vader.score_valence(sentiments, text)["compound"]
         if score >= POSITIVE_THRESHOLD:
             label = "positive"
@@ -242,7 +243,7 @@ class EmotionAnalyzer:
 
     @staticmethod
     def _is_vietnamese(keys: list[str], folded: list[str], spans: list[_Span]) -> bool:
-        if any(k != f for k, f in zip(keys, folded)):
+        if any(k != f for k, f in zip(keys, folded, strict=True)):
             return True
         evidence = {i for i, f in enumerate(folded) if f in _VI_MARKERS}
         evidence.update(i for s in spans for i in range(s.start, s.end))
@@ -280,8 +281,10 @@ class EmotionAnalyzer:
         # Intensifiers and negation emphasis directly after the phrase.
         emphasis = softened = False
         k = span.end
-        while k < len(span_at) and not clause_end[k - 1] and span_at[k] is not None:
+        while k < len(span_at) and not clause_end[k - 1]:
             after = span_at[k]
+            if after is None:
+                break
             if after.phrase in _NEGATION_EMPHASIS:
                 emphasis = True
             elif after.phrase in _BOOSTERS_AFTER:

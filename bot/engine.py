@@ -12,22 +12,26 @@ import gc
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from bot.engine_api import BASE, GenParams
+from bot.engine_api import BASE, GenParams, Message
 from bot.turns import TurnLock
-from kaizen.base_model import load_model
+from kaizen.base_model import chat_text, generate, load_model
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 MIN_TEMPERATURE = 0.01
 ADAPTER_SLOT = "default"  # the one peft adapter name in use; versions are swapped into it
 
 
-def _strip_lora(model) -> None:  # noqa: ANN001
+def _strip_lora(model: torch.nn.Module) -> None:
     """Put back the base layers wherever peft wrapped one in a LoRA layer, without a PeftModel."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -43,7 +47,7 @@ class _Cancel(StoppingCriteria):
     def __init__(self) -> None:
         self.cancelled = threading.Event()
 
-    def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ANN001
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
         return self.cancelled.is_set()
 
 
@@ -54,7 +58,7 @@ class Generation:
     handler can refuse with 503 before it starts a stream.
     """
 
-    def __init__(self, engine: "Engine", messages: list[dict], params: GenParams):
+    def __init__(self, engine: Engine, messages: list[Message], params: GenParams) -> None:
         self._engine = engine
         self._params = params
         self.input_ids = engine.encode_chat(messages)
@@ -88,27 +92,27 @@ class Generation:
         engine, params = self._engine, self._params
         streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
         cancel = _Cancel()
-        kwargs = dict(
-            input_ids=self.input_ids,
-            attention_mask=torch.ones_like(self.input_ids),
-            max_new_tokens=params.max_new_tokens,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([cancel]),
-            pad_token_id=engine.tokenizer.pad_token_id,
-            repetition_penalty=params.repetition_penalty,
-        )
+        kwargs: dict[str, Any] = {
+            "input_ids": self.input_ids,
+            "attention_mask": torch.ones_like(self.input_ids),
+            "max_new_tokens": params.max_new_tokens,
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([cancel]),
+            "pad_token_id": engine.tokenizer.pad_token_id,
+            "repetition_penalty": params.repetition_penalty,
+        }
         # Below 0.01 sampling is greedy in all but name, and a tiny temperature (1e-300, found by
         # the property tests) overflows the logits into inf/NaN.
         if params.temperature >= MIN_TEMPERATURE:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        result: dict = {}
+        result: dict[str, Any] = {}
 
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    result["ids"] = engine.model.generate(**kwargs)
+                    result["ids"] = generate(engine.model, **kwargs)
             except BaseException as exc:  # re-raised in the consumer thread below
                 result["error"] = exc
                 streamer.end()
@@ -134,10 +138,10 @@ class Generation:
 class Engine:
     """The chat model. `stream()` answers; `activate()` swaps the LoRA adapter between replies."""
 
-    def __init__(self, model, tokenizer, *, name: str, context_tokens: int = 2048, max_queue: int = 32,
-                 wait_timeout_s: float = 600.0):
-        self.model = model
-        self.base_model = model
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
+                 context_tokens: int = 2048, max_queue: int = 32, wait_timeout_s: float = 600.0) -> None:
+        self.model: PreTrainedModel | PeftModel = model  # a PeftModel while an adapter is served
+        self.base_model: PreTrainedModel = model
         self.tokenizer = tokenizer
         self.name = name
         self.adapter_version = BASE
@@ -150,7 +154,7 @@ class Engine:
         self._slots = threading.BoundedSemaphore(max_queue)
 
     @classmethod
-    def from_path(cls, path: str, *, dtype: str = "bfloat16", threads: int = 0, **kw) -> "Engine":
+    def from_path(cls, path: str, *, dtype: str = "bfloat16", threads: int = 0, **kw: Any) -> Engine:
         if threads:
             torch.set_num_threads(threads)
         model, tokenizer = load_model(path, dtype)
@@ -161,14 +165,15 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def chat_text(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def chat_text(self, messages: list[Message]) -> str:
+        return chat_text(self.tokenizer, messages, add_generation_prompt=True)
 
-    def encode_chat(self, messages: list[dict]) -> torch.Tensor:
-        ids = self.tokenizer(self.chat_text(messages), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    def encode_chat(self, messages: list[Message]) -> torch.Tensor:
+        ids: torch.Tensor = self.tokenizer(self.chat_text(messages), add_special_tokens=False,
+                                           return_tensors="pt")["input_ids"]
         return ids
 
-    def fit_messages(self, messages: list[dict], max_new_tokens: int) -> list[dict]:
+    def fit_messages(self, messages: list[Message], max_new_tokens: int) -> list[Message]:
         """Drop the oldest turns until the prompt fits the context window.
 
         The system message (if first) and the newest message always stay; an exchange is
@@ -199,10 +204,10 @@ class Engine:
 
     # --- generation ---------------------------------------------------------------------------
 
-    def stream(self, messages: list[dict], params: GenParams = GenParams()) -> Generation:
+    def stream(self, messages: list[Message], params: GenParams = GenParams()) -> Generation:
         return Generation(self, self.fit_messages(messages, params.max_new_tokens), params)
 
-    def generate(self, messages: list[dict], params: GenParams = GenParams()) -> str:
+    def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
         return "".join(self.stream(messages, params))
 
     # --- adapters -----------------------------------------------------------------------------
@@ -230,6 +235,9 @@ class Engine:
 
     def _drop_adapter(self) -> None:
         if self.model is not self.base_model:
+            from peft import PeftModel
+
+            assert isinstance(self.model, PeftModel)  # only _attach replaces self.model, with a PeftModel
             self.base_model = self.model.unload()  # removes the LoRA layers, base weights untouched
             if hasattr(self.base_model, "peft_config"):
                 del self.base_model.peft_config  # else the next attach counts a phantom second adapter
@@ -259,19 +267,23 @@ class Engine:
     def _fits_in_place(self, path: Path) -> bool:
         """True if the adapter at `path` has the loaded one's LoRA config and exactly its tensors (names
         and shapes), so its weights can simply replace the loaded ones."""
-        from peft import PeftConfig
+        from peft import LoraConfig, PeftConfig
         from peft.utils import get_peft_model_state_dict
         from safetensors import safe_open
 
-        def key(c) -> tuple:  # noqa: ANN001
+        def key(c: LoraConfig) -> tuple[object, ...]:
             return (c.r, c.lora_alpha, sorted(c.target_modules or ()), c.layers_to_transform, c.rank_pattern,
                     c.alpha_pattern, c.use_rslora, c.use_dora)
 
-        if key(PeftConfig.from_pretrained(str(path))) != key(self.model.peft_config[ADAPTER_SLOT]):
+        new, loaded_config = PeftConfig.from_pretrained(str(path)), self.model.peft_config[ADAPTER_SLOT]
+        if not (isinstance(new, LoraConfig) and isinstance(loaded_config, LoraConfig)):
+            return False  # Kaizen trains only LoRA adapters; anything else is rebuilt, which checks it
+        if key(new) != key(loaded_config):
             return False
-        loaded = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(self.model, adapter_name=ADAPTER_SLOT).items()}
+        state = get_peft_model_state_dict(self.model, adapter_name=ADAPTER_SLOT)
+        loaded = {k: tuple(v.shape) for k, v in state.items()}
         with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
-            return loaded == {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return loaded == {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
 
     def _load_adapter(self, version: str, path: Path) -> None:
         """Swap in the adapter at `path`. With one already loaded and a compatible config (same

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-BASE = "base"  # the adapter version name of the model without an adapter
+from kaizen.prompts import Message
 
-Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
+__all__ = ["BASE", "ChatEngine", "GenParams", "Message", "ReplyStream"]
+
+BASE = "base"  # the adapter version name of the model without an adapter
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from bot.engine_api import ChatEngine
 from feedback_db import store
 from feedback_db.db import Database
 from kaizen import adapters
@@ -19,7 +20,7 @@ from kaizen.errors import KaizenError
 
 
 class AdapterFollower:
-    def __init__(self, *, db: Database, engine, adapters_dir: Path, interval_s: float = 1.0):  # noqa: ANN001
+    def __init__(self, *, db: Database, engine: ChatEngine, adapters_dir: Path, interval_s: float = 1.0) -> None:
         self.db = db
         self.engine = engine
         self.adapters_dir = Path(adapters_dir)
@@ -57,7 +58,7 @@ class AdapterFollower:
         while not self._stop.wait(self.interval_s):
             try:
                 self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep following; the error is shown in the admin tab
+            except Exception as exc:  # keep following; the error is shown in the admin tab
                 self.last_error = f"Adapter follower: {type(exc).__name__}: {exc}"
 
     def start(self) -> None:

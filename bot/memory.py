@@ -61,8 +61,9 @@ import threading
 import unicodedata
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import bm25s
 import numpy as np
@@ -70,6 +71,9 @@ import scipy.sparse as sp
 
 from kaizen.errors import InputError, ModelError
 from kaizen.text import fold
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 # bm25s sets its logger to DEBUG on import and logs every index build.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -141,7 +145,7 @@ class MiniLMEmbedder:
     for ~0.7 s per message where one thread takes ~10 ms, so the process should run torch
     with one thread whenever something else (a training run) competes for the cores."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: SentenceTransformer) -> None:
         self._model = model
         # The fast tokenizer is not safe to call from several threads at once.
         self._lock = threading.Lock()
@@ -155,7 +159,7 @@ class MiniLMEmbedder:
                     missing, batch_size=64, normalize_embeddings=True,
                     convert_to_numpy=True, show_progress_bar=False,
                 ).astype(np.float32)
-                self._cache.update(zip(missing, vectors))
+                self._cache.update(zip(missing, vectors, strict=True))
             for t in texts:
                 self._cache.move_to_end(t)
             rows = np.stack([self._cache[t] for t in texts])
@@ -187,7 +191,7 @@ class HashingEmbedder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         rows = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in zip(rows, texts):
+        for row, text in zip(rows, texts, strict=True):
             padded = f"  {fold(text.lower())} "
             for i in range(len(padded) - 2):
                 row[zlib.crc32(padded[i : i + 3].encode()) % self.dim] += 1.0
@@ -319,21 +323,22 @@ class Memory:
         """A new snapshot; normalized texts and vectors of unchanged questions are reused."""
         prev = self._snap
         items = tuple(by_id.values())
-        known = dict(zip((i.question for i in prev.items), prev.texts))
+        known = dict(zip((i.question for i in prev.items), prev.texts, strict=True))
         texts = tuple(known.get(i.question) or _normalize(i.question) for i in items)
-        for item, text in zip(items, texts):
+        for item, text in zip(items, texts, strict=True):
             if not text.folded:
                 raise InputError(f"memory item {item.id}: the question {item.question!r} has no words")
         keys: dict[str, int] = {}
-        for n, (item, text) in enumerate(zip(items, texts)):
+        for n, (item, text) in enumerate(zip(items, texts, strict=True)):
             if text.key not in keys or _newer(item, items[keys[text.key]]):
                 keys[text.key] = n
         vectors = None
         if self.embedder is not None:
-            cache = dict(zip((t.embed_text for t in prev.texts), prev.vectors if prev.vectors is not None else ()))
+            vectors_before = prev.vectors if prev.vectors is not None else ()  # none: nothing to reuse
+            cache = dict(zip((t.embed_text for t in prev.texts), vectors_before, strict=False))
             missing = list(dict.fromkeys(t.embed_text for t in texts if t.embed_text not in cache))
             if missing:
-                cache.update(zip(missing, self.embedder.encode(missing)))
+                cache.update(zip(missing, self.embedder.encode(missing), strict=True))
             vectors = np.stack([cache[t.embed_text] for t in texts]) if texts else None
         return _Snapshot(
             items=items,
@@ -373,16 +378,18 @@ class Memory:
         return [Hit(snap.items[n], float(scores[n])) for n in ranked[:k] if scores[n] > 0]
 
     def _scores(self, snap: _Snapshot, query: _Text) -> np.ndarray:
-        lex = snap.folded.lexical(query.folded)
+        folded, original = snap.folded, snap.original
+        assert folded is not None and original is not None  # None only in the empty snapshot
+        lex = folded.lexical(query.folded)
         if query.marked:
             both = snap.marked
-            lex[both] = 0.5 * (lex[both] + snap.original.lexical(query.original)[both])
-        if snap.vectors is None:
+            lex[both] = 0.5 * (lex[both] + original.lexical(query.original)[both])
+        if snap.vectors is None or self.embedder is None:  # vectors exist only with an embedder
             return lex
         # einsum, not @: OpenBLAS threads spin on a busy machine (12 ms instead of 0.5 ms).
         cos = np.einsum("ij,j->i", snap.vectors, self.embedder.encode([query.embed_text])[0])
         vi = snap.marked | query.marked
-        weight, floor = (np.where(vi, a, b) for a, b in zip(VI_MIX, EN_MIX))
+        weight, floor = (np.where(vi, a, b) for a, b in zip(VI_MIX, EN_MIX, strict=True))
         emb = np.clip((cos - floor) / (1 - floor), 0, 1)
         return np.clip(weight * lex + (1 - weight) * emb, 0, 1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -18,7 +19,7 @@ SOURCE_COLORS = {"memory": "#8a5cd1", "rag": "#e0a528", "model": ACCENT}
 EMOTION_COLORS = {"positive": UP, "neutral": "#8c8c8c", "negative": DOWN}
 
 
-def _figure(title: str) -> tuple[Figure, object]:
+def _figure(title: str) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(6, 3.2), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=11)
@@ -26,7 +27,7 @@ def _figure(title: str) -> tuple[Figure, object]:
     return fig, ax
 
 
-def _empty(ax, message: str = "No data yet") -> None:  # noqa: ANN001
+def _empty(ax: Axes, message: str = "No data yet") -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#888888")
     ax.set_xticks([])
     ax.set_yticks([])

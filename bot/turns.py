@@ -52,7 +52,7 @@ class TurnLock:
         with self._cond:
             return len(self._waiting)
 
-    def __enter__(self) -> "TurnLock":
+    def __enter__(self) -> TurnLock:
         self.acquire()
         return self
 

@@ -8,12 +8,20 @@ retrieval memory or with retrieved facts shows a badge.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from bot.engine_api import Message
 from feedback_db import store
 from kaizen.errors import KaizenError
+
+if TYPE_CHECKING:
+    from bot.services import Kaizen
+
+Update = dict[str, Any]  # what gr.update() returns: new properties for an output component
 
 EMOTION_ICONS = {"positive": "🙂", "negative": "🙁", "neutral": "😐\ufe0f"}  # VS16: colour, not DejaVu black
 SOURCE_BADGES = {"memory": "🧠 from memory", "rag": "📚 used taught facts"}
@@ -34,28 +42,29 @@ class ChatState:
     turns: list[Turn] = field(default_factory=list)
     selected: int | None = None  # index into turns of the answer the better-answer box applies to
 
-    def history(self) -> list[dict]:
-        out: list[dict] = []
+    def history(self) -> list[Message]:
+        out: list[Message] = []
         for t in self.turns:
             if t.exchange_id:
                 out += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.bot}]
         return out
 
 
-def render(state: ChatState) -> list[dict]:
+def render(state: ChatState) -> list[Message]:
     """The chatbot's messages: two per turn, so message index // 2 is the turn index."""
-    messages = []
+    messages: list[Message] = []
     for t in state.turns:
         marker = EMOTION_ICONS.get(t.emotion, "")
-        messages.append({"role": "user", "content": f"{t.user}\n\n<sub>{marker} {t.emotion}</sub>" if marker else t.user})
+        user = f"{t.user}\n\n<sub>{marker} {t.emotion}</sub>" if marker else t.user
+        messages.append({"role": "user", "content": user})
         badge = SOURCE_BADGES.get(t.source)
         bot = f"{t.bot}\n\n<sub>{badge}</sub>" if badge and t.exchange_id else t.bot
         messages.append({"role": "assistant", "content": bot})
     return messages
 
 
-def build_chat_ui(kaizen) -> gr.Blocks:  # noqa: ANN001 - bot.services.Kaizen
-    def respond(message: str, state: ChatState):  # noqa: ANN202
+def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
+    def respond(message: str, state: ChatState) -> Iterator[tuple[str | Update, list[Message], ChatState, Update]]:
         if not (message or "").strip():
             yield gr.update(), render(state), state, gr.update()
             return
@@ -78,31 +87,33 @@ def build_chat_ui(kaizen) -> gr.Blocks:  # noqa: ANN001 - bot.services.Kaizen
         state.conversation_id = reply.conversation_id
         yield "", render(state), state, gr.update(value="")
 
-    def _turn(state: ChatState, index) -> Turn:  # noqa: ANN001
+    def _exchange_id(state: ChatState, index: int | tuple[int, ...] | list[int]) -> str:
+        """Select the turn of chatbot message `index`; returns its stored exchange's id."""
         i = (index[0] if isinstance(index, (list, tuple)) else index) // 2
-        if not 0 <= i < len(state.turns) or state.turns[i].exchange_id is None:
+        exchange_id = state.turns[i].exchange_id if 0 <= i < len(state.turns) else None
+        if exchange_id is None:
             raise gr.Error("That answer is not stored yet; wait for it to finish.")
         state.selected = i
-        return state.turns[i]
+        return exchange_id
 
-    def on_like(state: ChatState, data: gr.LikeData):  # noqa: ANN202
-        turn = _turn(state, data.index)
+    def on_like(state: ChatState, data: gr.LikeData) -> tuple[ChatState, str]:
+        exchange_id = _exchange_id(state, data.index)
         rating = "up" if data.liked is True or data.liked == "Like" else "down"
         with kaizen.db.write() as s:
-            store.rate_exchange(session=s, exchange_id=turn.exchange_id, rating=rating)
+            store.rate_exchange(session=s, exchange_id=exchange_id, rating=rating)
         hint = "Thanks!" if rating == "up" else "Thanks. You can type a better answer below."
         return state, f"Rated 👍 — {hint}" if rating == "up" else f"Rated 👎 — {hint}"
 
-    def on_correct(text: str, state: ChatState):  # noqa: ANN202
+    def on_correct(text: str, state: ChatState) -> tuple[str, ChatState, str]:
         if not (text or "").strip():
             raise gr.Error("Type the answer you wanted first.")
         if not state.turns:
             raise gr.Error("There is no answer to correct yet.")
         index = state.selected if state.selected is not None else len(state.turns) - 1
-        turn = _turn(state, index * 2 + 1)
+        exchange_id = _exchange_id(state, index * 2 + 1)
         try:
             with kaizen.db.write() as s:
-                fb = store.rate_exchange(session=s, exchange_id=turn.exchange_id, rating="down", correction=text,
+                fb = store.rate_exchange(session=s, exchange_id=exchange_id, rating="down", correction=text,
                                          auto_approve=kaizen.auto_approve())
                 status = fb.status
         except (KaizenError, store.StoreError) as exc:
@@ -110,7 +121,7 @@ def build_chat_ui(kaizen) -> gr.Blocks:  # noqa: ANN001 - bot.services.Kaizen
         note = "It is used right away." if status == "approved" else "An admin will review it before the bot uses it."
         return "", state, f"Saved your better answer. {note}"
 
-    def new_conversation():  # noqa: ANN202
+    def new_conversation() -> tuple[ChatState, list[Message], str, str]:
         return ChatState(), [], "", "Started a new conversation."
 
     with gr.Blocks(title="Kaizen") as ui:

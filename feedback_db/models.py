@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def new_id() -> str:
@@ -97,7 +97,8 @@ class Setting(Base):
 class TrainingRun(Base):
     __tablename__ = "training_runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    status: Mapped[str] = mapped_column(String(10), default="queued", index=True)  # queued | running | promoted | rejected | failed | nodata
+    # queued | running | promoted | rejected | failed | nodata
+    status: Mapped[str] = mapped_column(String(10), default="queued", index=True)
     trigger: Mapped[str] = mapped_column(String(16), default="cli")  # cli | admin | api | schedule | teach
     round_index: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

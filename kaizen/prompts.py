@@ -18,6 +18,8 @@ from feedback_db import store
 from feedback_db.db import Database
 from kaizen.errors import InputError
 
+Message = dict[str, str]  # a chat message: {"role": "system" | "user" | "assistant", "content": text}
+
 SETTING_KEY = "persona"
 TONES = MappingProxyType({
     "negative": "The user seems upset: reply calmly, with empathy, and keep it brief.",
@@ -40,14 +42,14 @@ class Persona:
     style: str = "Be polite, clear and expert, like an experienced practitioner. Keep answers short."
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Persona":
+    def from_dict(cls, data: dict | None) -> Persona:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: str(v) for k, v in (data or {}).items() if k in known})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validated(self) -> "Persona":
+    def validated(self) -> Persona:
         if not self.agent_name.strip():
             raise InputError("The agent name cannot be empty.")
         for field in dataclasses.fields(self):

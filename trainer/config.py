@@ -4,8 +4,9 @@ The defaults come from first measurements on the embedded SmolLM2-135M model on 
 a small LoRA on the MLP of the upper half of the layers, the base model's own answers mixed into
 every step as anchor rows, and an early stop as soon as every taught question is recalled exactly.
 Against an all-layer r=16 LoRA without anchors (every held-out prompt then answered the taught
-sentence) this kept most held-out prompts on topic; see the trainer report for the numbers. Each field carries a help string, as TRL's
-`*_config.py` do, so a command line or an admin form can show it.
+sentence) this kept most held-out prompts on topic; see the trainer report for the numbers. Each
+field carries a help string, as TRL's `*_config.py` do, so a command line or an admin form can show
+it.
 """
 
 from __future__ import annotations

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from feedback_db import store
 from feedback_db.db import Database
+from feedback_db.models import KnowledgeItem
 from kaizen.knowledge_files import question_key
 from kaizen.prompts import Persona, build_system_prompt, load_persona, tone_instruction
 from trainer.augment import clean_question, heldout_questions, variants
@@ -79,9 +81,9 @@ def _row(persona: Persona, tone: str, user: str, answer: str, kind: str, source:
     )
 
 
-def _newest_per_question(items: list) -> list:
+def _newest_per_question(items: Sequence[KnowledgeItem]) -> list[KnowledgeItem]:
     """Two answers to the same question would teach a contradiction: the newer one wins."""
-    newest: dict[str, object] = {}
+    newest: dict[str, KnowledgeItem] = {}
     for item in items:
         key = question_key(item.question)
         if key not in newest or (item.updated_at, item.id) > (newest[key].updated_at, newest[key].id):

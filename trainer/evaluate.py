@@ -13,6 +13,7 @@ import json
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from kaizen.text import normalize_answer
 from trainer.cache import cached
 from trainer.dataset import Fact, TrainingSet
 from trainer.generation import generate_answers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EVAL_MAX_NEW_TOKENS = 64  # length of the greedy answers compared on held-out prompts
 
@@ -39,20 +43,20 @@ def exact_recall(answers: list[str], expected: list[str]) -> float:
         raise ValueError("answers and expected differ in length")
     if not expected:
         return 1.0
-    hits = sum(normalize_answer(a) == normalize_answer(e) for a, e in zip(answers, expected))
+    hits = sum(normalize_answer(a) == normalize_answer(e) for a, e in zip(answers, expected, strict=True))
     return hits / len(expected)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
     return n
 
 
-def drift(base_answers: list[str], new_answers: list[str], tokenizer) -> float:
+def drift(base_answers: list[str], new_answers: list[str], tokenizer: PreTrainedTokenizerBase) -> float:
     """Token-level disagreement with the base answers: 1 - mean(common prefix / longer length).
 
     0 means every answer is identical to the base one; 1 means every answer differs from its
@@ -64,7 +68,7 @@ def drift(base_answers: list[str], new_answers: list[str], tokenizer) -> float:
     if not base_answers:
         return 0.0
     total = 0.0
-    for base, new in zip(base_answers, new_answers):
+    for base, new in zip(base_answers, new_answers, strict=True):
         a = tokenizer(base, add_special_tokens=False)["input_ids"]
         b = tokenizer(new, add_special_tokens=False)["input_ids"]
         longest = max(len(a), len(b))
@@ -72,7 +76,8 @@ def drift(base_answers: list[str], new_answers: list[str], tokenizer) -> float:
     return 1.0 - total / len(base_answers)
 
 
-def same_prefix_count(base_answers: list[str], new_answers: list[str], tokenizer, tokens: int = 20) -> int:
+def same_prefix_count(base_answers: list[str], new_answers: list[str], tokenizer: PreTrainedTokenizerBase,
+                      tokens: int = 20) -> int:
     """How many answers share their first `tokens` tokens (or all of a shorter answer) with the base."""
     count = 0
     for base, new in zip(base_answers, new_answers, strict=True):
@@ -87,13 +92,14 @@ def answer_key(answer: str) -> str:
     return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
 
 
-def evaluate_adapter(model, tokenizer, model_path: str, dtype: str, training: TrainingSet, facts: list[Fact],
-                     adapter_dir: Path, cache_dir: Path) -> RoundMetrics:
+def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str, dtype: str,
+                     training: TrainingSet, facts: list[Fact], adapter_dir: Path, cache_dir: Path) -> RoundMetrics:
     """Recall of new and old facts, paraphrase recall and drift, as served (dtype) without memory."""
     from peft import PeftModel
 
     t0 = time.perf_counter()
-    model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype, torch.float32))
+    # PreTrainedModel.to is wrapped with functools.wraps(Module.to), which mypy reads as unbound.
+    model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype, torch.float32))  # type: ignore[arg-type]
     heldout = load_general_prompts()["heldout"]
     heldout_convs = [training.conversation(p) for p in heldout]
     base_key = {"model": model_path, "prompts": heldout, "system": training.system_prompt, "dtype": dtype,
@@ -118,7 +124,7 @@ def evaluate_adapter(model, tokenizer, model_path: str, dtype: str, training: Tr
     taught = [normalize_answer(f.answer) for f in facts]
     leaks = sum(any(t and t in normalize_answer(a) for t in taught) for a in new_answers)
     per_fact = {str(f.item_id): [answer_key(f.answer), normalize_answer(a) == normalize_answer(f.answer)]
-                for f, a in zip(facts, fact_answers)}
+                for f, a in zip(facts, fact_answers, strict=True)}
     return RoundMetrics(
         new_facts=sum(f.new for f in facts),
         old_facts=sum(not f.new for f in facts),

@@ -29,7 +29,8 @@ class Verdict:
 
 def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:
     """Judge `metrics` (new_recall, retention, baseline_retention, drift; None = not measured)."""
-    failures, passes = [], []
+    failures: list[str] = []
+    passes: list[str] = []
     new = metrics.new_recall
     if new is not None:
         (passes if new >= limits.min_new_recall else failures).append(

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
+
+from kaizen.base_model import chat_text, generate
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from kaizen.prompts import Message
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+def generate_answers(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
+                     conversations: Sequence[Sequence[Message]], max_new_tokens: int,
                      batch_size: int = 8) -> list[str]:
     """Greedy answers to each conversation (a list of chat messages ending with a user turn).
 
@@ -21,10 +33,10 @@ def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_
     try:
         for start in range(0, len(conversations), batch_size):
             chunk = conversations[start:start + batch_size]
-            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chunk]
+            texts = [chat_text(tokenizer, c) for c in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False,
+            out = generate(
+                model, **enc, max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
             new = out[:, enc["input_ids"].shape[1]:]

@@ -18,17 +18,27 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
+from kaizen.base_model import chat_ids
 from kaizen.errors import AdapterError, InputError
+from kaizen.prompts import Message
 from kaizen.settings import TrainConfig
 from trainer.generation import generate_answers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# What the exact-recall probe asks: (chat messages or a bare question, expected answer).
+Probe = Sequence[tuple[Sequence[Message] | str, str]]
 
 KINDS = ("sft", "up", "down", "anchor")
 TAUGHT = ("sft", "up")
@@ -38,7 +48,7 @@ TAUGHT = ("sft", "up")
 class Example:
     """One training row: chat messages ending with the assistant reply the row is about."""
 
-    messages: tuple[dict, ...]
+    messages: tuple[Message, ...]
     kind: str = "sft"  # "sft" learn this | "up" rated good | "down" rated bad | "anchor" keep this
     source: str = ""  # e.g. "knowledge:12", "feedback:7"
 
@@ -68,7 +78,7 @@ class _Row:
     kind: str
 
 
-def _encode(tokenizer, messages: list[dict] | tuple[dict, ...], max_len: int, kind: str) -> _Row:
+def _encode(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], max_len: int, kind: str) -> _Row:
     """Token ids of a chat whose last message is the assistant reply; only that reply is labelled.
 
     The label span runs through the end-of-turn token (so the model learns to stop; not for
@@ -77,8 +87,8 @@ def _encode(tokenizer, messages: list[dict] | tuple[dict, ...], max_len: int, ki
     messages = list(messages)
     if not messages or messages[-1].get("role") != "assistant":
         raise InputError("A training row must end with an assistant message.")
-    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)["input_ids"]
-    full = tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]
+    prompt = chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    full = chat_ids(tokenizer, messages)
     if full[:len(prompt)] != prompt:
         # A reply that starts with whitespace can merge with the template's newline into other
         # tokens (seen with rated replies). Encode the reply on its own after the prompt instead.
@@ -99,7 +109,7 @@ def _encode(tokenizer, messages: list[dict] | tuple[dict, ...], max_len: int, ki
     return _Row(ids[-max_len:], labels[-max_len:], kind)
 
 
-def _probe_rows(tokenizer, probe: list[tuple[list[dict] | str, str]], max_len: int) -> list[_Row]:
+def _probe_rows(tokenizer: PreTrainedTokenizerBase, probe: Probe, max_len: int) -> list[_Row]:
     rows = []
     for prompt, answer in probe:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -119,7 +129,7 @@ def _batch(rows: list[_Row], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _loss(model, rows: list[_Row], pad_id: int, cfg: TrainConfig) -> torch.Tensor:
+def _loss(model: PeftModel, rows: list[_Row], pad_id: int, cfg: TrainConfig) -> torch.Tensor:
     """Mean CE over taught reply tokens + anchor_weight * mean CE over anchor reply tokens
     + down_weight * mean unlikelihood -log(1 - p) over thumbs-down reply tokens."""
     b = _batch(rows, pad_id)
@@ -147,13 +157,15 @@ def _loss(model, rows: list[_Row], pad_id: int, cfg: TrainConfig) -> torch.Tenso
     return total
 
 
-def _reply_logits(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _reply_logits(model: PreTrainedModel | PeftModel, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and targets at the labelled (reply) positions only.
 
     The vocabulary projection is a fifth of the model's compute and the softmax over 49k tokens
     dominates memory, so it runs only where a label is: about half the positions of a row.
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not isinstance(base, PreTrainedModel):
+        raise AdapterError(f"Cannot train a {type(base).__name__}: not a transformers model.")
     hidden = base.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                                 use_cache=False).last_hidden_state
     targets = b["labels"][:, 1:]
@@ -162,7 +174,7 @@ def _reply_logits(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def _all_exact(model, rows: list[_Row], pad_id: int, min_prob: float = 0.0) -> bool:
+def _all_exact(model: PreTrainedModel | PeftModel, rows: list[_Row], pad_id: int, min_prob: float = 0.0) -> bool:
     """True if greedy decoding reproduces every row's reply: under teacher forcing, the argmax at
     every reply position is the reply's token (through end-of-turn), which is exactly greedy.
 
@@ -192,7 +204,7 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _cycle(rows: list[_Row], rng: random.Random):
+def _cycle(rows: list[_Row], rng: random.Random) -> Iterator[_Row]:
     """Endless reshuffled passes over rows."""
     while True:
         order = rows[:]
@@ -200,7 +212,8 @@ def _cycle(rows: list[_Row], rng: random.Random):
         yield from order
 
 
-def anchor_examples(model, tokenizer, prompts: list[str], system_prompt: str | None,
+def anchor_examples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                    system_prompt: str | None,
                     max_new_tokens: int) -> list[Example]:
     """Anchor rows: each general prompt paired with the base model's own greedy answer.
 
@@ -212,14 +225,15 @@ def anchor_examples(model, tokenizer, prompts: list[str], system_prompt: str | N
     answers = generate_answers(model, tokenizer, convs, max_new_tokens)
     return [
         Example(tuple(c + [{"role": "assistant", "content": a}]), kind="anchor", source=f"anchor:{i}")
-        for i, (c, a) in enumerate(zip(convs, answers))
+        for i, (c, a) in enumerate(zip(convs, answers, strict=True))
     ]
 
 
-def train_round(*, model, tokenizer, examples: list[Example], lora: LoraConfig, cfg: TrainConfig,
+def train_round(*, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+                lora: LoraConfig, cfg: TrainConfig,
                 round_index: int, init_adapter_dir: Path | None, out_dir: Path,
                 progress: Callable[[Progress], None] | None = None,
-                probe: list[tuple[list[dict] | str, str]] | None = None) -> RoundResult:
+                probe: Probe | None = None) -> RoundResult:
     """Train one round and save the adapter (safetensors) into out_dir.
 
     With init_adapter_dir the round continues that adapter (its own LoRA config applies and
@@ -257,7 +271,8 @@ def train_round(*, model, tokenizer, examples: list[Example], lora: LoraConfig, 
         peft_model.unload()  # removes the LoRA layers without merging: the base weights stay as they were
 
 
-def _train(peft_model, *, rows, pad_id: int, cfg: TrainConfig, peak_lr: float, rng: random.Random,
+def _train(peft_model: PeftModel, *, rows: tuple[list[_Row], list[_Row], list[_Row]], pad_id: int, cfg: TrainConfig,
+           peak_lr: float, rng: random.Random,
            out_dir: Path, progress: Callable[[Progress], None] | None) -> RoundResult:
     taught, anchors, exact_rows = rows
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -296,9 +311,10 @@ def _train(peft_model, *, rows, pad_id: int, cfg: TrainConfig, peak_lr: float, r
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
             done = step + 1
-            if cfg.early_stop_exact and done >= cfg.min_steps and exact_since is None and done % cfg.check_every == 0:
-                if _all_exact(peft_model, exact_rows, pad_id, cfg.exact_min_prob):
-                    exact_since = done
+            check = (cfg.early_stop_exact and done >= cfg.min_steps and exact_since is None
+                     and done % cfg.check_every == 0)
+            if check and _all_exact(peft_model, exact_rows, pad_id, cfg.exact_min_prob):
+                exact_since = done
             if exact_since is not None and done >= exact_since + cfg.extra_steps:
                 stopped_early = done < max_steps
                 break
