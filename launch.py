@@ -10,7 +10,7 @@
     kaizen activate VERSION              promote or roll back (VERSION or 'base')
 
 Every command takes --data-dir (default ./kaizen-data or KAIZEN_DATA_DIR). Other settings come
-from flags, then KAIZEN_* environment variables, then defaults (see settings.py / README).
+from flags, then KAIZEN_* environment variables, then defaults (see kaizen/settings.py and the README).
 Errors meant for the user are printed as one line and exit with status 2.
 """
 
@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from feedback_db.store import StoreError
 from kaizen.errors import KaizenError
@@ -34,11 +35,21 @@ from kaizen.settings import (
     load_train_config,
 )
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
+if TYPE_CHECKING:  # heavy imports (torch) wait until a command needs them
+    from bot.services import Kaizen
+    from feedback_db.db import Database
+    from trainer.rounds import RoundOutcome
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}  # filled by @command
 
 
-def command(name: str):  # noqa: ANN201
-    def register(fn):  # noqa: ANN001, ANN202
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    """Register the decorated function as `kaizen NAME`."""
+
+    def register(fn: Command) -> Command:
         COMMANDS[name] = fn
         return fn
 
@@ -108,7 +119,7 @@ def training_knobs(environ: Mapping[str, str] = os.environ) -> tuple[TrainConfig
     return load_train_config(environ), load_gate_limits(environ)
 
 
-def wire_serving(kaizen):  # noqa: ANN001, ANN201
+def wire_serving(kaizen: Kaizen) -> Kaizen:
     """Attach training, the schedule and adapter following to a serving process."""
     from scheduler import KaizenScheduler, TrainingSupervisor
     from trainer.dataset import export_training_set
@@ -158,19 +169,19 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _open_db(settings: Settings):  # noqa: ANN202
+def _open_db(settings: Settings) -> Database:
     from feedback_db.db import Database
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Database(settings.database_url)
 
 
-def _print_outcome(outcome) -> int:  # noqa: ANN001
+def _print_outcome(outcome: RoundOutcome) -> int:
     m = outcome.metrics
     print(f"{outcome.version}: {outcome.reason}")
     print(f"round took {outcome.seconds:.1f} s ({m.steps} steps, {m.train_seconds} s training, "
           f"{m.tokens_per_s} tokens/s, {m.eval_seconds} s evaluation)")
-    print("promoted: the bot now answers from " + outcome.version if outcome.promoted
+    print(f"promoted: the bot now answers from {outcome.version}" if outcome.promoted
           else "not promoted: the active adapter is unchanged")
     return 0 if outcome.promoted else 1
 

@@ -62,7 +62,7 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg:
 
 
 class TrainingSupervisor:
-    def __init__(self, *, db: Database, settings: Settings, on_finish: Callable[[int], None] | None = None,
+    def __init__(self, *, db: Database, settings: Settings, on_finish: Callable[[int], object] | None = None,
                  target: Callable[..., None] = _child_main, cfg: TrainConfig | None = None,
                  limits: GateLimits | None = None) -> None:
         self.db = db

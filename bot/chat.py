@@ -11,6 +11,7 @@ The UI, the HTTP API and the command line all answer through `ChatService.start(
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import time
@@ -52,14 +53,9 @@ def clean_message(message: object, max_chars: int) -> str:
 
 def params_from(settings: Settings, **overrides: Any) -> GenParams:
     """The settings' generation parameters, with any non-None override applied."""
-    values = dict(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        repetition_penalty=settings.repetition_penalty,
-    )
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return GenParams(**values)
+    params = GenParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                       top_p=settings.top_p, repetition_penalty=settings.repetition_penalty)
+    return dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _word_chunks(text: str) -> Iterator[str]:

@@ -14,6 +14,7 @@ from bot.emotion import EmotionAnalyzer
 from bot.engine import Engine
 from bot.engine_api import ChatEngine
 from bot.follower import AdapterFollower
+from bot.memory import Memory
 from bot.recall import KnowledgeRecall
 from feedback_db import store
 from feedback_db.db import Database
@@ -57,13 +58,17 @@ def build_engine(settings: Settings) -> Engine:
                             context_tokens=settings.context_tokens, max_queue=settings.max_queue)
 
 
-def build_memory(settings: Settings):  # noqa: ANN201
-    from bot.memory import Memory, load_embedder
+def build_memory(settings: Settings) -> Memory:
+    """The retrieval memory with the packaged MiniLM embedder (loaded offline)."""
+    from bot.memory import load_embedder
 
     return Memory(load_embedder())
 
 
-def build_services(settings: Settings, *, engine: ChatEngine | None = None, memory=None, db: Database | None = None) -> Kaizen:  # noqa: ANN001
+def build_services(settings: Settings, *, engine: ChatEngine | None = None, memory: Memory | None = None,
+                   db: Database | None = None) -> Kaizen:
+    """Open (and migrate) the database, load the model unless `engine` is given, and wire the
+    memory, the chat service and the adapter follower. Raises ModelError if the model cannot load."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = db or Database(settings.database_url)
     engine = engine or build_engine(settings)

@@ -80,10 +80,11 @@ def _mark_new(training: TrainingSet, known: dict) -> tuple[list[Fact], float | N
     facts, recalled = [], []
     for f in training.facts:
         seen = known.get(str(f.item_id))
-        old = seen is not None and seen[0] == answer_key(f.answer)
-        facts.append(dataclasses.replace(f, new=not old))
-        if old:
+        if seen is not None and seen[0] == answer_key(f.answer):
             recalled.append(bool(seen[1]))
+            facts.append(dataclasses.replace(f, new=False))
+        else:
+            facts.append(dataclasses.replace(f, new=True))
     return facts, (sum(recalled) / len(recalled) if recalled else None)
 
 
