@@ -14,23 +14,27 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedback_db import store
 from kaizen.errors import KaizenError
 from kaizen.prompts import INVALID_CHARS
 
+if TYPE_CHECKING:
+    from bot.chat import Reply
+    from bot.services import Kaizen
+
 MAX_CORRECTION_CHARS = 4000
 
 
-def _refuse(pattern: re.Pattern, what: str):  # noqa: ANN202
+def _refuse(pattern: re.Pattern[str], what: str) -> Callable[[str | None], str | None]:
     def check(value: str | None) -> str | None:
         if value is not None and pattern.search(value):
             raise ValueError(f"contains {what}")
@@ -70,34 +74,144 @@ class FeedbackRequest(BaseModel):
         _refuse(INVALID_CHARS, "control characters (such as NUL) or lone surrogates"))
 
 
+# --- responses --------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error, also the one sent in the middle of a stream: {"error": {"message", "type"}}."""
+
+    error: ErrorDetail
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop"] = "stop"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class KaizenExtras(BaseModel):
+    """What Kaizen adds to a completion: where the answer came from and what was served."""
+
+    source: str  # memory | rag | model
+    memory_item_ids: list[int]
+    adapter: str
+    emotion: str
+
+
+class ChatCompletion(BaseModel):
+    """The non-streamed answer; `id` is the stored exchange's id (rate it with /v1/feedback)."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    kaizen: KaizenExtras
+
+
+class ChunkDelta(BaseModel):
+    """A chunk's delta; the fields that are not set are left out ({} in the last chunk)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed answer; every chunk carries the exchange's id."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "kaizen"
+    adapter: str  # the adapter version being served
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class FeedbackAnswer(BaseModel):
+    """The stored rating: `id` is the exchange's, `feedback_id` the rating's, `status` pending/approved."""
+
+    id: str
+    feedback_id: int
+    rating: str
+    status: str
+    correction: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    adapter: str  # the active version, or "base"
+
+
 def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status,
+    body = ErrorResponse(error=ErrorDetail(message=message, type=kind))
+    return JSONResponse(body.model_dump(), status_code=status,
                         headers={"Retry-After": "2"} if status in (429, 503) else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Answer Kaizen's, the store's, Starlette's and validation errors as ErrorResponse bodies."""
+
     @app.exception_handler(KaizenError)
-    async def _kaizen(_req: Request, exc: KaizenError):  # noqa: ANN202
+    async def _kaizen(_req: Request, exc: KaizenError) -> JSONResponse:
         return _error(exc.status, exc.message, type(exc).__name__)
 
     @app.exception_handler(store.NotFound)
-    async def _not_found(_req: Request, exc: store.NotFound):  # noqa: ANN202
+    async def _not_found(_req: Request, exc: store.NotFound) -> JSONResponse:
         return _error(404, str(exc), "NotFound")
 
     @app.exception_handler(store.Invalid)
-    async def _invalid(_req: Request, exc: store.Invalid):  # noqa: ANN202
+    async def _invalid(_req: Request, exc: store.Invalid) -> JSONResponse:
         return _error(422, str(exc), "Invalid")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException):  # noqa: ANN202
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "Invalid request."
-        response = _error(exc.status_code, message, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        response = _error(exc.status_code, message, kind)
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError):  # noqa: ANN202
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "body"
@@ -105,21 +219,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, "Invalid request: " + "; ".join(parts), "invalid_request_error")
 
 
-def _chunk(reply_id: str, model: str, created: int, delta: dict, finish: str | None = None) -> str:
-    body = {
-        "id": reply_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+def _chunk(reply_id: str, model: str, created: int, delta: ChunkDelta, finish: Literal["stop"] | None = None) -> str:
+    body = ChatCompletionChunk(id=reply_id, created=created, model=model,
+                               choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+    return f"data: {json.dumps(body.model_dump(), ensure_ascii=False)}\n\n"
 
 
-def build_router(kaizen) -> APIRouter:  # noqa: ANN001 - bot.services.Kaizen
+def build_router(kaizen: Kaizen) -> APIRouter:
+    """The /v1 routes and /healthz over one running Kaizen."""
     router = APIRouter()
 
-    def _start(req: ChatRequest):  # noqa: ANN202
+    def _start(req: ChatRequest) -> Reply:
         *history, last = req.messages
         if last.role != "user":
             raise KaizenError("The last message must come from the user.")
@@ -137,57 +247,51 @@ def build_router(kaizen) -> APIRouter:  # noqa: ANN001 - bot.services.Kaizen
             top_p=req.top_p,
         )
 
-    @router.post("/v1/chat/completions")
-    def chat_completions(req: ChatRequest):  # noqa: ANN202
+    @router.post("/v1/chat/completions", response_model=ChatCompletion)
+    def chat_completions(req: ChatRequest) -> ChatCompletion | Response:
         reply = _start(req)
         model = kaizen.model_name
         created = int(time.time())
         if not req.stream:
             text = reply.read()
-            return {
-                "id": reply.exchange_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {
-                    "prompt_tokens": reply.meta["prompt_tokens"],
-                    "completion_tokens": reply.meta["completion_tokens"],
-                    "total_tokens": reply.meta["prompt_tokens"] + reply.meta["completion_tokens"],
-                },
-                "kaizen": {"source": reply.source, "memory_item_ids": reply.item_ids,
-                           "adapter": reply.meta["adapter_version"], "emotion": reply.emotion.label},
-            }
+            prompt_tokens, completion_tokens = reply.meta["prompt_tokens"], reply.meta["completion_tokens"]
+            return ChatCompletion(
+                id=reply.exchange_id, created=created, model=model,
+                choices=[CompletionChoice(message=AssistantMessage(content=text))],
+                usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                            total_tokens=prompt_tokens + completion_tokens),
+                kaizen=KaizenExtras(source=reply.source, memory_item_ids=reply.item_ids,
+                                    adapter=reply.meta["adapter_version"], emotion=reply.emotion.label))
 
         def events() -> Iterator[str]:
-            yield _chunk(reply.exchange_id, model, created, {"role": "assistant", "content": ""})
+            yield _chunk(reply.exchange_id, model, created, ChunkDelta(role="assistant", content=""))
             try:
                 for piece in reply:
-                    yield _chunk(reply.exchange_id, model, created, {"content": piece})
+                    yield _chunk(reply.exchange_id, model, created, ChunkDelta(content=piece))
             except KaizenError as exc:
-                yield f"data: {json.dumps({'error': {'message': exc.message, 'type': type(exc).__name__}})}\n\n"
+                error = ErrorResponse(error=ErrorDetail(message=exc.message, type=type(exc).__name__))
+                yield f"data: {json.dumps(error.model_dump())}\n\n"
                 return
-            yield _chunk(reply.exchange_id, model, created, {}, "stop")
+            yield _chunk(reply.exchange_id, model, created, ChunkDelta(), "stop")
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @router.get("/v1/models")
-    def models():  # noqa: ANN202
-        return {"object": "list", "data": [{"id": kaizen.model_name, "object": "model", "owned_by": "kaizen",
-                                            "adapter": kaizen.engine.adapter_version}]}
+    @router.get("/v1/models", response_model=ModelList)
+    def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=kaizen.model_name, adapter=kaizen.engine.adapter_version)])
 
-    @router.post("/v1/feedback")
-    def feedback(req: FeedbackRequest):  # noqa: ANN202
+    @router.post("/v1/feedback", response_model=FeedbackAnswer)
+    def feedback(req: FeedbackRequest) -> FeedbackAnswer:
         with kaizen.db.write() as s:
             fb = store.rate_exchange(session=s, exchange_id=req.id, rating=req.rating, correction=req.correction,
                                      auto_approve=kaizen.auto_approve())
-            return {"id": req.id, "feedback_id": fb.id, "rating": fb.rating, "status": fb.status,
-                    "correction": fb.correction}
+            return FeedbackAnswer(id=req.id, feedback_id=fb.id, rating=fb.rating, status=fb.status,
+                                  correction=fb.correction)
 
-    @router.get("/healthz")
-    def healthz():  # noqa: ANN202
-        return {"status": "ok", "adapter": kaizen.engine.adapter_version}
+    @router.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        return Health(adapter=kaizen.engine.adapter_version)
 
     return router

@@ -6,6 +6,7 @@ Build it with `build_app(kaizen)` and serve it with uvicorn (`kaizen serve` does
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 from fastapi import FastAPI
@@ -15,8 +16,12 @@ from bot.api import build_router, install_error_handlers
 from bot.ui_admin import mount_admin
 from bot.ui_chat import build_chat_ui
 
+if TYPE_CHECKING:
+    from bot.services import Kaizen
 
-def build_app(kaizen) -> FastAPI:  # noqa: ANN001 - bot.services.Kaizen
+
+def build_app(kaizen: Kaizen) -> FastAPI:
+    """The FastAPI app with every route and both Gradio apps mounted."""
     app = FastAPI(title="Kaizen", version="0.1.0", docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
     app.include_router(build_router(kaizen))

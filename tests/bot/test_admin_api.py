@@ -1,18 +1,32 @@
-"""The admin REST API on a live server with the fake engine, through httpx."""
+"""The admin REST API (bot/admin_api.py over bot/admin_service.py) in-process through Starlette's
+TestClient, with the fake engine and the real training supervisor running a fake round."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
-import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from bot.admin_api import build_admin_router, install_admin_errors
+from bot.admin_service import AdminService
+from bot.api import install_error_handlers
+from bot.auth import AdminAuth
 from feedback_db import store
-from kaizen import adapters
 from kaizen.errors import AdapterError
+from kaizen.metrics import RoundMetrics
 from kaizen.settings import Settings
-from scheduler import SCHEDULE_KEY, TrainingSupervisor
+from scheduler import TrainingSupervisor
+from tests.harness import wait_until
+from tests.seed import METRICS, publish_fake_version, snapshot
+
+if TYPE_CHECKING:
+    from bot.services import Kaizen
 
 PASSWORD = "mật-khẩu-quản-trị"  # non-ASCII on purpose: HTTP Basic is decoded as UTF-8
 RIGHT = ("admin", PASSWORD)
@@ -46,23 +60,18 @@ def settings(tmp_path) -> Settings:
 
 
 @pytest.fixture
-def api(live_app, kaizen):
+def api(kaizen: Kaizen) -> Iterator[TestClient]:
+    """The admin routes with the app's error handlers (bot/app.py mounts the same; the e2e tests serve it all)."""
     kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, target=fake_round)
-    with httpx.Client(base_url=live_app.url + "/admin/api", timeout=30) as client:
+    app = FastAPI()
+    install_error_handlers(app)
+    install_admin_errors(app)
+    app.include_router(build_admin_router(AdminService(kaizen), AdminAuth(db=kaizen.db, settings=kaizen.settings)))
+    with TestClient(app, base_url="http://testserver/admin/api") as client:
         yield client
 
 
-def _wait(get, done, timeout: float = 60):
-    """Poll until done(value); the supervisor's child process needs a moment to start."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
-
-
-def _exchange(kaizen, question="Giờ mở cửa?", answer="Tôi không biết.", **rating):
+def _exchange(kaizen: Kaizen, question: str = "Giờ mở cửa?", **rating: Any) -> tuple[str, int | None]:
     reply = kaizen.chat.answer(question)
     if rating:
         with kaizen.db.write() as s:
@@ -71,29 +80,13 @@ def _exchange(kaizen, question="Giờ mở cửa?", answer="Tôi không biết."
     return reply.exchange_id, None
 
 
-def _snapshot(kaizen) -> dict:
-    """Everything an admin call could change."""
-    with kaizen.db.session() as s:
-        return {
-            "totals": store.totals(session=s),
-            "feedback": [(f.id, f.status, f.correction) for f, _ in store.list_feedback(session=s)],
-            "knowledge": [(k.id, k.enabled, k.answer) for k in store.list_knowledge(session=s)],
-            "runs": [r.id for r in store.list_runs(session=s)],
-            "active": store.get_active_adapter(session=s),
-            "settings": {k: store.get_setting(session=s, key=k) for k in ("persona", "auto_approve", SCHEDULE_KEY)},
-        }
+def _run_once(api: TestClient, run_id: int, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """GET the run until done(run) (the supervisor's child process needs a moment to start)."""
+    def check() -> dict[str, Any] | None:
+        run = api.get(f"/runs/{run_id}", auth=RIGHT).json()
+        return run if done(run) else None
 
-
-def _publish(kaizen, version: str, verdict: str = "promoted") -> None:
-    work = adapters.new_workdir(kaizen.settings.adapters_dir)
-    (work / "adapter_model.safetensors").write_bytes(b"weights " + version.encode())
-    (work / "adapter_config.json").write_text("{}")
-    path = adapters.publish(work, kaizen.settings.adapters_dir, version, {"round": 0})
-    with kaizen.db.write() as s:
-        store.record_adapter(session=s, version=version, run_id=None, round_index=0, verdict=verdict,
-                             reason="new facts recalled", path=str(path),
-                             metrics={"new_recall": 1.0, "retention": 1.0, "paraphrase_recall": 0.5, "drift": 0.02,
-                                      "steps": 8, "seconds": 12.5})
+    return wait_until(check, 60, f"run {run_id} to reach the awaited state")
 
 
 # Every endpoint, with a body that would change something if it were let through.
@@ -111,7 +104,7 @@ ENDPOINTS = [
     ("POST", "/feedback/1/approve", {"json": {"correction": "poison"}}),
     ("POST", "/feedback/1/reject", {}),
     ("GET", "/knowledge", {}),
-    ("POST", "/knowledge", {"files": {"file": ("k.txt", "Q -> A\n".encode())}}),
+    ("POST", "/knowledge", {"files": {"file": ("k.txt", b"Q -> A\n")}}),
     ("DELETE", "/knowledge/1", {}),
     ("POST", "/knowledge/1/disable", {}),
     ("POST", "/knowledge/1/enable", {}),
@@ -120,11 +113,11 @@ ENDPOINTS = [
 
 
 def test_wrong_or_missing_credentials_get_401_and_change_nothing(api, kaizen):
-    _publish(kaizen, "v1")
+    publish_fake_version(kaizen, "v1")
     _exchange(kaizen, rating="down", correction="Mở cửa lúc 8 giờ.")
     with kaizen.db.write() as s:
         store.add_knowledge(session=s, question="Q", answer="A")
-    before = _snapshot(kaizen)
+    before = snapshot(kaizen)
     for method, path, kw in ENDPOINTS:
         for auth in WRONG:
             r = api.request(method, path, auth=auth, **kw)
@@ -133,7 +126,7 @@ def test_wrong_or_missing_credentials_get_401_and_change_nothing(api, kaizen):
             assert r.json()["error"]["type"] == "AuthError"
         r = api.request(method, path, headers={"Authorization": "Basic !!!not-base64"}, **kw)
         assert r.status_code == 401, (method, path)
-    assert _snapshot(kaizen) == before and kaizen.training.running() is None
+    assert snapshot(kaizen) == before and kaizen.training.running() is None
     assert not kaizen.settings.exports_dir.exists()
 
 
@@ -143,7 +136,7 @@ def test_train_starts_a_run_reports_progress_and_a_second_is_refused(api, kaizen
     run_id = r.json()["run_id"]
     r = api.post("/train", auth=RIGHT)
     assert r.status_code == 409 and "still running" in r.json()["error"]["message"]
-    run = _wait(lambda: api.get(f"/runs/{run_id}", auth=RIGHT).json(), lambda run: run["step"] == 3)
+    run = _run_once(api, run_id, lambda run: run["step"] == 3)
     assert (run["status"], run["step"], run["total_steps"], run["loss"], run["lr"], run["eta_s"], run["phase"]) == \
         ("running", 3, 10, 1.25, 1e-3, 7.0, "train")
     assert run["loss_curve"] == [2.0, 1.5, 1.25] and run["trigger"] == "admin" and run["error"] is None
@@ -151,7 +144,7 @@ def test_train_starts_a_run_reports_progress_and_a_second_is_refused(api, kaizen
     assert listed["running"] == run_id and [r["id"] for r in listed["runs"]] == [run_id]
     (kaizen.settings.data_dir / "release").touch()
     kaizen.training.wait(60)
-    run = _wait(lambda: api.get(f"/runs/{run_id}", auth=RIGHT).json(), lambda run: run["status"] != "running")
+    run = _run_once(api, run_id, lambda run: run["status"] != "running")
     assert (run["status"], run["error"]) == ("rejected", "gate said no")
     assert api.get("/runs", auth=RIGHT).json()["running"] is None
     assert api.get("/runs/999", auth=RIGHT).status_code == 404
@@ -164,8 +157,8 @@ def test_train_without_a_supervisor_is_a_clear_conflict(api, kaizen):
 
 
 def test_adapters_listed_with_metrics_and_activated(api, kaizen, fake_engine):
-    _publish(kaizen, "v1")
-    _publish(kaizen, "v2", verdict="rejected")
+    publish_fake_version(kaizen, "v1")
+    publish_fake_version(kaizen, "v2", verdict="rejected")
     view = api.get("/adapters", auth=RIGHT).json()
     assert view["active"] == "base" and [v["version"] for v in view["versions"]] == ["v1", "v2"]
     assert view["versions"][1]["verdict"] == "rejected" and view["versions"][0]["metrics"]["drift"] == 0.02
@@ -177,7 +170,7 @@ def test_adapters_listed_with_metrics_and_activated(api, kaizen, fake_engine):
     assert fake_engine.adapter_version == "base"
 
 
-@pytest.mark.parametrize("version, status", [
+@pytest.mark.parametrize(("version", "status"), [
     ("v9", 404), ("v0", 422), ("latest", 422), ("v1;rm", 422), ("%2e%2e%2fetc", 404), ("V1", 422),
 ])
 def test_activate_refuses_unknown_and_bad_names(api, kaizen, version, status):
@@ -188,7 +181,7 @@ def test_activate_refuses_unknown_and_bad_names(api, kaizen, version, status):
 
 
 def test_activate_refuses_a_corrupt_version(api, kaizen, fake_engine):
-    _publish(kaizen, "v1")
+    publish_fake_version(kaizen, "v1")
     (kaizen.settings.adapters_dir / "v1" / "adapter_model.safetensors").write_bytes(b"tampered")
     r = api.post("/adapters/v1/activate", auth=RIGHT)
     assert r.status_code == 422 and "checksum" in r.json()["error"]["message"]
@@ -198,7 +191,7 @@ def test_activate_refuses_a_corrupt_version(api, kaizen, fake_engine):
 
 
 def test_activate_reports_an_engine_refusal_and_keeps_the_old_version(api, kaizen, fake_engine, monkeypatch):
-    _publish(kaizen, "v1")
+    publish_fake_version(kaizen, "v1")
 
     def refuse(version, path):
         raise AdapterError("does not fit the base model")
@@ -257,7 +250,7 @@ def test_upload_invalid_file_is_422_with_line_numbers_and_imports_nothing(api, k
     assert [s["line"] for s in r.json()["skipped"]] == [2, 4]
 
 
-@pytest.mark.parametrize("name, body, reason", [
+@pytest.mark.parametrize(("name", "body", "reason"), [
     ("kb.pkl", b"\x80\x04K\x01.", "pickle"),
     ("kb.exe", b"MZ", "unsupported"),
     ("kb.txt", "q -> a".encode("utf-16"), "UTF-16"),
@@ -312,10 +305,10 @@ def test_settings_round_trip(api, kaizen):
     {"unknown": 1},
 ])
 def test_bad_settings_are_422_and_change_nothing(api, kaizen, body):
-    before = _snapshot(kaizen)
+    before = snapshot(kaizen)
     r = api.put("/settings", auth=RIGHT, json=body)
     assert r.status_code == 422, r.text
-    assert _snapshot(kaizen) == before
+    assert snapshot(kaizen) == before
 
 
 def test_schedule_change_without_a_scheduler_is_refused(api, kaizen):
@@ -337,4 +330,63 @@ def test_export_downloads_the_jsonl_training_set(api, kaizen):
 def test_stats(api, kaizen):
     _exchange(kaizen, rating="up")
     stats = api.get("/stats", auth=RIGHT).json()
-    assert (stats["exchanges"], stats["thumbs_up"], stats["active_adapter"], stats["running_run"]) == (1, 1, "base", None)
+    assert (stats["exchanges"], stats["thumbs_up"], stats["active_adapter"], stats["running_run"]) == \
+        (1, 1, "base", None)
+
+
+def test_adapter_metrics_are_round_metrics_with_every_stored_figure(api, kaizen):
+    stored = {**METRICS, "facts": {"7": ["giờ mở cửa", True]}}
+    publish_fake_version(kaizen, "v1", metrics=stored)
+    metrics = api.get("/adapters", auth=RIGHT).json()["versions"][0]["metrics"]
+    assert set(metrics) == {f.name for f in dataclasses.fields(RoundMetrics)}
+    assert {key: metrics[key] for key in stored} == stored
+    assert metrics["leak"] is None and metrics["new_facts"] == 0  # not measured: the dataclass's defaults
+
+
+def _is_utc_iso(value: str) -> bool:
+    return value.endswith("Z") and dt.datetime.fromisoformat(value[:-1]).tzinfo is None
+
+
+def test_every_answer_keeps_its_json_fields(api, kaizen):
+    """The response models answer with exactly the fields the API always had (fields may be
+    added, never renamed or dropped: update this list only by adding)."""
+    publish_fake_version(kaizen, "v1")
+    _, fb_id = _exchange(kaizen, rating="down", correction="8 giờ")
+    with kaizen.db.write() as s:
+        item = store.add_knowledge(session=s, question="Q?", answer="A.").id
+        run_id = store.create_run(session=s, trigger="admin", round_index=0, status="queued").id
+    run_fields = {"id", "status", "trigger", "round_index", "phase", "step", "total_steps", "loss", "lr", "eta_s",
+                  "loss_curve", "data_counts", "adapter_version", "error", "started_at", "finished_at"}
+    feedback_fields = {"id", "exchange_id", "rating", "status", "correction", "question", "answer", "emotion",
+                       "adapter_version", "updated_at"}
+    knowledge_fields = {"id", "question", "answer", "category", "origin", "verbatim", "enabled", "hit_count",
+                        "feedback_id", "updated_at"}
+    runs = api.get("/runs", auth=RIGHT).json()
+    assert set(runs) == {"running", "runs"} and set(runs["runs"][0]) == run_fields
+    run = api.get(f"/runs/{run_id}", auth=RIGHT).json()
+    assert set(run) == run_fields and _is_utc_iso(run["started_at"]) and run["finished_at"] is None
+    adapters = api.get("/adapters", auth=RIGHT).json()
+    assert set(adapters) == {"active", "serving", "follower_error", "versions"}
+    assert set(adapters["versions"][0]) == {"version", "verdict", "reason", "metrics", "round_index", "run_id",
+                                            "created_at", "active"}
+    assert _is_utc_iso(adapters["versions"][0]["created_at"])
+    assert set(api.post("/adapters/v1/activate", auth=RIGHT).json()) == {"active", "swap_seconds"}
+    assert set(api.get("/stats", auth=RIGHT).json()) == {
+        "conversations", "exchanges", "ratings", "thumbs_up", "thumbs_down", "pending_review", "knowledge_items",
+        "adapters", "active_adapter", "serving", "running_run", "follower_error"}
+    settings = api.get("/settings", auth=RIGHT).json()
+    assert set(settings) == {"auto_approve", "schedule", "persona", "persona_preview"}
+    assert set(settings["persona"]) == {"agent_name", "creator", "company", "style"}
+    assert set(settings["persona_preview"]) == {"prompt", "tokens", "budget", "warning"}
+    assert set(settings["schedule"]) == {"enabled", "minutes", "min_items"}
+    [feedback] = api.get("/feedback", auth=RIGHT).json()["feedback"]
+    assert set(feedback) == feedback_fields and _is_utc_iso(feedback["updated_at"])
+    assert set(api.post(f"/feedback/{fb_id}/reject", auth=RIGHT).json()) == feedback_fields
+    items = api.get("/knowledge", auth=RIGHT).json()["items"]
+    assert {frozenset(i) for i in items} == {frozenset(knowledge_fields)}
+    assert set(api.post(f"/knowledge/{item}/disable", auth=RIGHT).json()) == knowledge_fields
+    r = api.post("/knowledge", files={"file": ("k.txt", b"a -> b\nbad\n")}, data={"skip_invalid": "on"}, auth=RIGHT)
+    assert r.json()["imported"] == 1 and r.json()["duplicates"] == 0
+    assert [set(skipped) for skipped in r.json()["skipped"]] == [{"line", "reason"}]
+    r = api.post("/knowledge", files={"file": ("k.txt", b"bad\n")}, auth=RIGHT)
+    assert set(r.json()["error"]) == {"message", "type", "lines"} and r.json()["error"]["type"] == "ImportFileError"

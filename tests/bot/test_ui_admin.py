@@ -1,12 +1,20 @@
-"""The admin tab's handlers, called directly (as Gradio would) with the fake engine."""
+"""The admin tab's handlers, called directly (as Gradio would) with the fake engine, over the
+admin service. Training is a fake `TrainingControl` that only records runs: the tab reads a
+run's progress from the database, whoever writes it (tests/bot/test_admin_api.py runs the real
+supervisor)."""
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import inspect
-import time
 import uuid
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
@@ -14,21 +22,52 @@ import pytest
 from gradio.utils import get_upload_folder
 from matplotlib.figure import Figure
 
-from bot.ui_admin import AdminPanel, build_admin_ui, progress_html
+import bot.ui_admin
+from bot.admin_models import RunView
+from bot.admin_service import AdminService
+from bot.admin_views import progress_html
+from bot.ui_admin import AdminPanel, build_admin_ui
 from feedback_db import store
-from scheduler import TrainingSupervisor
-from tests.bot.test_admin_api import _publish, _snapshot, fake_round
+from feedback_db.db import Database
+from kaizen.errors import ConflictError
+from tests.seed import publish_fake_version, snapshot
+
+if TYPE_CHECKING:
+    from bot.services import Kaizen
+    from tests.fakes import FakeEngine
 
 ADMIN = gr.Request(username="admin")
 
 
+class RecordedTraining:
+    """`kaizen.ports.TrainingControl` without a child process: start() records a queued run, and
+    the test plays the round by updating that row."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.run_id: int | None = None
+
+    def start(self, *, trigger: str, force: bool = True) -> int:
+        if self.run_id is not None:
+            raise ConflictError(f"Training run {self.run_id} is still running.")
+        with self.db.write() as s:
+            self.run_id = store.create_run(session=s, trigger=trigger, round_index=0, status="queued").id
+        return self.run_id
+
+    def running(self) -> int | None:
+        return self.run_id
+
+    def stop(self) -> None:
+        self.run_id = None
+
+
 @pytest.fixture
-def panel(kaizen) -> AdminPanel:
-    kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, target=fake_round)
-    return AdminPanel(kaizen)
+def panel(kaizen: Kaizen) -> AdminPanel:
+    kaizen.training = RecordedTraining(kaizen.db)
+    return AdminPanel(AdminService(kaizen))
 
 
-def _rated(kaizen, question: str, **rating) -> int:
+def _rated(kaizen: Kaizen, question: str, **rating: Any) -> int:
     reply = kaizen.chat.answer(question)
     with kaizen.db.write() as s:
         return store.rate_exchange(session=s, exchange_id=reply.exchange_id, **rating).id
@@ -42,32 +81,94 @@ def _upload(name: str, body: bytes) -> str:
     return str(folder / name)
 
 
-def test_every_handler_refuses_a_caller_who_is_not_admin(kaizen, panel):
-    _publish(kaizen, "v1")
+def _handler_args(kaizen: Kaizen) -> dict[str, Any]:
+    """Plausible arguments for every handler, by parameter name, over seeded data."""
+    publish_fake_version(kaizen, "v1")
     fb = _rated(kaizen, "Giờ mở cửa?", rating="down", correction="8 giờ")
     with kaizen.db.write() as s:
         item = store.add_knowledge(session=s, question="Q", answer="A").id
-    before = _snapshot(kaizen)
-    fns = [f.fn for f in build_admin_ui(kaizen).fns.values() if f.fn is not None]
+    return {"feedback_id": fb, "item_id": item, "version": "v1", "status": "pending", "rating": "all",
+            "correction": "poison", "value": True, "enabled": True, "minutes": 1, "min_items": 1,
+            "path": _upload("kb.txt", b"Q2 -> A2\n"), "name": "Pwned", "skip_invalid": False, "verbatim": False,
+            "table": pd.DataFrame({"id": [fb]}), "evt": SimpleNamespace(index=[0, 0])}
+
+
+def _handlers(service: Any) -> list[Callable[..., Any]]:
+    return [f.fn for f in build_admin_ui(service).fns.values() if f.fn is not None]
+
+
+def test_every_handler_refuses_a_caller_who_is_not_admin(kaizen, panel):
+    plausible = _handler_args(kaizen)
+    before = snapshot(kaizen)
+    fns = _handlers(panel.service)
     assert len(fns) >= 20
-    plausible = {"feedback_id": fb, "item_id": item, "version": "v1", "status": "pending", "rating": "all",
-                 "correction": "poison", "value": True, "enabled": True, "minutes": 1, "min_items": 1,
-                 "path": _upload("kb.txt", b"Q2 -> A2\n"), "name": "Pwned"}
     for fn in fns:
         params = [p for p in inspect.signature(fn).parameters if p != "request"]
         for request in (gr.Request(username=None), gr.Request(username="guest"), None):
-            result = None
             with pytest.raises(gr.Error, match="Admin login required"):
-                result = fn(*[plausible.get(p) for p in params], request=request)
-            assert result is None, fn
-    assert _snapshot(kaizen) == before and kaizen.training.running() is None
+                fn(*[plausible.get(p) for p in params], request=request)
+    assert snapshot(kaizen) == before and kaizen.training.running() is None
     assert not kaizen.settings.exports_dir.exists()
+
+
+class ObservedService:
+    """The admin service, noting whether each database session opens inside one of its calls."""
+
+    def __init__(self, service: AdminService, db: Database) -> None:
+        self._service = service
+        self.depth = 0
+        self.opened: list[tuple[str, bool]] = []  # (session or write, inside a service call)
+        for kind in ("session", "write"):
+            setattr(db, kind, self._observe(kind, getattr(db, kind)))
+
+    def _observe(self, kind: str, open_: Callable[[], AbstractContextManager[Any]]) -> Callable[..., Any]:
+        @contextmanager
+        def observed(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            self.opened.append((kind, self.depth > 0))
+            with open_(*args, **kwargs) as s:
+                yield s
+
+        return observed
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._service, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.depth += 1
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.depth -= 1
+
+        return call
+
+
+def test_every_handler_reads_and_writes_only_through_the_admin_service(kaizen, monkeypatch):
+    """One read path: every database session the tab opens is opened by an AdminService call."""
+    kaizen.training = RecordedTraining(kaizen.db)
+    plausible = _handler_args(kaizen)
+    observed = ObservedService(AdminService(kaizen), kaizen.db)
+    for fn in _handlers(observed):
+        params = [p for p in inspect.signature(fn).parameters if p != "request"]
+        with contextlib.suppress(gr.Error):  # refused as the user would see it (a base download): it still ran
+            fn(*[plausible.get(p) for p in params], request=ADMIN)
+    assert len(observed.opened) > 40 and {kind for kind, _ in observed.opened} == {"session", "write"}
+    assert [kind for kind, inside in observed.opened if not inside] == []
+
+
+def test_the_admin_tab_does_not_import_the_store():
+    tree = ast.parse(Path(bot.ui_admin.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.split(".")[0] == "feedback_db"}, imported
 
 
 def test_handlers_that_write_the_same_panel_run_one_at_a_time_in_order(kaizen):
     """The page load fills every panel. A handler that also writes one of them (an import, an
     approval, a swap) must queue behind it, or a slow load lands last and shows the old table."""
-    fns = [f for f in build_admin_ui(kaizen).fns.values() if f.fn is not None]
+    fns = [f for f in build_admin_ui(AdminService(kaizen)).fns.values() if f.fn is not None]
     [load] = [f for f in fns if f.fn.__name__ == "load"]
     filled = {id(c) for c in load.outputs}
     sharing = [f for f in fns if f is not load and filled & {id(c) for c in f.outputs}]
@@ -160,41 +261,55 @@ def test_upload_refuses_files_outside_gradios_upload_folder(kaizen, panel, tmp_p
 
 
 def test_train_now_shows_live_progress_then_stops_the_timer(kaizen, panel):
-    message, html, curve, timer = panel.train_now(ADMIN)
+    message, html, _curve, timer = panel.train_now(ADMIN)
     run_id = kaizen.training.running()
-    assert message == f"Started training run #{run_id}." and timer.active is True
+    assert message == f"Started training run #{run_id}." and timer.active is True and "queued" in html
     with pytest.raises(gr.Error, match="still running"):
         panel.train_now(ADMIN)
-    for _ in range(600):
-        html, curve, timer, runs, *adapters = panel.training_status(ADMIN)
-        if "step 3/10" in html:
-            break
-        time.sleep(0.1)
+    with kaizen.db.write() as s:  # what the round reports as it trains
+        store.update_run(session=s, run_id=run_id, status="running", phase="train", step=3, total_steps=10,
+                         loss=1.25, lr=1e-3, eta_s=7.0, loss_curve=[2.0, 1.5, 1.25])
+    html, curve, timer, _runs, *adapters = panel.training_status(ADMIN)
     assert "running" in html and "loss 1.2500" in html and "ETA 7 s" in html and "width:30.0%" in html
     assert timer.active is True and isinstance(curve, Figure) and len(curve.axes[0].lines[0].get_xdata()) == 3
     assert adapters == [gr.skip()] * 3  # a version being picked in the adapters panel stays picked
-    _publish(kaizen, "v1", verdict="rejected")  # what the round records as it finishes
-    (kaizen.settings.data_dir / "release").touch()
-    kaizen.training.wait(60)
-    for _ in range(600):
-        html, curve, timer, runs, table, versions, note = panel.training_status(ADMIN)
-        if timer.active is False:
-            break
-        time.sleep(0.1)
-    assert "rejected" in html and "gate said no" in html and list(runs["status"]) == ["rejected"]
+    publish_fake_version(kaizen, "v1", verdict="rejected")  # what the round records as it finishes
+    with kaizen.db.write() as s:
+        store.update_run(session=s, run_id=run_id, status="rejected", phase="done", error="gate said no",
+                         finished_at=store.utcnow())
+    kaizen.training.stop()
+    html, curve, timer, runs, table, versions, note = panel.training_status(ADMIN)
+    assert timer.active is False and "rejected" in html and "gate said no" in html
+    assert list(runs["status"]) == ["rejected"]
     assert list(table["version"]) == ["base", "v1"] and list(table["verdict"]) == ["", "rejected"]
     assert versions.choices == [("base", "base"), ("v1", "v1")] and "Active: **base**" in note
 
 
+def test_a_run_started_elsewhere_is_followed_while_its_row_says_it_is_going(kaizen, panel):
+    with kaizen.db.write() as s:  # `kaizen train` in another process
+        run_id = store.create_run(session=s, trigger="cli", round_index=0, status="queued").id
+    html, _curve, timer, *_ = panel.training_status(ADMIN)
+    assert kaizen.training.running() is None and f"Run #{run_id}" in html and timer.active is True
+    with kaizen.db.write() as s:
+        store.update_run(session=s, run_id=run_id, status="promoted", finished_at=store.utcnow())
+    assert panel.training_status(ADMIN)[2].active is False
+
+
+def _run(**values: Any) -> RunView:
+    row = {"id": 1, "status": "failed", "trigger": "admin", "round_index": 0, "phase": "", "step": 0,
+           "total_steps": 0, "loss": None, "lr": None, "eta_s": None, "loss_curve": [], "data_counts": {},
+           "adapter_version": None, "error": None, "started_at": None, "finished_at": None}
+    return RunView(**{**row, **values})
+
+
 def test_progress_html_escapes_error_text():
-    run = {"id": 1, "status": "failed", "phase": "", "step": 0, "total_steps": 0, "loss": None, "lr": None,
-           "eta_s": None, "adapter_version": None, "error": "<script>alert(1)</script>"}
-    assert "<script>" not in progress_html(run) and "&lt;script&gt;" in progress_html(run)
+    html = progress_html(_run(error="<script>alert(1)</script>", phase="<b>"))
+    assert "<script>" not in html and "&lt;script&gt;" in html and "phase &lt;b&gt;" in html
     assert "No training run yet" in progress_html(None)
 
 
 def test_schedule_and_hyperparameters(kaizen, panel):
-    hyper, enabled, minutes, min_items, note = panel.training_settings(ADMIN)
+    hyper, _enabled, minutes, _min_items, note = panel.training_settings(ADMIN)
     assert "`lr0`" in hyper and "Peak learning rate" in hyper and minutes.value == 30 and note == ""
     assert "Every 10 min" in panel.save_schedule(True, 10, 3, ADMIN)
     assert kaizen.scheduler.config() == {"enabled": True, "minutes": 10, "min_items": 3}
@@ -204,13 +319,13 @@ def test_schedule_and_hyperparameters(kaizen, panel):
     assert "--no-schedule" in panel.training_settings(ADMIN)[4]
 
 
-def test_adapters_activate_rollback_and_download(kaizen, panel, fake_engine):
-    _publish(kaizen, "v1")
+def test_adapters_activate_rollback_and_download(kaizen: Kaizen, panel: AdminPanel, fake_engine: FakeEngine):
+    publish_fake_version(kaizen, "v1")
     table, dropdown, note = panel.adapters_table(ADMIN)
     assert list(table["version"]) == ["base", "v1"] and list(table["drift"]) == ["", "0.020"]
     assert dropdown.choices and "Active: **base**" in note
     table, _, note = panel.activate("v1", ADMIN)
-    assert fake_engine.adapter_version == "v1" and "Now serving **v1**" in note
+    assert fake_engine.adapter_version == "v1" and "Now serving **v1** (swapped in 0.00 s)" in note
     assert list(table["active"]) == ["", "●"]
     panel.rollback(ADMIN)
     assert fake_engine.adapter_version == "base"
@@ -227,5 +342,6 @@ def test_export_writes_the_dataset_into_the_exports_dir(kaizen, panel):
     with kaizen.db.write() as s:
         store.add_knowledge(session=s, question="Giờ mở cửa?", answer="8 giờ sáng")
     path, message = panel.export(ADMIN)
-    assert Path(path).parent == kaizen.settings.exports_dir and "rows" in message
-    assert "8 giờ sáng" in Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8")
+    assert Path(path).parent == kaizen.settings.exports_dir and f"Exported {len(text.splitlines())} rows" in message
+    assert "8 giờ sáng" in text

@@ -1,0 +1,217 @@
+"""What the admin service returns: the response models of the admin REST API (bot/admin_api.py),
+which the admin tab (bot/ui_admin.py) reads too.
+
+Each model's JSON is exactly the field set the API has always answered with. Timestamps are
+naive UTC datetimes in Python and ISO 8601 with a trailing "Z" in JSON. A round's metrics are a
+`kaizen.metrics.RoundMetrics`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+
+from kaizen.metrics import RoundMetrics
+from kaizen.prompts import Persona
+
+
+def _iso_z(value: dt.datetime) -> str:
+    return value.isoformat() + "Z"
+
+
+# Only in JSON: FastAPI dumps a returned model to Python and validates it again before it writes
+# JSON, and a string with "Z" would come back as an aware datetime.
+UtcTime = Annotated[dt.datetime, PlainSerializer(_iso_z, return_type=str, when_used="json")]
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class RunView(_View):
+    """One training run, as `GET /admin/api/runs/{id}` answers it."""
+
+    id: int
+    status: str
+    trigger: str
+    round_index: int
+    phase: str
+    step: int
+    total_steps: int
+    loss: float | None
+    lr: float | None
+    eta_s: float | None
+    loss_curve: list[float]
+    data_counts: dict[str, Any]
+    adapter_version: str | None
+    error: str | None
+    started_at: UtcTime | None
+    finished_at: UtcTime | None
+
+
+class RunsView(_View):
+    """Recent runs, newest first, and the id of the run going in this process (or None)."""
+
+    running: int | None
+    runs: list[RunView]
+
+
+class RunProgress(_View):
+    """What the progress panel follows: the run going in this process (`running`), and that run
+    or, when none is going here, the latest run (`run`, None before the first)."""
+
+    running: int | None
+    run: RunView | None
+
+
+class TrainStarted(_View):
+    run_id: int
+
+
+class AdapterVersionView(_View):
+    version: str
+    verdict: str
+    reason: str
+    metrics: RoundMetrics
+    round_index: int
+    run_id: int | None
+    created_at: UtcTime | None
+    active: bool
+
+
+class AdaptersView(_View):
+    """Every stored version, oldest first; `active` is what the database says should be served,
+    `serving` what this process's engine serves, `follower_error` why they differ (or None)."""
+
+    active: str
+    serving: str
+    follower_error: str | None
+    versions: list[AdapterVersionView]
+
+
+class ActivateResult(_View):
+    active: str
+    swap_seconds: float | None
+
+
+class StatsView(_View):
+    """The dashboard's totals and what is served."""
+
+    conversations: int
+    exchanges: int
+    ratings: int
+    thumbs_up: int
+    thumbs_down: int
+    pending_review: int
+    knowledge_items: int
+    adapters: int
+    active_adapter: str
+    serving: str
+    running_run: int | None
+    follower_error: str | None
+
+
+class ExchangeView(_View):
+    id: str
+    created_at: UtcTime
+    question: str
+    answer: str
+    emotion: str
+    source: str
+    adapter_version: str
+    latency_ms: float
+
+
+class DashboardView(_View):
+    """Everything the admin tab's dashboard draws (not served by the REST API)."""
+
+    stats: StatsView
+    rating_by_day: list[tuple[str, int, int]]  # (day, 👍, 👎)
+    rating_by_adapter: list[tuple[str, int, int]]  # (version, 👍, 👎)
+    emotions: dict[str, int]
+    sources: dict[str, int]
+    recent: list[ExchangeView]  # newest first
+
+
+class FeedbackView(_View):
+    id: int
+    exchange_id: str
+    rating: str
+    status: str
+    correction: str | None
+    question: str
+    answer: str
+    emotion: str
+    adapter_version: str
+    updated_at: UtcTime | None
+
+
+class FeedbackList(_View):
+    feedback: list[FeedbackView]
+
+
+class KnowledgeView(_View):
+    id: int
+    question: str
+    answer: str
+    category: str
+    origin: str
+    verbatim: bool
+    enabled: bool
+    hit_count: int
+    feedback_id: int | None
+    updated_at: UtcTime | None
+
+
+class KnowledgeList(_View):
+    items: list[KnowledgeView]
+
+
+class KnowledgeDeleted(_View):
+    deleted: int
+
+
+class SkippedLine(_View):
+    line: int
+    reason: str
+
+
+class ImportResult(_View):
+    imported: int
+    duplicates: int
+    skipped: list[SkippedLine]
+
+
+class PersonaPreview(_View):
+    """The system prompt as served (neutral tone), its token count, the budget and a warning
+    when it is over (or None)."""
+
+    prompt: str
+    tokens: int
+    budget: int
+    warning: str | None
+
+
+class ScheduleView(_View):
+    enabled: bool
+    minutes: int
+    min_items: int
+
+
+class SettingsView(_View):
+    """`schedule` is None when this process has no scheduler (`--no-schedule`)."""
+
+    auto_approve: bool
+    schedule: ScheduleView | None
+    persona: Persona
+    persona_preview: PersonaPreview
+
+
+class ExportResult(_View):
+    """A written training set (the REST API sends the file itself)."""
+
+    path: Path
+    rows: int

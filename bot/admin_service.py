@@ -1,0 +1,341 @@
+"""The admin operations and reads, shared by the admin REST API (bot/admin_api.py) and the admin
+tab (bot/ui_admin.py): one path to the store for everything an admin sees or changes.
+
+    service = AdminService(kaizen)          # kaizen: bot.services.Kaizen
+    service.adapters().versions[0].metrics.new_recall
+
+Every method returns a response model from bot/admin_models.py. Errors are raised, not
+formatted: `kaizen.errors.KaizenError` subclasses and `feedback_db.store.StoreError` (NotFound,
+Invalid); `USER_ERRORS` lists them for the edges that turn them into messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.admin_models import (
+    ActivateResult,
+    AdaptersView,
+    AdapterVersionView,
+    DashboardView,
+    ExchangeView,
+    ExportResult,
+    FeedbackList,
+    FeedbackView,
+    ImportResult,
+    KnowledgeDeleted,
+    KnowledgeList,
+    KnowledgeView,
+    PersonaPreview,
+    RunProgress,
+    RunsView,
+    RunView,
+    ScheduleView,
+    SettingsView,
+    SkippedLine,
+    StatsView,
+)
+from bot.services import AUTO_APPROVE_KEY
+from feedback_db import store
+from feedback_db.models import AdapterVersion, Exchange, Feedback, KnowledgeItem, TrainingRun
+from kaizen import adapters
+from kaizen.errors import AdapterError, ConflictError, InputError, KaizenError
+from kaizen.knowledge_files import validate_import
+from kaizen.metrics import RoundMetrics
+from kaizen.prompts import SETTING_KEY as PERSONA_KEY
+from kaizen.prompts import Persona, budget_warning, build_system_prompt, load_persona, tone_instruction
+
+if TYPE_CHECKING:
+    from bot.services import Kaizen
+
+MAX_CORRECTION_CHARS = 4000
+# What the service raises for the caller to show as a message (not a bug).
+USER_ERRORS: tuple[type[Exception], ...] = (KaizenError, store.StoreError)
+
+def _run_view(run: TrainingRun) -> RunView:
+    return RunView(
+        id=run.id, status=run.status, trigger=run.trigger, round_index=run.round_index, phase=run.phase,
+        step=run.step, total_steps=run.total_steps, loss=run.loss, lr=run.lr, eta_s=run.eta_s,
+        loss_curve=run.loss_curve or [], data_counts=run.data_counts or {}, adapter_version=run.adapter_version,
+        error=run.error, started_at=run.started_at, finished_at=run.finished_at)
+
+
+def _feedback_view(fb: Feedback, ex: Exchange) -> FeedbackView:
+    return FeedbackView(
+        id=fb.id, exchange_id=ex.id, rating=fb.rating, status=fb.status, correction=fb.correction,
+        question=ex.user_text, answer=ex.bot_text, emotion=ex.emotion_label, adapter_version=ex.adapter_version,
+        updated_at=fb.updated_at)
+
+
+def _knowledge_view(item: KnowledgeItem) -> KnowledgeView:
+    return KnowledgeView(
+        id=item.id, question=item.question, answer=item.answer, category=item.category, origin=item.origin,
+        verbatim=item.verbatim, enabled=item.enabled, hit_count=item.hit_count, feedback_id=item.feedback_id,
+        updated_at=item.updated_at)
+
+
+def _exchange_view(ex: Exchange) -> ExchangeView:
+    return ExchangeView(
+        id=ex.id, created_at=ex.created_at, question=ex.user_text, answer=ex.bot_text, emotion=ex.emotion_label,
+        source=ex.source, adapter_version=ex.adapter_version, latency_ms=ex.latency_ms)
+
+
+def _version_view(row: AdapterVersion, active: str) -> AdapterVersionView:
+    return AdapterVersionView(
+        version=row.version, verdict=row.verdict, reason=row.reason, metrics=RoundMetrics.from_dict(row.metrics),
+        round_index=row.round_index, run_id=row.run_id, created_at=row.created_at, active=row.version == active)
+
+
+class AdminService:
+    """Everything the admin can see and do, over one `bot.services.Kaizen`."""
+
+    def __init__(self, kaizen: Kaizen) -> None:
+        self._kaizen = kaizen
+
+    # --- training runs ----------------------------------------------------------------------
+
+    def running_run(self) -> int | None:
+        """The id of the run in progress in this process, or None (also when nothing here can train)."""
+        training = self._kaizen.training
+        return training.running() if training is not None else None
+
+    def start_training(self) -> int:
+        """Start a round in the background; returns its run id.
+
+        Raises ConflictError if a round is running or this process has no training supervisor.
+        """
+        if self._kaizen.training is None:
+            raise ConflictError("Training cannot be started from this process (no training supervisor).")
+        return self._kaizen.training.start(trigger="admin", force=True)
+
+    def runs(self, limit: int = 50) -> RunsView:
+        """The latest `limit` runs, newest first, and the run in progress here."""
+        running = self.running_run()
+        with self._kaizen.db.session() as s:
+            return RunsView(running=running, runs=[_run_view(r) for r in store.list_runs(session=s, limit=limit)])
+
+    def run(self, run_id: int) -> RunView:
+        """One run; raises store.NotFound for an unknown id."""
+        with self._kaizen.db.session() as s:
+            return _run_view(store.get_run(session=s, run_id=run_id))
+
+    def progress(self) -> RunProgress:
+        """The run in progress in this process, else the latest run (a run started elsewhere,
+        by `kaizen train`, shows up here as the latest)."""
+        running = self.running_run()
+        with self._kaizen.db.session() as s:
+            if running is not None:
+                row: TrainingRun | None = store.get_run(session=s, run_id=running)
+            else:
+                latest = store.list_runs(session=s, limit=1)
+                row = latest[0] if latest else None
+            return RunProgress(running=running, run=_run_view(row) if row is not None else None)
+
+    def next_round(self) -> int:
+        """The index of the next training round (the number of completed rounds)."""
+        with self._kaizen.db.session() as s:
+            return store.completed_rounds(session=s)
+
+    # --- adapters -----------------------------------------------------------------------------
+
+    def adapters(self) -> AdaptersView:
+        """Every stored version with its metrics, and what is active and served."""
+        with self._kaizen.db.session() as s:
+            active = store.get_active_adapter(session=s)
+            versions = [_version_view(r, active) for r in store.list_adapters(session=s)]
+        return AdaptersView(active=active, serving=self._kaizen.engine.adapter_version,
+                            follower_error=self._kaizen.follower.last_error, versions=versions)
+
+    def activate(self, version: str) -> ActivateResult:
+        """Make `version` (or "base") the active adapter and swap it in now; returns what is served.
+
+        Raises InputError for a malformed name, store.NotFound for an unknown version,
+        AdapterError for a corrupt one or one the engine refuses (the old version stays active).
+        """
+        k = self._kaizen
+        version = adapters.check_version_name(version)
+        with k.db.session() as s:
+            previous = store.get_active_adapter(session=s)
+            if version != adapters.BASE:
+                store.get_adapter(session=s, version=version)
+        if version != adapters.BASE:
+            adapters.verify(adapters.version_dir(k.settings.adapters_dir, version))
+        with k.db.write() as s:
+            store.set_active_adapter(session=s, version=version)
+        served = k.follower.sync()
+        if served != version:
+            # The engine refused it and kept serving the old version: keep the database truthful.
+            with k.db.write() as s:
+                store.set_active_adapter(session=s, version=previous)
+            raise AdapterError(k.follower.last_error or f"Could not activate {version}.")
+        return ActivateResult(active=served, swap_seconds=k.follower.last_swap_s)
+
+    def zip_adapter(self, version: str) -> Path:
+        """The verified adapter folder as a zip in the exports directory; returns its path.
+
+        Raises InputError for "base" or a malformed name, store.NotFound for an unknown version,
+        AdapterError for a corrupt one.
+        """
+        k = self._kaizen
+        version = adapters.check_version_name(version)
+        if version == adapters.BASE:
+            raise InputError("The base model has no adapter to download.")
+        with k.db.session() as s:
+            store.get_adapter(session=s, version=version)
+        folder = adapters.version_dir(k.settings.adapters_dir, version)
+        adapters.verify(folder)
+        k.settings.exports_dir.mkdir(parents=True, exist_ok=True)
+        base = k.settings.exports_dir / f"kaizen-adapter-{version}"
+        return Path(shutil.make_archive(str(base), "zip", root_dir=folder.parent, base_dir=version))
+
+    # --- dataset export -----------------------------------------------------------------------
+
+    def export_dataset(self) -> ExportResult:
+        """Write the training set as chat JSONL into the exports directory; returns path and rows.
+
+        Raises ConflictError when this process has no dataset exporter wired.
+        """
+        k = self._kaizen
+        if k.export_dataset is None:
+            raise ConflictError("Exporting the dataset is not available in this process.")
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = k.settings.exports_dir / f"kaizen-dataset-{stamp}.jsonl"
+        return ExportResult(path=path, rows=k.export_dataset(db=k.db, path=path))
+
+    # --- dashboard ----------------------------------------------------------------------------
+
+    def stats(self) -> StatsView:
+        """The totals, the active and served versions, and the run in progress here."""
+        with self._kaizen.db.session() as s:
+            totals = store.totals(session=s)
+            active = store.get_active_adapter(session=s)
+        return self._stats(totals, active)
+
+    def _stats(self, totals: dict[str, int], active: str) -> StatsView:
+        return StatsView(**totals, active_adapter=active, serving=self._kaizen.engine.adapter_version,
+                         running_run=self.running_run(), follower_error=self._kaizen.follower.last_error)
+
+    def dashboard(self, recent: int = 25) -> DashboardView:
+        """The stats, the rating and emotion breakdowns and the `recent` latest exchanges."""
+        with self._kaizen.db.session() as s:
+            totals = store.totals(session=s)
+            active = store.get_active_adapter(session=s)
+            view = DashboardView(
+                stats=self._stats(totals, active),
+                rating_by_day=store.rating_by_day(session=s), rating_by_adapter=store.rating_by_adapter(session=s),
+                emotions=store.emotion_counts(session=s), sources=store.source_counts(session=s),
+                recent=[_exchange_view(e) for e in store.list_exchanges(session=s, limit=recent)])
+        return view
+
+    # --- feedback review ----------------------------------------------------------------------
+
+    def feedback_list(self, status: str | None = None, rating: str | None = None, limit: int = 200) -> FeedbackList:
+        """Ratings and corrections, most recently changed first, filtered by status (pending,
+        approved, rejected) and rating (up, down) when given; an unknown value matches nothing."""
+        with self._kaizen.db.session() as s:
+            rows = store.list_feedback(session=s, status=status, rating=rating, limit=limit)
+            return FeedbackList(feedback=[_feedback_view(fb, ex) for fb, ex in rows])
+
+    def feedback(self, feedback_id: int) -> FeedbackView:
+        """One rating with its exchange; raises store.NotFound for an unknown id."""
+        with self._kaizen.db.session() as s:
+            fb = store.get_feedback(session=s, feedback_id=feedback_id)
+            return _feedback_view(fb, store.get_exchange(session=s, exchange_id=fb.exchange_id))
+
+    def review(self, feedback_id: int, action: str, correction: str | None = None) -> FeedbackView:
+        """Approve or reject a rating, with an edited correction if given; returns it as stored.
+
+        Raises InputError for a correction over MAX_CORRECTION_CHARS, store.Invalid for an
+        unknown action, store.NotFound for an unknown id.
+        """
+        if correction is not None and len(correction) > MAX_CORRECTION_CHARS:
+            raise InputError(f"The correction is longer than {MAX_CORRECTION_CHARS} characters.")
+        with self._kaizen.db.write() as s:
+            fb = store.review_feedback(session=s, feedback_id=feedback_id, action=action, correction=correction)
+            return _feedback_view(fb, store.get_exchange(session=s, exchange_id=fb.exchange_id))
+
+    # --- knowledge ----------------------------------------------------------------------------
+
+    def knowledge_list(self, limit: int | None = None, offset: int = 0) -> KnowledgeList:
+        """Knowledge items in id order (all of them when `limit` is None)."""
+        with self._kaizen.db.session() as s:
+            items = store.list_knowledge(session=s, limit=limit, offset=offset)
+            return KnowledgeList(items=[_knowledge_view(k) for k in items])
+
+    def import_knowledge(self, data: bytes, filename: str, *, skip_invalid: bool = False,
+                         verbatim: bool = False) -> ImportResult:
+        """Validate a knowledge file as `kaizen import` does and store its rows.
+
+        Raises ImportFileError (listing the bad lines) unless `skip_invalid`, and then nothing is stored.
+        """
+        result = validate_import(data, filename, skip_invalid=skip_invalid)
+        with self._kaizen.db.write() as s:
+            added, duplicates = store.import_knowledge(
+                session=s, rows=[(r.question, r.answer, r.category) for r in result.rows], verbatim=verbatim)
+        return ImportResult(imported=len(added), duplicates=duplicates,
+                            skipped=[SkippedLine(line=e.line, reason=e.reason) for e in result.errors])
+
+    def delete_knowledge(self, item_id: int) -> KnowledgeDeleted:
+        """Delete one item; raises store.NotFound for an unknown id."""
+        with self._kaizen.db.write() as s:
+            store.delete_knowledge(session=s, item_id=item_id)
+        return KnowledgeDeleted(deleted=item_id)
+
+    def set_knowledge_enabled(self, item_id: int, enabled: bool) -> KnowledgeView:
+        """Enable or disable one item; returns it. Raises store.NotFound for an unknown id."""
+        with self._kaizen.db.write() as s:
+            return _knowledge_view(store.set_knowledge_enabled(session=s, item_id=item_id, enabled=enabled))
+
+    # --- settings -----------------------------------------------------------------------------
+
+    def auto_approve(self) -> bool:
+        """Whether new corrections teach the bot without review."""
+        return self._kaizen.auto_approve()
+
+    def persona(self) -> Persona:
+        """The stored persona, or the default one."""
+        return load_persona(self._kaizen.db)
+
+    def schedule(self) -> ScheduleView | None:
+        """The scheduled-training settings, or None when this process has no scheduler."""
+        scheduler = self._kaizen.scheduler
+        return ScheduleView(**scheduler.config()) if scheduler is not None else None
+
+    def persona_preview(self, persona: Persona) -> PersonaPreview:
+        """The system prompt as served (with the neutral tone), its token count and any budget warning."""
+        engine = self._kaizen.engine
+        prompt = build_system_prompt(persona, tone=tone_instruction("neutral"))
+        budget = self._kaizen.settings.persona_token_budget
+        return PersonaPreview(prompt=prompt, tokens=engine.count_tokens(prompt), budget=budget,
+                              warning=budget_warning(prompt, engine.count_tokens, budget))
+
+    def settings(self) -> SettingsView:
+        """Auto-approve, the schedule and the persona with its preview."""
+        persona = self.persona()
+        return SettingsView(auto_approve=self.auto_approve(), schedule=self.schedule(), persona=persona,
+                            persona_preview=self.persona_preview(persona))
+
+    def update_settings(self, *, auto_approve: bool | None = None, schedule: dict[str, Any] | None = None,
+                        persona: dict[str, str] | None = None) -> SettingsView:
+        """Change any of the settings (a partial persona is merged into the stored one); returns them all.
+
+        Everything is validated before anything is written: InputError for a bad persona, a bad
+        schedule or a schedule change in a process without a scheduler.
+        """
+        k = self._kaizen
+        new_persona = None
+        if persona is not None:
+            new_persona = Persona.from_dict({**self.persona().to_dict(), **persona}).validated()
+        if schedule is not None:
+            if k.scheduler is None:
+                raise InputError("Scheduled training is off in this server (started with --no-schedule).")
+            k.scheduler.update(**schedule)  # validates, persists and reschedules
+        with k.db.write() as s:
+            if auto_approve is not None:
+                store.set_setting(session=s, key=AUTO_APPROVE_KEY, value=bool(auto_approve))
+            if new_persona is not None:
+                store.set_setting(session=s, key=PERSONA_KEY, value=new_persona.to_dict())
+        return self.settings()

@@ -1,0 +1,185 @@
+"""Pure formatting for the admin tab (bot/ui_admin.py): the admin service's models
+(bot/admin_models.py) turned into HTML, Markdown and the tables' DataFrames. No I/O here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+
+import pandas as pd
+
+from bot.admin_models import (
+    AdaptersView,
+    DashboardView,
+    FeedbackList,
+    FeedbackView,
+    ImportResult,
+    KnowledgeList,
+    PersonaPreview,
+    RunsView,
+    RunView,
+    ScheduleView,
+)
+from kaizen.knowledge_files import ImportFileError
+
+FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correction", "updated"]
+KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits"]
+RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "ms"]
+RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
+ADAPTER_COLUMNS = ["active", "version", "verdict", "new recall", "retention", "paraphrases", "drift",
+                   "steps", "seconds", "created", "reason"]
+METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "drift", "steps", "seconds")  # ADAPTER_COLUMNS 3-8
+ACTIVE_STATUSES = ("queued", "running")
+MAX_LISTED_LINES = 200
+
+
+def short(text: str | None, n: int = 120) -> str:
+    """`text` on one line, cut to `n` characters with an ellipsis."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def when(value: dt.datetime | None) -> str:
+    """A timestamp as `YYYY-MM-DD HH:MM:SS`, or "" for None."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def fmt(value: object) -> str:
+    """A table cell: floats with three decimals, None as ""."""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def is_going(run: RunView | None) -> bool:
+    """Whether the run's row says it is still queued or running."""
+    return run is not None and run.status in ACTIVE_STATUSES
+
+
+def progress_html(run: RunView | None) -> str:
+    """The progress bar and the numbers of a run (the running one, else the latest)."""
+    if run is None:
+        return "<div class='kz-line'>No training run yet.</div>"
+    total = run.total_steps or 0
+    going = is_going(run)
+    pct = 100.0 * run.step / total if going and total else (0.0 if going else 100.0)
+    parts = [f"Run #{run.id}", html.escape(run.status)]
+    if run.phase:
+        parts.append(f"phase {html.escape(run.phase)}")
+    parts.append(f"step {run.step}/{total or '?'}")
+    if run.loss is not None:
+        parts.append(f"loss {run.loss:.4f}")
+    if run.lr is not None:
+        parts.append(f"lr {run.lr:.2e}")
+    if going and run.eta_s is not None:
+        parts.append(f"ETA {run.eta_s:.0f} s")
+    if run.adapter_version:
+        parts.append(f"adapter {html.escape(run.adapter_version)}")
+    error = f"<div class='kz-error'>{html.escape(run.error)}</div>" if run.error else ""
+    return (f"<div class='kz-bar' role='progressbar' aria-valuenow='{pct:.0f}' aria-valuemin='0' "
+            f"aria-valuemax='100'><div class='kz-fill' style='width:{pct:.1f}%'></div></div>"
+            f"<div class='kz-line'>{' · '.join(parts)}</div>{error}")
+
+
+def totals_markdown(view: DashboardView) -> str:
+    """The dashboard's one-row totals table, and the follower's error if there is one."""
+    t = view.stats
+    up_rate = f"{100 * t.thumbs_up / t.ratings:.0f}%" if t.ratings else "–"
+    summary = (
+        f"| exchanges | conversations | ratings | 👍 | 👎 | 👍 rate | pending review | knowledge items "
+        f"| adapters | active version |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| {t.exchanges} | {t.conversations} | {t.ratings} | {t.thumbs_up} "
+        f"| {t.thumbs_down} | {up_rate} | {t.pending_review} | {t.knowledge_items} "
+        f"| {t.adapters} | **{t.active_adapter}** (serving {t.serving}) |"
+    )
+    if t.follower_error:
+        summary += f"\n\n⚠️ {t.follower_error}"
+    return summary
+
+
+def recent_frame(view: DashboardView) -> pd.DataFrame:
+    """The recent exchanges, newest first."""
+    return pd.DataFrame([[when(e.created_at), short(e.question, 80), short(e.answer, 120), e.emotion, e.source,
+                          e.adapter_version, round(e.latency_ms)] for e in view.recent], columns=RECENT_COLUMNS)
+
+
+def feedback_frame(view: FeedbackList) -> pd.DataFrame:
+    """The review table."""
+    return pd.DataFrame([[f.id, f.rating, f.status, short(f.question), short(f.answer), short(f.correction),
+                          when(f.updated_at)] for f in view.feedback], columns=FEEDBACK_COLUMNS)
+
+
+def feedback_detail(fb: FeedbackView) -> str:
+    """One rating in full, as Markdown with the user's and the bot's text escaped."""
+    return (f"**#{fb.id}** · {'👍' if fb.rating == 'up' else '👎'} · {fb.status}\n\n"
+            f"**User:** {html.escape(fb.question)}\n\n**Bot:** {html.escape(fb.answer)}")
+
+
+def review_message(fb: FeedbackView) -> str:
+    """What an approval or rejection did."""
+    note = " It is served from memory now and will be trained in the next round." \
+        if fb.status == "approved" and fb.correction else ""
+    return f"Feedback #{fb.id} {fb.status}.{note}"
+
+
+def knowledge_frame(view: KnowledgeList) -> pd.DataFrame:
+    """The knowledge table."""
+    return pd.DataFrame([[i.id, short(i.question), short(i.answer), i.category, i.origin, i.verbatim, i.enabled,
+                          i.hit_count] for i in view.items], columns=KNOWLEDGE_COLUMNS)
+
+
+def import_message(filename: str, result: ImportResult) -> str:
+    """What an import stored, and the lines it skipped (at most MAX_LISTED_LINES)."""
+    skipped = "".join(f"\n- skipped line {e.line}: {html.escape(e.reason)}"
+                      for e in result.skipped[:MAX_LISTED_LINES])
+    return (f"✅ Imported {result.imported} item(s) from {html.escape(filename)}; "
+            f"{result.duplicates} already known.{skipped}")
+
+
+def import_error_message(filename: str, exc: ImportFileError) -> str:
+    """Why a file was not imported, line by line (at most MAX_LISTED_LINES)."""
+    lines = "\n".join(f"- {html.escape(str(e))}" for e in exc.errors[:MAX_LISTED_LINES])
+    more = f"\n- … and {len(exc.errors) - MAX_LISTED_LINES} more" if len(exc.errors) > MAX_LISTED_LINES else ""
+    return (f"❌ **{html.escape(filename)} was not imported** ({len(exc.errors)} problem(s)). "
+            f"Fix these lines, or tick *skip invalid lines*:\n\n{lines}{more}")
+
+
+def persona_info(preview: PersonaPreview) -> str:
+    """The token count against the budget, and the warning when it is over."""
+    info = f"**{preview.tokens} tokens** (budget {preview.budget})"
+    if preview.warning:
+        info += f"\n\n⚠️ {preview.warning}"
+    return info
+
+
+def schedule_message(cfg: ScheduleView) -> str:
+    """The schedule in one sentence."""
+    if not cfg.enabled:
+        return "Scheduled training is off."
+    return f"Every {cfg.minutes} min, a round trains if at least {cfg.min_items} new item(s) arrived."
+
+
+def runs_frame(view: RunsView) -> pd.DataFrame:
+    """The run history, newest first."""
+    return pd.DataFrame([[r.id, r.status, r.trigger, r.round_index, f"{r.step}/{r.total_steps}", fmt(r.loss),
+                          r.adapter_version or "", when(r.started_at), r.error or ""] for r in view.runs],
+                        columns=RUN_COLUMNS)
+
+
+def adapters_frame(view: AdaptersView) -> pd.DataFrame:
+    """The versions table: base first, then every version with its round's metrics."""
+    data = [["●" if view.active == "base" else "", "base", "", *[""] * len(METRIC_KEYS), "",
+             "the model without an adapter"]]
+    for v in view.versions:
+        data.append(["●" if v.active else "", v.version, v.verdict,
+                     *[fmt(getattr(v.metrics, key)) for key in METRIC_KEYS], when(v.created_at), v.reason])
+    return pd.DataFrame(data, columns=ADAPTER_COLUMNS)
+
+
+def adapters_note(view: AdaptersView) -> str:
+    """What is active and served, and the follower's error if there is one."""
+    note = f"Active: **{view.active}** (serving {view.serving})."
+    if view.follower_error:
+        note += f"\n\n⚠️ {view.follower_error}"
+    return note
