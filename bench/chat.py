@@ -206,7 +206,7 @@ def build_variants(model_dir: str) -> list[Variant]:
     # static cache gives that step fixed shapes. Its own copy: compiling changes the model.
     compile_config = CompileConfig(mode="default", dynamic=False)
     # A class attribute (declared as None), not a constructor argument.
-    compile_config._compile_all_devices = True  # type: ignore[assignment]
+    compile_config._compile_all_devices = True
     compiled = {"cache_implementation": "static", "compile_config": compile_config}
     return [
         Variant("fp32 generate() (baseline)", m32, tok, weight_bytes=b32),

@@ -190,7 +190,7 @@ class HashingEmbedder:
         self.dim = dim
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        rows: np.ndarray = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in zip(rows, texts, strict=True):
             padded = f"  {fold(text.lower())} "
             for i in range(len(padded) - 2):

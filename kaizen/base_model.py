@@ -77,7 +77,7 @@ def convert_embedded(models_dir: Path) -> Path:
             del model.config.quantization_config
         # PreTrainedModel sets hf_quantizer while loading but does not declare it, so torch's
         # Module.__setattr__ (Tensor | Module values only) is what the type checker sees.
-        model.hf_quantizer = None  # type: ignore[assignment]
+        model.hf_quantizer = None
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _MARKER).write_text(f"converted from {gguf}\n")
@@ -143,9 +143,7 @@ def generate(model: PreTrainedModel | PeftModel, **kwargs: Any) -> torch.Tensor:
     from transformers import GenerationMixin
 
     if isinstance(model, GenerationMixin):
-        # transformers types generate's `self` as its GenerativePreTrainedModel protocol (written for
-        # the ty checker), which lists attributes PreTrainedModel sets without declaring them.
-        out = model.generate(**kwargs)  # type: ignore[misc]
+        out = model.generate(**kwargs)
     else:
         from peft import PeftModel
 

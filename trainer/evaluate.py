@@ -99,7 +99,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
     t0 = time.perf_counter()
     # PreTrainedModel.to is wrapped with functools.wraps(Module.to), which mypy reads as unbound.
-    model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype, torch.float32))  # type: ignore[arg-type]
+    model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype, torch.float32))
     heldout = load_general_prompts()["heldout"]
     heldout_convs = [training.conversation(p) for p in heldout]
     base_key = {"model": model_path, "prompts": heldout, "system": training.system_prompt, "dtype": dtype,
