@@ -14,21 +14,25 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import harness
+from tests.harness import ProcessServer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+ROOT = harness.ROOT
 ADMIN = ("admin", "bench-admin-password")
 T = TypeVar("T")
 
@@ -140,64 +144,37 @@ def load_average() -> str:
 # --- a real server and the command line --------------------------------------------------------
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kaizen_env(model_dir: str, **extra: str) -> dict:
+def kaizen_env(model_dir: str, **extra: str) -> dict[str, str]:
     """The environment a benchmark gives `kaizen`: the converted model, a known admin password."""
     return {**os.environ, "KAIZEN_MODEL": model_dir, "KAIZEN_ADMIN_PASSWORD": ADMIN[1], **extra}
 
 
-class Server:
+class Server(ProcessServer):
     """`kaizen serve --no-schedule` in a child process on a free port (the real thing, so the
     client threads of a benchmark never compete with it for the GIL)."""
 
-    def __init__(self, data_dir: Path, model_dir: str, *, memory: bool = False, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        self.log = data_dir.parent / f"{data_dir.name}-server.log"
-        self.env = kaizen_env(model_dir, KAIZEN_MEMORY=str(memory).lower(), **(env or {}))
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, data_dir: Path, model_dir: str, *, memory: bool = False, env: dict[str, str] | None = None):
+        super().__init__(data_dir, "--no-schedule", env=kaizen_env(model_dir, KAIZEN_MEMORY=str(memory).lower(),
+                                                                     **(env or {})),
+                         log=data_dir.parent / f"{data_dir.name}-server.log")
 
-    def __enter__(self) -> "Server":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(ROOT / "launch.py"), "serve", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--no-schedule"]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kaizen serve exited early:\n{self.log.read_text(errors='replace')[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError(f"kaizen serve did not become healthy:\n{self.log.read_text(errors='replace')[-3000:]}")
+    def __enter__(self) -> Server:
+        self.start(timeout=300)
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.stop(timeout=30)
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, auth=ADMIN, timeout=120)
 
 
-def kaizen_cli(*args: str, data_dir: Path, model_dir: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, float]:
+def kaizen_cli(*args: str, data_dir: Path, model_dir: str,
+               timeout: float = 1800) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run `kaizen ARGS` as a user would; returns the finished process and its wall time."""
-    cmd = [sys.executable, str(ROOT / "launch.py"), *args, "--data-dir", str(data_dir)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=kaizen_env(model_dir), timeout=timeout, cwd=ROOT)
+    proc = harness.kaizen_cli(*args, "--data-dir", str(data_dir), data_dir=data_dir, env=kaizen_env(model_dir),
+                              timeout=timeout, check=False)
     return proc, time.perf_counter() - t0
 
 
@@ -278,5 +255,5 @@ def wave(url: str, users: int, messages: Sequence[str], max_tokens: int) -> Wave
     return Wave([t for t in timings if t is not None], time.perf_counter() - t0)
 
 
-def count_tokens(tokenizer, texts: Sequence[str]) -> int:  # noqa: ANN001
+def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> int:
     return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)

@@ -14,6 +14,7 @@ from feedback_db.store import TRAINING_LOCK as LOCK
 from kaizen.errors import ConflictError
 from kaizen.settings import Settings
 from scheduler import JOB_ID, LAST_CHECK_KEY, KaizenScheduler, TrainingSupervisor
+from tests.harness import wait_until
 
 
 def quick_child(settings, run_id, trigger, force):
@@ -50,15 +51,6 @@ def env(tmp_path, tiny_model_dir):
 def _runs(db):
     with db.session() as s:
         return store.list_runs(session=s)
-
-
-def _wait(pred, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _teach(db, n=1):
@@ -130,13 +122,14 @@ def test_child_reports_progress_and_a_kill_leaves_the_run_failed_and_adapter_unc
     finished = []
     sup = TrainingSupervisor(db=db, settings=settings, target=slow_real_child, on_finish=finished.append)
     run_id = sup.start(trigger="admin")
-    _wait(lambda: (r := _runs(db)[0]).status == "running" and r.step >= 2 and len(r.loss_curve) >= 2)
+    wait_until(lambda: (r := _runs(db)) and r[0].status == "running" and r[0].step >= 2 and len(r[0].loss_curve) >= 2,
+               120, "the round to report two steps")
     run = _runs(db)[0]
     assert run.total_steps == 40 and run.loss is not None and run.lr > 0 and run.phase == "train"
     with pytest.raises(ConflictError):
         sup.start(trigger="admin")
     os.kill(run.pid, signal.SIGKILL)
-    _wait(lambda: finished == [run_id])
+    wait_until(lambda: finished == [run_id], 120, "the supervisor to report the killed run")
     run = _runs(db)[0]
     assert run.status == "failed" and "killed" in run.error
     with db.session() as s:

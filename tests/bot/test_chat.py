@@ -3,7 +3,7 @@
 import pytest
 
 from feedback_db import store
-from kaizen.errors import BusyError, InputError
+from kaizen.errors import BusyError, InputError, ModelError
 from kaizen.prompts import Persona
 
 
@@ -70,8 +70,11 @@ def test_bad_messages_are_refused_and_nothing_is_stored(kaizen, fake_engine, mes
 
 def test_a_reply_that_fails_midway_is_not_stored(kaizen, fake_engine):
     fake_engine.fail_midway = True
-    with pytest.raises(RuntimeError):
-        kaizen.chat.answer("hello")
+    reply = kaizen.chat.start(message="hello")
+    chunks = iter(reply)
+    assert next(chunks)  # the first chunk arrived, then the model failed
+    with pytest.raises(ModelError):
+        next(chunks)
     assert _exchanges(kaizen) == []
 
 

@@ -1,6 +1,7 @@
 """The engine on a tiny random-weight model: chat template, trimming, streaming, lock, queue."""
 
 import threading
+import time
 
 import pytest
 
@@ -24,9 +25,10 @@ def _chat(n_turns, words=10):
 
 def test_stream_yields_text_and_counts_tokens(engine):
     gen = engine.stream(_chat(1), GenParams(max_new_tokens=8))
-    text = "".join(gen)
-    assert isinstance(text, str)
-    assert gen.prompt_tokens > 10
+    chunks = list(gen)
+    assert "".join(chunks).strip() and all(chunks)
+    assert "".join(chunks) == engine.generate(_chat(1), GenParams(max_new_tokens=8))  # greedy: the same text
+    assert gen.prompt_tokens == engine.encode_chat(_chat(1)).shape[1]
     assert 1 <= gen.completion_tokens <= 8
     assert gen.adapter_version == "base"
 
@@ -66,15 +68,30 @@ def test_queue_is_bounded(engine):
     "".join(engine.stream(_chat(0), GenParams(max_new_tokens=2)))  # places are free again
 
 
-def test_concurrent_generations_are_serialized_and_all_succeed(engine):
+def test_concurrent_generations_are_serialized_and_all_succeed(engine, monkeypatch):
     results, errors = [], []
     engine_max = threading.BoundedSemaphore(2)
+    running, most, count = [0], [0], threading.Lock()
+    generate = engine.model.generate
+
+    def watched(**kwargs):  # the model's generate, counting how many run at once
+        with count:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.02)  # widen the window in which a second one could start
+            return generate(**kwargs)
+        finally:
+            with count:
+                running[0] -= 1
+
+    monkeypatch.setattr(engine.model, "generate", watched)
 
     def worker():
         with engine_max:
             try:
                 results.append(engine.generate(_chat(0), GenParams(max_new_tokens=4)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
@@ -83,6 +100,7 @@ def test_concurrent_generations_are_serialized_and_all_succeed(engine):
     for t in threads:
         t.join()
     assert not errors and len(results) == 6 and len(set(results)) == 1
+    assert most[0] == 1  # one generation at a time
 
 
 def test_abandoned_stream_stops_and_frees_the_lock(engine):

@@ -3,14 +3,14 @@
 import gc
 import threading
 
-import psutil
 import pytest
+import torch
 from peft import LoraConfig
 
 from bot.engine import Engine
 from bot.engine_api import GenParams
 from kaizen.errors import AdapterError
-from tests.conftest import random_adapter
+from tests.models import random_adapter
 
 PROMPT = [{"role": "user", "content": "Say something."}]
 PARAMS = GenParams(max_new_tokens=12)
@@ -29,6 +29,15 @@ def adapters(tiny_model_dir, tmp_path_factory):
         "b": _make_adapter(tiny_model_dir, root / "b", 2),
         "wide": _make_adapter(tiny_model_dir, root / "wide", 3, r=8, targets=("q_proj", "k_proj", "v_proj", "o_proj")),
     }
+
+
+@pytest.fixture(autouse=True)
+def _young_heap_only():
+    """Every swap runs gc.collect(); after hundreds of tests the heap is large and each collection
+    slow. Freezing what exists (it is not this module's business) keeps the collections short."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
@@ -77,29 +86,45 @@ def test_swaps_during_concurrent_generation_never_mix_or_fail(engine, adapters):
                 gen = engine.stream(PROMPT, PARAMS)
                 text = "".join(gen)
                 results.append((gen.adapter_version, text))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 errors.append(exc)
 
     workers = [threading.Thread(target=chat) for _ in range(4)]
     for w in workers:
         w.start()
-    process = psutil.Process()
-    rss = []
-    for i in range(20):
+    for i in range(10):
         engine.activate("va" if i % 2 else "vb", adapters["a" if i % 2 else "b"])
-        gc.collect()
-        rss.append(process.memory_info().rss)
+        threading.Event().wait(0.01)  # let a reply or two through between swaps
     stop.set()
     for w in workers:
         w.join()
     assert not errors
-    assert len(results) >= 20
+    assert len(results) >= 10
     assert {v for v, _ in results} == {"va", "vb"}
     for version, text in results:  # each reply is exactly what its adapter alone produces
         assert text == expected[version]
-    model = engine.model
-    assert list(model.peft_config) == ["default"]  # one adapter slot, not one per swap
-    assert rss[-1] - rss[2] < 30 * 2**20  # memory does not grow with swaps
+    assert list(engine.model.peft_config) == ["default"]  # one adapter slot, not one per swap
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_swaps_keep_no_old_adapter_alive(engine, adapters):
+    """Memory does not grow with swaps. The adapters are kilobytes, far below the noise of the
+    process's resident size, so this counts the live tensors instead: a swap that kept any of the
+    old adapter's tensors (a cache, a second peft slot, a reference cycle) adds some every time."""
+    cycle = [("va", "a"), ("vb", "b"), ("vw", "wide"), ("base", None)]  # load, hotswap, reload, drop
+
+    def swap_cycle() -> None:
+        for version, name in cycle:
+            engine.activate(version, adapters[name] if name else None)
+
+    swap_cycle()  # the first round creates what is created once (peft's modules, the caches)
+    before = _live_tensors()
+    swap_cycle()
+    assert _live_tensors() == before
 
 
 def test_a_swap_goes_before_the_replies_already_waiting(engine, adapters):

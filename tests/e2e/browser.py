@@ -7,11 +7,12 @@ bot/ui_admin.py, so the tests read like what a user does.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 from playwright.sync_api import Browser, Page, Playwright, expect
+
+from tests.harness import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -59,18 +60,6 @@ def upload_file(page: Page, selector: str, path: Path) -> None:
         page.locator(f"{selector} input[type=file]").set_input_files(str(path))
     assert answer.value.ok, f"upload of {path.name} failed: HTTP {answer.value.status}"
     expect(page.locator(f"{selector} a[href*='{quote(path.name)}']").first).to_be_attached()
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.25):  # noqa: ANN001, ANN201
-    """Poll `predicate` until it returns something truthy; fail with `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class ChatPage:

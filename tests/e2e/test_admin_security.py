@@ -17,7 +17,7 @@ from gradio_client import Client
 
 from feedback_db import store
 from kaizen.settings import Settings
-from tests.bot.test_admin_api import _publish, _snapshot
+from tests.seed import publish_fake_version, snapshot
 
 PASSWORD = "e2e-Secret-mật-khẩu"
 
@@ -30,7 +30,7 @@ def settings(tmp_path) -> Settings:
 @pytest.fixture
 def seeded(kaizen):
     """A database with something every admin function could change."""
-    _publish(kaizen, "v1")
+    publish_fake_version(kaizen, "v1")
     reply = kaizen.chat.answer("Giờ mở cửa?")
     with kaizen.db.write() as s:
         fb = store.rate_exchange(session=s, exchange_id=reply.exchange_id, rating="down", correction="8 giờ")
@@ -93,7 +93,7 @@ def test_every_admin_function_is_refused_without_credentials(live_app, kaizen, s
     ids, deps = _functions(live_app.url)
     fns = [d["id"] for d in deps if d.get("backend_fn")]
     assert len(fns) >= 20
-    before = _snapshot(kaizen)
+    before = snapshot(kaizen)
     anonymous = httpx.Client(base_url=live_app.url, timeout=30)
     forged = httpx.Client(base_url=live_app.url, timeout=30,
                           cookies={"access-token-unsecure-x": "forged", "access-token-x": "forged"})
@@ -112,7 +112,7 @@ def test_every_admin_function_is_refused_without_credentials(live_app, kaizen, s
             r = client.request(method, path, json={"data": data, "fn_index": fns[0]})
             assert r.status_code in (401, 403, 404, 405), (method, path, r.status_code)
         client.close()
-    assert _snapshot(kaizen) == before and kaizen.training.running() is None
+    assert snapshot(kaizen) == before and kaizen.training.running() is None
 
 
 def test_the_admin_can_use_them(live_app, kaizen, seeded):
@@ -150,7 +150,8 @@ def test_gradio_file_routes_never_serve_the_data_directory(live_app, kaizen, see
     with _login(live_app.url) as admin, httpx.Client(base_url=live_app.url, timeout=30) as anonymous:
         for target in targets:
             for route in routes:
-                for raw in (str(target), urllib.parse.quote(str(target)), str(target).replace("/", "//")):
+                for raw in (str(target), urllib.parse.quote(str(target)), str(target).replace("/", "//"),
+                            "../" * 10 + str(target).lstrip("/")):
                     for client in (anonymous, admin):
                         r = client.get(route.format(raw))
                         assert r.status_code in (401, 403, 404), (route, raw, r.status_code)

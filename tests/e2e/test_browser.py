@@ -20,7 +20,6 @@ from playwright.sync_api import expect, sync_playwright
 
 from feedback_db import store
 from feedback_db.db import Database
-from tests.conftest import ProcessServer
 from tests.e2e.browser import (
     CHROMIUM,
     VIEWPORT,
@@ -29,8 +28,8 @@ from tests.e2e.browser import (
     launch_chromium,
     screenshot,
     upload_file,
-    wait_until,
 )
+from tests.harness import ProcessServer, wait_until
 
 pytestmark = [
     pytest.mark.browser,

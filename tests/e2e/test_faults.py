@@ -37,7 +37,8 @@ from feedback_db.db import Database
 from feedback_db.store import TRAINING_LOCK as LOCK
 from kaizen import adapters
 from scheduler import LAST_CHECK_KEY
-from tests.conftest import ProcessServer, random_adapter
+from tests.harness import ProcessServer, wait_until
+from tests.seed import add_version, open_db
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +54,6 @@ def serve(data: Path, model_dir: Path, *args: str, env: dict | None = None) -> P
                               "KAIZEN_MAX_NEW_TOKENS": "12", **(env or {})})
 
 
-def open_db(data: Path) -> Database:
-    data.mkdir(parents=True, exist_ok=True)
-    return Database(f"sqlite:///{(data / 'kaizen.db').resolve()}")
-
-
 def ask(url: str, text: str = QUESTION) -> tuple[str, str]:
     """(reply text, adapter that produced it), greedy."""
     r = httpx.post(url + "/v1/chat/completions", timeout=120,
@@ -66,34 +62,12 @@ def ask(url: str, text: str = QUESTION) -> tuple[str, str]:
     return r.json()["choices"][0]["message"]["content"], r.json()["kaizen"]["adapter"]
 
 
-def wait_for(pred, timeout: float = 180, every: float = 0.2):  # noqa: ANN001, ANN201
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
-
 def reseal(path: Path) -> None:
     """Re-checksum a version's files, as if the damage had been there when it was published."""
     meta = json.loads((path / adapters.META).read_text())
     meta["files"] = {p.name: adapters._sha256(p) for p in sorted(path.iterdir())
                      if p.is_file() and p.name != adapters.META}
     (path / adapters.META).write_text(json.dumps(meta))
-
-
-def add_version(db: Database, data: Path, version: str, model_dir: Path, seed: int, *, active: bool = False,
-                **weights) -> Path:
-    """Publish and record a version the way a training round does."""
-    work = random_adapter(adapters.new_workdir(data / "adapters"), model_dir, seed, **weights)
-    path = adapters.publish(work, data / "adapters", version, {"made_by": "tests/e2e/test_faults.py"})
-    with db.write() as s:
-        store.record_adapter(session=s, version=version, run_id=None, round_index=0, verdict="promoted",
-                             reason="test", metrics={}, path=str(path))
-        if active:
-            store.set_active_adapter(session=s, version=version)
-    return path
 
 
 def run_row(db: Database, run_id: int):  # noqa: ANN201
@@ -114,7 +88,7 @@ def finished(url: str, run_id: int, timeout: float = 240) -> dict:
         running = httpx.get(f"{url}/admin/api/runs", auth=AUTH, timeout=30).json()["running"]
         return run if run["status"] not in ("queued", "running") and running is None else None
 
-    return wait_for(done, timeout, every=0.5)
+    return wait_until(done, timeout, f"run {run_id} to end and its process to exit", 0.5)
 
 
 # --- bad adapter versions ---------------------------------------------------------------------
@@ -192,8 +166,9 @@ def test_bad_adapter_versions_are_refused_and_the_active_one_keeps_serving(tmp_p
         misfit = next(v for v, w in expected_words.items() if w == "does not fit")
         with db.write() as s:
             store.set_active_adapter(session=s, version=misfit)
-        view = wait_for(lambda: (v := httpx.get(server.url + "/admin/api/adapters", auth=AUTH).json())
-                        and f"activate {misfit}:" in (v["follower_error"] or "") and v)
+        view = wait_until(lambda: (v := httpx.get(server.url + "/admin/api/adapters", auth=AUTH).json())
+                          and f"activate {misfit}:" in (v["follower_error"] or "") and v, 180,
+                          f"the server to refuse to follow {misfit}", 0.2)
         assert view["serving"] == "v1" and "does not fit" in view["follower_error"]
         assert ask(server.url) == (before, "v1")
     db.close()
@@ -252,7 +227,7 @@ def test_killed_training_child_keeps_serving_and_the_next_round_succeeds(trainin
         phase = run.phase if run.status == "running" and run.phase in PHASES else "queued"
         return bool(run.pid) and PHASES.index(phase) >= PHASES.index(target)
 
-    wait_for(reached, every=0.02)
+    wait_until(reached, 180, f"the round to reach phase {target} {where}", 0.02)
     time.sleep(rng.uniform(0, 0.5))
     os.kill(run_row(db, run_id).pid, signal.SIGKILL)
     run = finished(server.url, run_id)
@@ -369,7 +344,7 @@ def test_kill_9_during_writes_leaves_a_consistent_database(tmp_path, tiny_model_
         for w in workers:
             w.start()
         try:
-            wait_for(lambda: len(acked) >= 3, timeout=120, every=0.05)
+            wait_until(lambda: len(acked) >= 3, 120, "three acknowledged writes", 0.05)
             time.sleep(rng.uniform(0, 2.0))
         finally:
             server.proc.send_signal(signal.SIGKILL)
@@ -398,7 +373,7 @@ def test_restarts_do_not_repeat_the_scheduled_job_and_a_missed_check_fires_once(
         # The server was down for three hours: six 30-minute checks were missed.
         store.set_setting(session=s, key=LAST_CHECK_KEY, value=(store.utcnow() - dt.timedelta(hours=3)).isoformat())
     with serve(data, tiny_model_dir) as server:
-        wait_for(lambda: _scheduled(db), timeout=120)
+        wait_until(lambda: _scheduled(db), 120, "the missed scheduled check to start a round", 0.2)
         time.sleep(8)  # more than the catch-up delay: a second catch-up would have fired by now
         assert len(_scheduled(db)) == 1, server.output()[-2000:]
     with serve(data, tiny_model_dir):  # restarted: the check just made was not missed, so nothing fires

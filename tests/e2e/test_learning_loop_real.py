@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ProcessServer
+from tests.harness import ProcessServer
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ProcessServer
+from tests.harness import ProcessServer
 
 pytestmark = pytest.mark.slow
 

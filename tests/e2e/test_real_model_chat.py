@@ -7,7 +7,7 @@ import pytest
 
 from feedback_db import store
 from feedback_db.db import Database
-from tests.conftest import ProcessServer, kaizen_cli
+from tests.harness import ProcessServer, kaizen_cli
 
 pytestmark = pytest.mark.slow
 

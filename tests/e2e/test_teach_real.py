@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import kaizen_cli
+from tests.harness import kaizen_cli
 
 pytestmark = pytest.mark.slow
 

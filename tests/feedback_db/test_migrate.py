@@ -1,8 +1,14 @@
-"""Migrations from an empty database produce exactly the expected tables and columns."""
+"""Migrations from an empty database produce exactly the expected tables and columns, and exactly
+what the models declare."""
 
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from feedback_db.db import Database
+from feedback_db.models import Base
 
 EXPECTED = {
     "conversations": ["id", "client", "created_at"],
@@ -40,3 +46,16 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
     db.close()
+
+
+def test_the_models_and_the_migrated_schema_agree(tmp_path: Path) -> None:
+    """Alembic's autogenerate finds nothing to change between the models and a database migrated
+    from empty: a model change without a migration (or the reverse) fails here."""
+    db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
+    try:
+        with db.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            diff = compare_metadata(context, Base.metadata)
+    finally:
+        db.close()
+    assert diff == []

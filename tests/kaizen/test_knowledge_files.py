@@ -471,15 +471,23 @@ def test_read_knowledge_file_missing_or_unreadable(tmp_path):
 
 # --- properties -----------------------------------------------------------------------------------
 
-EXTENSIONS = st.sampled_from(["k.csv", "k.jsonl", "k.txt", "k.CSV", "k.pkl", "k.bin", "k"])
+EXTENSIONS = st.sampled_from(["k.csv", "k.jsonl", "k.txt", "k.CSV", "k.pkl", "k.bin", "k", "k.exe", "../k.txt"])
 SMALL = ImportLimits(max_bytes=2_000, max_rows=20, max_question_chars=40, max_answer_chars=60)
 
 
+def line_count(data: bytes) -> int:
+    return len(io.StringIO(data.decode("utf-8", "replace"), newline="").readlines()) + 1
+
+
 def check_result_or_refusal(data: bytes, filename: str) -> None:
+    """Any input either parses, with every row and error tied to a real line, or is refused as a
+    whole with ImportFileError; nothing else is ever raised."""
+    lines = line_count(data)
     try:
         result = parse_knowledge(data, filename, limits=SMALL)
     except ImportFileError as e:
         assert e.errors and e.message
+        assert all(0 <= err.line <= lines for err in e.errors)
         return
     keys = [question_key(r.question) for r in result.rows]
     assert len(keys) == len(set(keys))
@@ -488,10 +496,10 @@ def check_result_or_refusal(data: bytes, filename: str) -> None:
         assert row.answer and row.answer == row.answer.strip()
         assert len(row.question) <= SMALL.max_question_chars
         assert len(row.answer) <= SMALL.max_answer_chars
-        assert row.line >= 1
+        assert 1 <= row.line <= lines
         text = row.question + row.answer + row.category
         assert all(c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs") for c in text)
-    assert all(e.line >= 1 and e.reason for e in result.errors)
+    assert all(1 <= e.line <= lines and e.reason for e in result.errors)
     assert result.rows or result.errors
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from kaizen.text import normalize_answer
+from tests.models import tiny_llama, tiny_tokenizer
 from trainer.evaluate import (
     drift,
     exact_recall,
@@ -16,39 +14,11 @@ from trainer.evaluate import (
 )
 from trainer.generation import generate_answers
 
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with no merges (one token per byte) and a ChatML template."""
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": specials})
-    tok.chat_template = CHATML
-    return tok
-
-
-def make_tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=tokenizer.bos_token_id)
-    return LlamaForCausalLM(cfg).eval()
-
 
 @pytest.fixture(scope="module")
 def tiny():
-    tok = make_tiny_tokenizer()
-    return make_tiny_llama(tok), tok
+    tok = tiny_tokenizer(corpus=None)  # one token per byte: the drift figures below count characters
+    return tiny_llama(tok), tok
 
 
 def test_normalize_answer():

@@ -1,0 +1,108 @@
+"""`POST /v1/chat/completions` with `stream: true` when the engine fails half-way: the client gets
+an error event (or, for an unexpected failure, the end of the connection), never a hang, and no
+half-written exchange is stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from bot.app import build_app
+from bot.engine_api import BASE, GenParams, Message
+from bot.services import Kaizen
+from feedback_db import store
+from tests.fakes import FakeEngine
+from tests.harness import ThreadServer
+
+BODY = {"model": "kaizen", "stream": True, "messages": [{"role": "user", "content": "Tell me a story."}]}
+
+
+def _stored(kaizen: Kaizen) -> int:
+    with kaizen.db.session() as s:
+        return store.totals(session=s)["exchanges"]
+
+
+def _events(lines: Iterator[str]) -> list[Any]:
+    return [json.loads(d) if d != "[DONE]" else d for line in lines if line.startswith("data: ")
+            for d in [line.removeprefix("data: ")]]
+
+
+@pytest.fixture
+def client(kaizen: Kaizen) -> Iterator[TestClient]:
+    with TestClient(build_app(kaizen)) as c:
+        yield c
+
+
+def test_a_whole_stream_ends_with_stop_and_done(client: TestClient, kaizen: Kaizen, fake_engine: FakeEngine) -> None:
+    fake_engine.enqueue("one two three")
+    with client.stream("POST", "/v1/chat/completions", json=BODY) as r:
+        events = _events(r.iter_lines())
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1]) == "one two three"
+    assert _stored(kaizen) == 1
+
+
+def test_a_model_error_midway_is_an_error_event_and_nothing_is_stored(client: TestClient, kaizen: Kaizen,
+                                                                      fake_engine: FakeEngine) -> None:
+    fake_engine.enqueue("one two three")
+    fake_engine.fail_midway = True
+    with client.stream("POST", "/v1/chat/completions", json=BODY) as r:
+        assert r.status_code == 200  # the headers went out before the failure
+        events = _events(r.iter_lines())
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[1]["choices"][0]["delta"]["content"] == "one "  # what streamed before the failure
+    assert events[-1] == {"error": {"message": "Generation failed: the model crashed", "type": "ModelError"}}
+    assert "[DONE]" not in events and not any(e["choices"][0].get("finish_reason") for e in events[:-1])
+    assert _stored(kaizen) == 0
+    fake_engine.fail_midway = False
+    assert client.post("/v1/chat/completions", json={**BODY, "stream": False}).status_code == 200  # still serving
+    assert _stored(kaizen) == 1 and fake_engine.in_queue == 0
+
+
+def test_the_openai_client_raises_on_the_error_event(client: TestClient, kaizen: Kaizen,
+                                                     fake_engine: FakeEngine) -> None:
+    fake_engine.fail_midway = True
+    oai = openai.OpenAI(base_url=str(client.base_url) + "/v1", api_key="unused", http_client=client, max_retries=0)
+    stream = oai.chat.completions.create(model="kaizen", stream=True,
+                                         messages=[{"role": "user", "content": "Tell me a story."}])
+    with pytest.raises(openai.APIError, match="the model crashed"):
+        for _ in stream:
+            pass
+    assert _stored(kaizen) == 0
+
+
+class _Crashing:
+    """A reply stream that breaks with an unexpected exception (a bug, not a ModelError) after one chunk."""
+
+    adapter_version = BASE
+    prompt_tokens = 3
+    completion_tokens = 0
+
+    def __iter__(self) -> Iterator[str]:
+        yield "one "
+        raise RuntimeError("a bug in the engine")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_failure_midway_ends_the_connection_instead_of_hanging(
+        kaizen: Kaizen, fake_engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crashing(messages: list[Message], params: GenParams = GenParams()) -> _Crashing:
+        return _Crashing()
+
+    monkeypatch.setattr(fake_engine, "stream", crashing)
+    with ThreadServer(build_app(kaizen)) as server, httpx.Client(base_url=server.url, timeout=20) as http:
+        received: list[str] = []
+        with pytest.raises(httpx.RemoteProtocolError), http.stream("POST", "/v1/chat/completions", json=BODY) as r:
+            received.extend(r.iter_lines())
+        assert "[DONE]" not in "".join(received)
+        assert _stored(kaizen) == 0
+        monkeypatch.undo()
+        assert http.post("/v1/chat/completions", json={**BODY, "stream": False}).status_code == 200

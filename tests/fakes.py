@@ -1,0 +1,90 @@
+"""A chat engine without a model, for the many tests that need replies but not real weights.
+
+`FakeEngine` implements `bot.engine_api.ChatEngine` (and its replies `ReplyStream`) after llm's
+MockModel: `enqueue()` scripts the next replies and `history` records every call.
+`tests/bot/test_engine_api.py` checks that it behaves like the real engine where both can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from bot.engine_api import BASE, GenParams, Message
+from kaizen.errors import BusyError, InputError, ModelError
+
+
+class FakeGeneration:
+    """One scripted reply, a word per chunk (`bot.engine_api.ReplyStream`). Like the real one,
+    creating it takes a place in the engine's queue, and reading it to the end or `close()` frees it."""
+
+    def __init__(self, engine: FakeEngine, text: str, messages: list[Message]) -> None:
+        if engine.busy or engine.in_queue >= engine.max_queue:
+            raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
+        self._engine = engine
+        self._words = text.split(" ")
+        self._reserved = True
+        engine.in_queue += 1
+        self.adapter_version = engine.adapter_version
+        self.prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
+        self.completion_tokens = 0
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            self.adapter_version = self._engine.adapter_version  # as the real one: fixed when it starts
+            for i, word in enumerate(self._words):
+                if self._engine.fail_midway and i > 0:
+                    raise ModelError("Generation failed: the model crashed")
+                self.completion_tokens += 1
+                yield word + " " if i < len(self._words) - 1 else word
+            self._engine.completed += 1
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self._engine.in_queue -= 1
+
+
+class FakeEngine:
+    """`bot.engine_api.ChatEngine` without a model. A token is a word; a reply is scripted with
+    `enqueue()` or echoes the last message. `busy` refuses every new reply, `fail_midway` fails each
+    reply after its first chunk (as the real engine reports a failed generation: ModelError)."""
+
+    name = "fake"
+
+    def __init__(self, max_queue: int = 32) -> None:
+        self.queue: list[str] = []
+        self.history: list[dict] = []
+        self.adapter_version = BASE
+        self.adapter_path: Path | None = None
+        self.context_tokens = 2048
+        self.max_queue = max_queue
+        self.in_queue = 0
+        self.busy = False
+        self.fail_midway = False
+        self.completed = 0
+
+    def enqueue(self, *texts: str) -> None:
+        self.queue.extend(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages: list[Message], params: GenParams = GenParams()) -> FakeGeneration:
+        if not messages:
+            raise InputError("There is no message to answer.")
+        if self.count_tokens(messages[-1]["content"]) > self.context_tokens - params.max_new_tokens:
+            raise InputError(f"The message is too long for the model's context window ({self.context_tokens} "
+                             "tokens). Please shorten it.")
+        self.history.append({"messages": messages, "params": params})
+        text = self.queue.pop(0) if self.queue else f"Echo: {messages[-1]['content']}"
+        return FakeGeneration(self, text, messages)
+
+    def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
+        return "".join(self.stream(messages, params))
+
+    def activate(self, version: str, path: Path | None) -> float:
+        self.adapter_version, self.adapter_path = (BASE, None) if path is None else (version, Path(path))
+        return 0.0
