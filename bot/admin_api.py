@@ -51,10 +51,11 @@ from bot.admin_models import (
     StatsView,
     TrainStarted,
 )
-from bot.admin_service import MAX_CORRECTION_CHARS, AdminService
+from bot.admin_service import AdminService
 from bot.auth import AdminAuth
 from kaizen.errors import AuthError, InputError
 from kaizen.knowledge_files import ImportFileError, ImportLimits
+from kaizen.prompts import MAX_CORRECTION_CHARS
 
 TRUE_WORDS = ("1", "true", "on", "yes")
 

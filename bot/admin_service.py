@@ -46,12 +46,18 @@ from kaizen.errors import AdapterError, ConflictError, InputError, KaizenError
 from kaizen.knowledge_files import validate_import
 from kaizen.metrics import RoundMetrics
 from kaizen.prompts import SETTING_KEY as PERSONA_KEY
-from kaizen.prompts import Persona, budget_warning, build_system_prompt, load_persona, tone_instruction
+from kaizen.prompts import (
+    Persona,
+    budget_warning,
+    build_system_prompt,
+    check_correction,
+    load_persona,
+    tone_instruction,
+)
 
 if TYPE_CHECKING:
     from bot.services import Kaizen
 
-MAX_CORRECTION_CHARS = 4000
 # What the service raises for the caller to show as a message (not a bug).
 USER_ERRORS: tuple[type[Exception], ...] = (KaizenError, store.StoreError)
 
@@ -248,11 +254,11 @@ class AdminService:
     def review(self, feedback_id: int, action: str, correction: str | None = None) -> FeedbackView:
         """Approve or reject a rating, with an edited correction if given; returns it as stored.
 
-        Raises InputError for a correction over MAX_CORRECTION_CHARS, store.Invalid for an
+        Raises InputError for a correction that check_correction refuses, store.Invalid for an
         unknown action, store.NotFound for an unknown id.
         """
-        if correction is not None and len(correction) > MAX_CORRECTION_CHARS:
-            raise InputError(f"The correction is longer than {MAX_CORRECTION_CHARS} characters.")
+        if correction is not None and correction.strip():
+            correction = check_correction(correction)
         with self._kaizen.db.write() as s:
             fb = store.review_feedback(session=s, feedback_id=feedback_id, action=action, correction=correction)
             return _feedback_view(fb, store.get_exchange(session=s, exchange_id=fb.exchange_id))

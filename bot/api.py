@@ -25,13 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedback_db import store
 from kaizen.errors import KaizenError
-from kaizen.prompts import INVALID_CHARS
+from kaizen.prompts import INVALID_CHARS, MAX_CORRECTION_CHARS
 
 if TYPE_CHECKING:
     from bot.chat import Reply
     from bot.services import Kaizen
 
-MAX_CORRECTION_CHARS = 4000
 
 
 def _refuse(pattern: re.Pattern[str], what: str) -> Callable[[str | None], str | None]:

@@ -27,11 +27,11 @@ from matplotlib.figure import Figure
 
 from bot import admin_api, plots
 from bot import admin_views as views
-from bot.admin_service import MAX_CORRECTION_CHARS, USER_ERRORS, AdminService
+from bot.admin_service import USER_ERRORS, AdminService
 from bot.admin_views import ADAPTER_COLUMNS, FEEDBACK_COLUMNS, KNOWLEDGE_COLUMNS, RECENT_COLUMNS, RUN_COLUMNS
 from bot.auth import ADMIN_USER, AdminAuth
 from kaizen.knowledge_files import ImportFileError, ImportLimits
-from kaizen.prompts import Persona
+from kaizen.prompts import MAX_CORRECTION_CHARS, Persona
 from kaizen.settings import TrainConfig
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ import gradio as gr
 from bot.engine_api import Message
 from feedback_db import store
 from kaizen.errors import KaizenError
+from kaizen.prompts import MAX_CORRECTION_CHARS, check_correction
 
 if TYPE_CHECKING:
     from bot.services import Kaizen
@@ -109,6 +110,10 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
             raise gr.Error("Type the answer you wanted first.")
         if not state.turns:
             raise gr.Error("There is no answer to correct yet.")
+        try:
+            text = check_correction(text)
+        except KaizenError as exc:
+            raise gr.Error(exc.message) from exc
         index = state.selected if state.selected is not None else len(state.turns) - 1
         exchange_id = _exchange_id(state, index * 2 + 1)
         try:
@@ -135,7 +140,7 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
             send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         with gr.Accordion("Better answer", open=True):
             better = gr.Textbox(label="The answer you wanted (for the answer you rated, or the last one)",
-                                lines=2, elem_id="better")
+                                lines=2, max_length=MAX_CORRECTION_CHARS, elem_id="better")
             submit_better = gr.Button("Submit better answer", elem_id="submit-better")
         status = gr.Markdown("", elem_id="status")
         new = gr.Button("New conversation", size="sm", elem_id="new-conversation")

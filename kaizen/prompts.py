@@ -33,6 +33,23 @@ MAX_FIELD_CHARS = 1000
 # prompt) are all checked against this one pattern.
 INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
+MAX_CORRECTION_CHARS = 4000  # longest answer a user or an admin may teach
+
+
+def check_correction(text: str) -> str:
+    """The taught answer (a user's better answer, an admin's edit), stripped, or InputError: empty,
+    longer than MAX_CORRECTION_CHARS characters, or holding control/invalid characters. The chat
+    tab, the HTTP API and the admin review all check corrections with this one function."""
+    if INVALID_CHARS.search(text):
+        raise InputError("The answer contains control characters (such as NUL) or invalid characters; "
+                         "please remove them.")
+    if len(text) > MAX_CORRECTION_CHARS:
+        raise InputError(f"The answer is {len(text):,} characters; the limit is {MAX_CORRECTION_CHARS:,}.")
+    text = text.strip()
+    if not text:
+        raise InputError("The answer is empty.")
+    return text
+
 
 @dataclass(frozen=True)
 class Persona:

@@ -158,14 +158,14 @@ def test_restarts_keep_one_job_and_a_missed_check_fires_once(env):
         jobs = sched.jobs()
         assert [j.id for j in jobs] == [JOB_ID]
         assert jobs[0].max_instances == 1 and jobs[0].coalesce
-        wait = (jobs[0].next_run_time - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        wait = (jobs[0].next_run_time - dt.datetime.now(dt.UTC)).total_seconds()
         assert 0 < wait <= 6  # six missed intervals, one catch-up check soon after start
         sched.shutdown()
     with db.write() as s:
         store.set_setting(session=s, key=LAST_CHECK_KEY, value=store.utcnow().isoformat())
     sched = KaizenScheduler(db=db, settings=settings, supervisor=sup)
     sched.start()
-    wait = (sched.jobs()[0].next_run_time - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    wait = (sched.jobs()[0].next_run_time - dt.datetime.now(dt.UTC)).total_seconds()
     assert 29 * 60 < wait <= 30 * 60  # nothing missed: the next check is a full interval away
     sched.update(minutes=5)
     assert sched.jobs()[0].trigger.interval == dt.timedelta(minutes=5)

@@ -39,7 +39,8 @@ def test_render_has_the_headline_row_and_each_detail_table(tmp_path):
 
 def test_readme_table_gets_the_new_rows_and_keeps_the_other_benchmarks():
     readme = (f"# Perf\n\nintro\n{START}\n"
-              "| bench | what | figure | baseline (same run) | ratio | notes | measured |\n|---|---|---|---|---|---|---|\n"
+              "| bench | what | figure | baseline (same run) | ratio | notes | measured |\n"
+              "|---|---|---|---|---|---|---|\n"
               "| storage | logging | 1 rows/s | 1 rows/s | 1.00× | a \\| b | 2026-01-01, load 3.0 |\n"
               "| chat | decode | 2 tok/s | 1 tok/s | 2.00× |  | 2026-01-01, load 3.0 |\n"
               f"{END}\n\nWhat these say.\n")

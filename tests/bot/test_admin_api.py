@@ -203,6 +203,17 @@ def test_activate_reports_an_engine_refusal_and_keeps_the_old_version(api, kaize
         assert store.get_active_adapter(session=s) == "base"
 
 
+@pytest.mark.parametrize("edit", ["8 giờ\x00 sáng", "x" * 4001])
+def test_an_edited_correction_is_checked_like_a_users(api, kaizen, edit):
+    """An admin's edit becomes taught knowledge: it gets the same checks as the chat tab and the API."""
+    _, fb_id = _exchange(kaizen, "Giờ mở cửa?", rating="down", correction="8 giờ")
+    r = api.post(f"/feedback/{fb_id}/approve", json={"correction": edit}, auth=RIGHT)
+    assert r.status_code == 422, r.text
+    with kaizen.db.session() as s:
+        assert store.list_knowledge(session=s) == []
+        assert store.get_feedback(session=s, feedback_id=fb_id).status == "pending"
+
+
 def test_feedback_review_approve_with_edit_and_reject(api, kaizen):
     _, fb_id = _exchange(kaizen, "Giờ mở cửa?", rating="down", correction="8 giờ")
     _, other = _exchange(kaizen, "Số điện thoại?", rating="down", correction="spam spam")

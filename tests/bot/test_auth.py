@@ -49,7 +49,7 @@ def test_environment_password_wins_over_the_stored_hash(kaizen):
     assert "KAIZEN_ADMIN_PASSWORD" in auth.startup_notice(db=kaizen.db, settings=env)
 
 
-@pytest.mark.parametrize("username, password", [
+@pytest.mark.parametrize(("username", "password"), [
     ("admin", "wrong"), ("Admin", "secret"), ("root", "secret"), ("admin", ""), ("", ""), (None, "secret"),
     ("admin", None), ("admin", "secret\x00"),
 ])

@@ -25,7 +25,7 @@ def test_reply_streams_and_is_stored_when_finished(kaizen, fake_engine):
     assert ex.completion_tokens == len(chunks) and ex.prompt_tokens > 0 and ex.latency_ms >= 0
 
 
-@pytest.mark.parametrize("message, label, tone_word", [
+@pytest.mark.parametrize(("message", "label", "tone_word"), [
     ("This is terrible, I am really angry and disappointed.", "negative", "calm"),
     ("Tôi rất thất vọng vì giao hàng chậm quá", "negative", "calm"),
     ("Thank you so much, this is wonderful!", "positive", "warm"),
@@ -59,7 +59,7 @@ def test_history_is_passed_and_conversation_kept(kaizen, fake_engine):
     assert len(exs) == 2 and exs[0].conversation_id == exs[1].conversation_id
 
 
-@pytest.mark.parametrize("message, match", [
+@pytest.mark.parametrize(("message", "match"), [
     ("", "empty"), ("   \n\t ", "empty"), ("x" * 4001, "limit is 4,000"), ("a\x00b", "control"), (123, "text"),
 ])
 def test_bad_messages_are_refused_and_nothing_is_stored(kaizen, fake_engine, message, match):

@@ -162,7 +162,7 @@ def test_readers_and_a_writer_run_concurrently(memory):
                 r = memory.recall("Xin chào")
                 assert r.source in ("memory", "model")
                 memory.search("công ty mở cửa")
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as e:
             errors.append(e)
 
     readers = [threading.Thread(target=read) for _ in range(4)]

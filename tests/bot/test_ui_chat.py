@@ -154,14 +154,13 @@ def test_a_better_answer_needs_text_and_an_answer(kaizen: Kaizen, ui: Handlers) 
     assert feedback(kaizen) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the chat tab stores any correction; /v1/feedback and the admin "
-                                       "review refuse one over 4,000 characters or with control characters")
-@pytest.mark.parametrize("text", ["x" * 5000, "8 giờ\x00 sáng"])
+@pytest.mark.parametrize("text", ["x" * 5000, "8 giờ\x00 sáng", "lone \ud800 surrogate"])
 def test_a_better_answer_is_checked_as_the_api_checks_it(kaizen: Kaizen, ui: Handlers, text: str) -> None:
     state = ChatState()
     send(ui, state, "hello")
-    with pytest.raises(gr.Error):
+    with pytest.raises(gr.Error, match="limit is 4,000|control characters"):
         ui["on_correct"](text, state)
+    assert feedback(kaizen) == []  # nothing stored
 
 
 def test_a_new_conversation_starts_empty(kaizen: Kaizen, ui: Handlers, fake_engine: FakeEngine) -> None:

@@ -72,10 +72,10 @@ class ChatPage:
         page.evaluate(_WATCH_STREAM)
 
     @property
-    def bot_messages(self):  # noqa: ANN201 - a Locator
+    def bot_messages(self):
         return self.page.locator('#chatbot [data-testid="bot"]')
 
-    def send(self, text: str, stored) -> list[str]:  # noqa: ANN001 - stored(): number of exchanges in the db
+    def send(self, text: str, stored) -> list[str]:
         """Send a message, wait until its answer is stored and shown; returns the texts it streamed through."""
         before = stored()
         self.page.evaluate("() => { window.__kzSeen = []; }")

@@ -96,12 +96,12 @@ def exchange_count(db: Database) -> int:
         return store.totals(session=s)["exchanges"]
 
 
-def newest_exchange(db: Database):  # noqa: ANN201
+def newest_exchange(db: Database):
     with db.session() as s:
         return store.list_exchanges(session=s, limit=1)[0]
 
 
-def feedback_of(db: Database, exchange_id: str):  # noqa: ANN201
+def feedback_of(db: Database, exchange_id: str):
     with db.session() as s:
         return store.feedback_for_exchange(session=s, exchange_id=exchange_id)
 
@@ -115,7 +115,7 @@ def test_chat_streams_a_reply_and_stores_a_thumbs_down_with_a_better_answer(serv
     assert ex.user_text == question and ex.source == "model" and ex.bot_text.strip()
     # Streamed: the bubble grew through several partial texts before the whole answer.
     assert len(seen) >= 3, seen
-    assert all(len(a) <= len(b) for a, b in zip(seen, seen[1:])), seen
+    assert all(len(a) <= len(b) for a, b in zip(seen, seen[1:], strict=False)), seen
     expect(page.locator('#chatbot [data-testid="user"]').last).to_contain_text(question)
     assert re.sub(r"\W", "", ex.bot_text)[:20] in re.sub(r"\W", "", chat.last_bot_text())
 

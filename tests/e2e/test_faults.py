@@ -70,7 +70,7 @@ def reseal(path: Path) -> None:
     (path / adapters.META).write_text(json.dumps(meta))
 
 
-def run_row(db: Database, run_id: int):  # noqa: ANN201
+def run_row(db: Database, run_id: int):
     with db.session() as s:
         return store.get_run(session=s, run_id=run_id)
 
@@ -111,7 +111,7 @@ def _config(path: Path, **changes) -> None:
     (path / "adapter_config.json").write_text(json.dumps({**cfg, **changes}))
 
 
-def _other_base_model():  # noqa: ANN202
+def _other_base_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -344,7 +344,7 @@ def test_kill_9_during_writes_leaves_a_consistent_database(tmp_path, tiny_model_
         for w in workers:
             w.start()
         try:
-            wait_until(lambda: len(acked) >= 3, 120, "three acknowledged writes", 0.05)
+            wait_until(lambda acked=acked: len(acked) >= 3, 120, "three acknowledged writes", 0.05)
             time.sleep(rng.uniform(0, 2.0))
         finally:
             server.proc.send_signal(signal.SIGKILL)

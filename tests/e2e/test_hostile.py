@@ -49,12 +49,12 @@ def snapshot(data: Path) -> dict:
     try:
         tables = ["conversations", "exchanges", "feedback", "knowledge_items", "training_runs", "adapter_versions",
                   "settings"]
-        return {t: sorted(map(repr, con.execute(f"SELECT * FROM {t}"))) for t in tables}  # noqa: S608
+        return {t: sorted(map(repr, con.execute(f"SELECT * FROM {t}"))) for t in tables}
     finally:
         con.close()
 
 
-def chat(url: str, content, **body) -> httpx.Response:  # noqa: ANN001
+def chat(url: str, content, **body) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", timeout=120,
                       json={"messages": [{"role": "user", "content": content}], **body})
 
@@ -122,7 +122,7 @@ class _Boom:
     def __init__(self, marker: Path):
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 

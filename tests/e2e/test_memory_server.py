@@ -28,12 +28,13 @@ def test_correction_and_import_are_served_at_once_without_training(tmp_path, emb
         assert meta["source"] == "model" and first.choices[0].message.content != FIX
         r = httpx.post(server.url + "/v1/feedback", json={"id": first.id, "rating": "down", "correction": FIX})
         assert r.json()["status"] == "approved"
-        for question in ("Công ty mở cửa lúc mấy giờ?", "cong ty mo cua luc may gio", "Cho mình hỏi công ty mở cửa lúc mấy giờ?"):
+        for question in ("Công ty mở cửa lúc mấy giờ?", "cong ty mo cua luc may gio",
+                         "Cho mình hỏi công ty mở cửa lúc mấy giờ?"):
             again, meta = ask(question)
             assert again.choices[0].message.content == FIX, question
             assert meta["source"] == "memory" and len(meta["memory_item_ids"]) == 1
-        stream = client.chat.completions.create(model="kaizen", stream=True,
-                                                messages=[{"role": "user", "content": "xin hỏi, công ty mở cửa lúc mấy giờ"}])
+        asked = [{"role": "user", "content": "xin hỏi, công ty mở cửa lúc mấy giờ"}]
+        stream = client.chat.completions.create(model="kaizen", stream=True, messages=asked)
         pieces = [c.choices[0].delta.content or "" for c in stream]
         assert "".join(pieces) == FIX and sum(1 for p in pieces if p) > 3  # streamed like any reply
 

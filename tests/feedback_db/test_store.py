@@ -31,10 +31,9 @@ def test_exchange_roundtrips_unicode_and_creates_conversation(db):
 
 
 def test_exchange_without_bot_text_is_refused(db):
-    with pytest.raises(store.Invalid):
-        with db.write() as s:
-            store.create_exchange(session=s, conversation_id=None, user_text="hi", bot_text="",
-                                  emotion_label="neutral", emotion_score=0.0)
+    with pytest.raises(store.Invalid), db.write() as s:
+        store.create_exchange(session=s, conversation_id=None, user_text="hi", bot_text="",
+                              emotion_label="neutral", emotion_score=0.0)
     with db.session() as s:
         assert store.totals(session=s)["exchanges"] == 0
         assert store.totals(session=s)["conversations"] == 0  # rolled back with it
@@ -54,13 +53,11 @@ def test_rating_twice_replaces_the_first_rating(db):
 
 
 def test_rating_unknown_exchange_or_bad_rating_fails_clearly(db):
-    with pytest.raises(store.NotFound):
-        with db.write() as s:
-            store.rate_exchange(session=s, exchange_id="nope", rating="up")
+    with pytest.raises(store.NotFound), db.write() as s:
+        store.rate_exchange(session=s, exchange_id="nope", rating="up")
     ex = _exchange(db)
-    with pytest.raises(store.Invalid):
-        with db.write() as s:
-            store.rate_exchange(session=s, exchange_id=ex.id, rating="meh")
+    with pytest.raises(store.Invalid), db.write() as s:
+        store.rate_exchange(session=s, exchange_id=ex.id, rating="meh")
 
 
 def test_correction_waits_for_review_then_becomes_verbatim_knowledge(db):
@@ -118,9 +115,8 @@ def test_settings_roundtrip_and_active_adapter(db):
     with db.session() as s:
         assert store.get_setting(session=s, key="persona") == {"agent_name": "Kaizen"}
         assert store.get_active_adapter(session=s) == "base"
-    with pytest.raises(store.NotFound):
-        with db.write() as s:
-            store.set_active_adapter(session=s, version="v9")
+    with pytest.raises(store.NotFound), db.write() as s:
+        store.set_active_adapter(session=s, version="v9")
 
 
 def test_lock_is_exclusive_and_recovers_from_dead_owner(db):

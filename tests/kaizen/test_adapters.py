@@ -34,7 +34,7 @@ def test_publish_refuses_existing_version_and_empty_round(tmp_path):
     assert not (tmp_path / "v2").exists()
 
 
-@pytest.mark.parametrize("damage, match", [
+@pytest.mark.parametrize(("damage", "match"), [
     (lambda p: (p / "adapter_model.safetensors").write_bytes(b"weightz"), "checksum"),
     (lambda p: (p / "adapter_model.safetensors").write_bytes(b"wei"), "checksum"),
     (lambda p: (p / "adapter_model.safetensors").unlink(), "missing"),

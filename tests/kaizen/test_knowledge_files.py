@@ -486,8 +486,12 @@ def check_result_or_refusal(data: bytes, filename: str) -> None:
     try:
         result = parse_knowledge(data, filename, limits=SMALL)
     except ImportFileError as e:
-        assert e.errors and e.message
-        assert all(0 <= err.line <= lines for err in e.errors)
+        refusal = e
+    else:
+        refusal = None
+    if refusal is not None:
+        assert refusal.errors and refusal.message
+        assert all(0 <= err.line <= lines for err in refusal.errors)
         return
     keys = [question_key(r.question) for r in result.rows]
     assert len(keys) == len(set(keys))

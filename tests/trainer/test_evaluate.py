@@ -31,7 +31,7 @@ def test_normalize_answer():
 def test_exact_recall():
     assert exact_recall(["Paris.", "no"], ["paris", "yes"]) == 0.5
     assert exact_recall([], []) == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="differ in length"):
         exact_recall(["a"], [])
 
 
@@ -44,7 +44,7 @@ def test_drift_identical_partial_and_different(tiny):
     assert drift(base, ["abQQ", "wxyz"], tok) == pytest.approx(0.25)
     # a longer answer that starts like the base still counts as drift
     assert drift(["ab"], ["abcd"], tok) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="differ in length"):
         drift(base, ["abcd"], tok)
 
 

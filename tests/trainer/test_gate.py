@@ -18,7 +18,7 @@ def test_good_metrics_promote():
     assert v.promote and v.label == "promoted" and "new-fact recall 100%" in v.reason
 
 
-@pytest.mark.parametrize("change, reason", [
+@pytest.mark.parametrize(("change", "reason"), [
     ({"new_recall": 0.5}, "new-fact recall 50%"),
     ({"retention": 0.5}, "retention 50% (active adapter: 100%)"),
     ({"drift": 0.9}, "drift 0.90"),

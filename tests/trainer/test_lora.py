@@ -30,12 +30,13 @@ def chat(question: str, answer: str, kind: str = "sft", system: str = "Be brief.
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(lr0=5e-2, gamma=0.5, min_lr_ratio=0.1, rank=4, alpha=8, target_modules=ALL_LINEAR,
-                layers_fraction=1.0, max_steps=6, batch_size=4, anchors_per_step=2, early_stop_exact=False)
+    base = {"lr0": 5e-2, "gamma": 0.5, "min_lr_ratio": 0.1, "rank": 4, "alpha": 8, "target_modules": ALL_LINEAR,
+            "layers_fraction": 1.0, "max_steps": 6, "batch_size": 4, "anchors_per_step": 2,
+            "early_stop_exact": False}
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.fixture()
+@pytest.fixture
 def tiny():
     tok = tiny_tokenizer()
     return tiny_llama(tok), tok
@@ -51,9 +52,9 @@ def test_round_lr_decays_every_round_towards_a_floor():
     assert cfg.round_lr(1) == pytest.approx(2e-4 + 8e-4 * 0.5)
     assert cfg.round_lr(2) == pytest.approx(2e-4 + 8e-4 * 0.25)
     lrs = [cfg.round_lr(k) for k in range(30)]
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # lower than the last, every round
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # lower than the last, every round
     assert min(lrs) > 2e-4  # but never below the floor
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=">= 0"):
         cfg.round_lr(-1)
 
 
@@ -171,8 +172,8 @@ def test_down_rows_lower_the_reply_probability(tiny, tmp_path):
 def test_rejects_bad_input(tiny, tmp_path):
     model, tok = tiny
     cfg = tiny_cfg(max_steps=1)
-    kw = dict(tokenizer=tok, lora=lora_config(cfg, num_layers=2), cfg=cfg, round_index=0,
-              init_adapter_dir=None, out_dir=tmp_path / "a")
+    kw = {"tokenizer": tok, "lora": lora_config(cfg, num_layers=2), "cfg": cfg, "round_index": 0,
+              "init_adapter_dir": None, "out_dir": tmp_path / "a"}
     with pytest.raises(InputError, match="kind"):
         train_round(model=model, examples=[chat("hi", "ok", kind="weird")], **kw)
     with pytest.raises(InputError, match="Nothing to train"):

@@ -31,8 +31,9 @@ def _teach(db, q="Xin chào", a="Công ty BICweb kính chào quý khách!"):
 
 def _state(db):
     with db.session() as s:
-        return (store.get_active_adapter(session=s), [(a.version, a.verdict) for a in store.list_adapters(session=s)],
-                [(r.status, r.adapter_version) for r in store.list_runs(session=s)], store.get_lock(session=s, name=LOCK))
+        versions = [(a.version, a.verdict) for a in store.list_adapters(session=s)]
+        runs = [(r.status, r.adapter_version) for r in store.list_runs(session=s)]
+        return store.get_active_adapter(session=s), versions, runs, store.get_lock(session=s, name=LOCK)
 
 
 def test_a_failing_gate_keeps_the_version_as_rejected(env):
