@@ -74,15 +74,20 @@ class TrainingSupervisor:
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._run_id: int | None = None
         self._ctx = multiprocessing.get_context("spawn")
+        # Set once the watch thread has reaped the child and recorded its end. Only that thread joins
+        # the child: a second join racing it could see the reaped child as alive (waitpid -> ECHILD).
+        self._finished = threading.Event()
+        self._finished.set()
 
     def running(self) -> int | None:
+        """The run id of the round this supervisor started, until its end is recorded; else None."""
         with self._lock:
-            return self._run_id if self._proc is not None and self._proc.is_alive() else None
+            return None if self._finished.is_set() else self._run_id
 
     def start(self, *, trigger: str, force: bool = True) -> int:
         """Start a round in a child process and return its run id (ConflictError if one runs)."""
         with self._lock:
-            if self._proc is not None and self._proc.is_alive():
+            if not self._finished.is_set():
                 raise ConflictError(f"Training run {self._run_id} is still running.")
             with self.db.write() as s:
                 store.fail_stale_runs(session=s)
@@ -98,14 +103,24 @@ class TrainingSupervisor:
             proc = self._ctx.Process(target=self._target, args=args,
                                      name=f"kaizen-train-{run_id}", daemon=True)
             proc.start()
+            self._proc, self._run_id = proc, run_id
+            self._finished.clear()
             with self.db.write() as s:
                 store.update_run(session=s, run_id=run_id, pid=proc.pid)
-            self._proc, self._run_id = proc, run_id
         threading.Thread(target=self._watch, args=(proc, run_id), name=f"kaizen-watch-{run_id}", daemon=True).start()
         return run_id
 
     def _watch(self, proc: BaseProcess, run_id: int) -> None:
-        proc.join()
+        try:
+            proc.join()
+            self._record_end(proc, run_id)
+            if self.on_finish:
+                self.on_finish(run_id)
+        finally:
+            self._finished.set()
+
+    def _record_end(self, proc: BaseProcess, run_id: int) -> None:
+        """Mark a round whose child died without finishing its run row as failed; free its lock."""
         with self.db.write() as s:
             run = store.get_run(session=s, run_id=run_id)
             if run.status in ("queued", "running"):
@@ -116,13 +131,10 @@ class TrainingSupervisor:
             held = store.get_lock(session=s, name=store.TRAINING_LOCK)
             if held is not None and held.pid == proc.pid:
                 store.release_lock(session=s, name=store.TRAINING_LOCK)
-        if self.on_finish:
-            self.on_finish(run_id)
 
-    def wait(self, timeout: float | None = None) -> None:
-        proc = self._proc
-        if proc is not None:
-            proc.join(timeout)
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the round's end is recorded (and on_finish ran); False if timeout seconds passed first."""
+        return self._finished.wait(timeout)
 
     def stop(self) -> None:
         """Kill a round in progress (server shutdown); its run is then marked failed."""

@@ -68,10 +68,10 @@ def test_tick_trains_only_at_the_threshold_or_when_forced(env):
     _teach(db, 1)
     run_id = sched.tick()
     assert run_id is not None
-    sup.wait(30)
+    assert sup.wait(30)
     forced = sched.tick(force=True)
     assert forced is not None and forced != run_id
-    sup.wait(30)
+    assert sup.wait(30)
     sched.update(enabled=False)
     _teach(db, 5)
     assert sched.tick() is None  # the schedule is off
@@ -97,7 +97,7 @@ def test_two_racing_triggers_start_one_round(env):
         t.join()
     assert sum(isinstance(r, int) for r in results) == 1
     assert sum(isinstance(r, ConflictError) for r in results) == 3
-    sup.wait(30)
+    assert sup.wait(30)
 
 
 def test_a_lock_held_by_a_live_process_refuses_and_a_dead_one_is_recovered(env):
@@ -112,7 +112,7 @@ def test_a_lock_held_by_a_live_process_refuses_and_a_dead_one_is_recovered(env):
         store.acquire_lock(session=s, name=LOCK, owner="crashed", pid=2**22 + 12345, stale_after_s=600,
                            alive=lambda p: True)
     assert isinstance(sup.start(trigger="admin"), int)  # the holder is dead: the lock is stale
-    sup.wait(30)
+    assert sup.wait(30)
 
 
 def test_child_reports_progress_and_a_kill_leaves_the_run_failed_and_adapter_unchanged(env, monkeypatch):
@@ -139,7 +139,7 @@ def test_child_reports_progress_and_a_kill_leaves_the_run_failed_and_adapter_unc
     monkeypatch.setenv("KZ_TEST_STEPS", "3")
     monkeypatch.setenv("KZ_TEST_DELAY", "0")
     sup.start(trigger="admin")  # the next round succeeds
-    sup.wait(120)
+    assert sup.wait(120)
     run = _runs(db)[0]
     assert run.status == "promoted" and run.adapter_version == "v1"
     with db.session() as s:

@@ -143,7 +143,7 @@ def test_train_starts_a_run_reports_progress_and_a_second_is_refused(api, kaizen
     listed = api.get("/runs", auth=RIGHT).json()
     assert listed["running"] == run_id and [r["id"] for r in listed["runs"]] == [run_id]
     (kaizen.settings.data_dir / "release").touch()
-    kaizen.training.wait(60)
+    assert kaizen.training.wait(60)
     run = _run_once(api, run_id, lambda run: run["status"] != "running")
     assert (run["status"], run["error"]) == ("rejected", "gate said no")
     assert api.get("/runs", auth=RIGHT).json()["running"] is None
