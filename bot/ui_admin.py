@@ -324,11 +324,14 @@ class AdminPanel:
                                   "plus 👍 replies).")
 
     def load(self, status: str | None, rating: str | None, request: gr.Request) -> tuple[object, ...]:
-        """Fill every panel when the page opens."""
+        """Fill every panel when the page opens (the persona's preview too: filling its four boxes does
+        not trigger their preview handlers, which run on the admin's own edits only)."""
         _require_admin(request)
         html_, curve, running = self._progress()
+        persona = self.persona_fields(request)
         return (*self.dashboard(request), self.feedback_table(status, rating, request), self.service.auto_approve(),
-                self.knowledge_table(request), *self.persona_fields(request), html_, curve, gr.Timer(active=running),
+                self.knowledge_table(request), *persona, *self.preview_persona(*persona, request),
+                html_, curve, gr.Timer(active=running),
                 self.runs_table(request), *self.training_settings(request), *self.adapters_table(request))
 
 
@@ -448,7 +451,8 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         training_out = [hyper, sched_on, sched_minutes, sched_items, sched_msg]
         adapters_out = [adapters_tbl, version, adapter_msg]
         ui.load(h.load, [status_filter, rating_filter],
-                [*dashboard_out, review_table, auto, knowledge, name, creator, company, style, progress, loss, timer,
+                [*dashboard_out, review_table, auto, knowledge, name, creator, company, style, prompt, prompt_info,
+                 progress, loss, timer,
                  runs, *training_out, *adapters_out], **ordered)
         refresh.click(h.dashboard, None, dashboard_out, **ordered)
 
@@ -468,8 +472,10 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         delete.click(h.delete_knowledge, item_id, [knowledge_msg, knowledge], **ordered)
 
         persona_in = [name, creator, company, style]
+        # .input, not .change: filling the boxes at page load fired four previews at once, and the one
+        # that answered last (built from half-filled boxes) stayed on screen.
         for box in persona_in:
-            box.change(h.preview_persona, persona_in, [prompt, prompt_info], show_progress="hidden", **private)
+            box.input(h.preview_persona, persona_in, [prompt, prompt_info], show_progress="hidden", **private)
         save_persona.click(h.save_persona, persona_in, persona_msg, **private)
 
         train.click(h.train_now, None, [train_msg, progress, loss, timer], **ordered)

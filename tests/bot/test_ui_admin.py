@@ -345,3 +345,19 @@ def test_export_writes_the_dataset_into_the_exports_dir(kaizen, panel):
     text = Path(path).read_text(encoding="utf-8")
     assert Path(path).parent == kaizen.settings.exports_dir and f"Exported {len(text.splitlines())} rows" in message
     assert "8 giờ sáng" in text
+
+
+def test_the_page_load_shows_the_stored_personas_preview_and_no_box_previews_on_a_fill(kaizen, panel):
+    """Filling the four persona boxes at page load used to fire four previews at once; the one that
+    answered last (built from half-filled boxes) stayed on screen."""
+    panel.save_persona("Mai", "BICweb", "Công ty ở Huế.", "Ngắn gọn.", ADMIN)
+    out = panel.load("pending", "all", ADMIN)
+    fields = ("Mai", "BICweb", "Công ty ở Huế.", "Ngắn gọn.")
+    strings = [x if isinstance(x, str) else None for x in out]
+    at = next(i for i in range(len(out) - 3) if tuple(strings[i:i + 4]) == fields)
+    assert out[at + 4] == panel.preview_persona(*fields, ADMIN)[0]
+    assert "Công ty ở Huế." in out[at + 4] and "Ngắn gọn." in out[at + 4]
+    ui = bot.ui_admin.build_admin_ui(panel.service)
+    preview_id = next(c._id for c in ui.blocks.values() if getattr(c, "elem_id", None) == "persona-preview")
+    triggers = {t[1] for dep in ui.config["dependencies"] if preview_id in dep["outputs"] for t in dep["targets"]}
+    assert triggers == {"load", "input"}, triggers
