@@ -473,9 +473,10 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
 
         persona_in = [name, creator, company, style]
         # .input, not .change: filling the boxes at page load fired four previews at once, and the one
-        # that answered last (built from half-filled boxes) stayed on screen.
+        # that answered last (built from half-filled boxes) stayed on screen. Ordered like every handler
+        # that writes a panel the page load also writes.
         for box in persona_in:
-            box.input(h.preview_persona, persona_in, [prompt, prompt_info], show_progress="hidden", **private)
+            box.input(h.preview_persona, persona_in, [prompt, prompt_info], show_progress="hidden", **ordered)
         save_persona.click(h.save_persona, persona_in, persona_msg, **private)
 
         train.click(h.train_now, None, [train_msg, progress, loss, timer], **ordered)
