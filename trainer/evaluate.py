@@ -12,19 +12,25 @@ import hashlib
 import json
 import time
 from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from kaizen.base_model import chat_ids
 from kaizen.metrics import RoundMetrics
 from kaizen.text import normalize_answer
 from trainer.cache import cached
 from trainer.dataset import Fact, TrainingSet
 from trainer.generation import generate_answers
+from trainer.lora import _batch, _reply_logits, _Row
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from kaizen.prompts import Message
 
 EVAL_MAX_NEW_TOKENS = 64  # length of the greedy answers compared on held-out prompts
 
@@ -85,6 +91,47 @@ def same_prefix_count(base_answers: list[str], new_answers: list[str], tokenizer
         b = tokenizer(new, add_special_tokens=False)["input_ids"][:tokens]
         count += a == b
     return count
+
+
+@torch.no_grad()
+def locality(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
+             conversations: Sequence[Sequence[Message]], reference_ids: Sequence[Sequence[int]],
+             batch_size: int = 8) -> float:
+    """Teacher-forced top-1 agreement with reference answers: 1.0 = unchanged behaviour.
+
+    Each conversation (ending with a user turn) is run once with its reference completion (the
+    base model's own greedy token ids, `generation.generate_ids`) appended; at every completion
+    position the model's argmax is compared with the reference token. The score is the mean over
+    prompts of each prompt's share of agreeing positions, in [0, 1]. This is EasyEdit's locality
+    (zjunlp/EasyEdit, easyeditor/evaluate: compute_locality_quality) with the base model's own
+    answer forced instead of a dataset answer, so the base model scores 1.0 by construction. Unlike
+    a shared greedy prefix it does not saturate: one different token costs one position, not the
+    rest of the answer.
+
+    Raises ValueError if the two sequences differ in length. An empty completion scores 1.0.
+    """
+    if len(conversations) != len(reference_ids):
+        raise ValueError("conversations and reference_ids differ in length")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scores: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        pairs = [(chat_ids(tokenizer, conv, add_generation_prompt=True), list(ref))
+                 for conv, ref in zip(conversations, reference_ids, strict=True)]
+        scores += [1.0 for _, ref in pairs if not ref]
+        rows = [_Row(prompt + ref, [-100] * len(prompt) + ref, "anchor") for prompt, ref in pairs if ref]
+        for start in range(0, len(rows), batch_size):
+            batch = _batch(rows[start:start + batch_size], pad_id)
+            logits, targets = _reply_logits(model, batch)
+            agree = (logits.argmax(-1) == targets).tolist()
+            offset = 0
+            for n in (batch["labels"][:, 1:] != -100).sum(1).tolist():
+                scores.append(sum(agree[offset:offset + n]) / n)
+                offset += n
+    finally:
+        model.train(was_training)
+    return sum(scores) / len(scores) if scores else 1.0
 
 
 def answer_key(answer: str) -> str:

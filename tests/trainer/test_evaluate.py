@@ -10,9 +10,10 @@ from trainer.evaluate import (
     drift,
     exact_recall,
     load_general_prompts,
+    locality,
     same_prefix_count,
 )
-from trainer.generation import generate_answers
+from trainer.generation import generate_answers, generate_ids
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,19 @@ def test_general_prompts_split():
     assert len(anchor) >= 20 and len(heldout) >= 12
     assert not set(anchor) & set(heldout)
     assert len(set(anchor)) == len(anchor) and len(set(heldout)) == len(heldout)
+
+
+def test_locality_is_one_for_the_reference_model_and_counts_each_changed_token(tiny):
+    model, tok = tiny
+    convs = [[{"role": "user", "content": q}] for q in ["hi", "a much longer question here", "x", "xin chào"]]
+    ref = generate_ids(model, tok, convs, max_new_tokens=8)
+    assert locality(model, tok, convs, ref) == 1.0
+    assert locality(model, tok, convs, ref, batch_size=1) == 1.0  # batching changes nothing
+    # A reference whose last token differs: only that position disagrees, the prefix still counts.
+    changed = [r[:-1] + [(r[-1] + 1) % len(tok)] for r in ref]
+    assert locality(model, tok, convs, changed) == pytest.approx(sum((len(r) - 1) / len(r) for r in ref) / len(ref))
+    other = make_tiny_llama(tok, seed=7)
+    assert locality(other, tok, convs, ref) < 0.5
+    assert locality(model, tok, convs, [[] for _ in convs]) == 1.0  # nothing to compare
+    with pytest.raises(ValueError, match="differ in length"):
+        locality(model, tok, convs, ref[:1])
