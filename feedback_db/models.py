@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -70,7 +70,11 @@ class Feedback(Base):
 class KnowledgeItem(Base):
     """A taught question and answer: imported knowledge, a `teach`, or an approved correction.
 
-    The retrieval memory indexes the enabled items, and training rounds learn them.
+    The retrieval memory indexes the enabled items, and training rounds learn them. Learning state:
+    `train_attempts` counts rounds that trained the fact without learning it, `learned_version` is
+    the adapter version whose weights first recalled it exactly, and a `parked` fact (not learned
+    after `park_after` attempts) is left to the memory and no longer queued for training. A new
+    answer resets all three: it is a new fact.
     """
 
     __tablename__ = "knowledge_items"
@@ -85,6 +89,9 @@ class KnowledgeItem(Base):
     hit_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    train_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    learned_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    parked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Setting(Base):

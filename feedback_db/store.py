@@ -174,7 +174,7 @@ def _sync_correction_item(session: Session, fb: Feedback, ex: Exchange) -> Knowl
                 question=ex.user_text, answer=correction, origin="correction", feedback_id=fb.id, verbatim=True
             )
             session.add(item)
-        item.answer = correction
+        _set_answer(item, correction)
         item.enabled = True
         item.updated_at = utcnow()
     elif item is not None:
@@ -312,6 +312,75 @@ def list_knowledge(
     return list(session.scalars(q))
 
 
+def _set_answer(item: KnowledgeItem, answer: str) -> None:
+    """A different answer is a new fact: its learning state starts again (the weights learned the old one)."""
+    if item.answer != answer:
+        item.answer = answer
+        item.train_attempts, item.learned_version, item.parked = 0, None, False
+
+
+def set_knowledge_answer(*, session: Session, item_id: int, answer: str) -> KnowledgeItem:
+    """Edit an item's answer; a changed answer resets its learning state (see _set_answer)."""
+    answer = answer.strip()
+    if not answer:
+        raise Invalid("A knowledge item needs an answer.")
+    item = get_knowledge(session=session, item_id=item_id)
+    _set_answer(item, answer)
+    item.updated_at = utcnow()
+    session.flush()
+    return item
+
+
+def list_training_queue(*, session: Session, limit: int | None = None) -> list[KnowledgeItem]:
+    """Enabled items not learned yet and not parked, oldest first: the facts rounds still have to learn.
+
+    Two items with the same question are both listed; the trainer keeps the newer one.
+    """
+    q = (select(KnowledgeItem)
+         .where(KnowledgeItem.enabled.is_(True), KnowledgeItem.learned_version.is_(None),
+                KnowledgeItem.parked.is_(False))
+         .order_by(KnowledgeItem.id))
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def count_training_queue(*, session: Session) -> int:
+    q = select(func.count()).select_from(KnowledgeItem).where(
+        KnowledgeItem.enabled.is_(True), KnowledgeItem.learned_version.is_(None), KnowledgeItem.parked.is_(False))
+    return session.scalar(q) or 0
+
+
+def list_parked(*, session: Session) -> list[KnowledgeItem]:
+    """Items the weights failed to learn in `park_after` rounds: served by the memory only."""
+    q = select(KnowledgeItem).where(KnowledgeItem.parked.is_(True)).order_by(KnowledgeItem.id)
+    return list(session.scalars(q))
+
+
+def record_fact_outcomes(*, session: Session, attempted: Iterable[int], learned: Iterable[int], version: str,
+                         parked: Iterable[int] = ()) -> None:
+    """A round's outcome per fact, in the caller's transaction (the one that records the adapter).
+
+    `attempted`: facts the round trained on without learning them (one more attempt each);
+    `learned`: facts whose weights in `version` recall them exactly (kept if learned before);
+    `parked`: facts to leave to the memory from now on.
+    """
+    attempted_ids, learned_ids, parked_ids = list(attempted), list(learned), list(parked)
+    # updated_at is kept: it says when the fact was taught (newest answer wins, the memory re-indexes),
+    # and learning state is not a new fact.
+    keep = {"updated_at": KnowledgeItem.updated_at}
+    if attempted_ids:
+        session.execute(update(KnowledgeItem).where(KnowledgeItem.id.in_(attempted_ids))
+                        .values(train_attempts=KnowledgeItem.train_attempts + 1, **keep))
+    if learned_ids:
+        session.execute(update(KnowledgeItem)
+                        .where(KnowledgeItem.id.in_(learned_ids), KnowledgeItem.learned_version.is_(None))
+                        .values(learned_version=version, **keep))
+    if parked_ids:
+        session.execute(update(KnowledgeItem).where(KnowledgeItem.id.in_(parked_ids)).values(parked=True, **keep))
+    session.expire_all()  # bulk updates bypass the identity map
+
+
 def set_knowledge_enabled(*, session: Session, item_id: int, enabled: bool) -> KnowledgeItem:
     item = get_knowledge(session=session, item_id=item_id)
     item.enabled = enabled
@@ -417,10 +486,11 @@ def last_finished_run(*, session: Session) -> TrainingRun | None:
 
 
 def count_new_since_last_round(*, session: Session) -> int:
-    """Approved knowledge items and ratings that arrived since the last finished round started."""
+    """What a round could learn: facts still in the training queue (new, changed, or not yet learned and
+    not parked) plus ratings given since the last finished round started."""
     last = last_finished_run(session=session)
     since = last.started_at if last else None
-    return knowledge_changed_since(session=session, since=since) + ratings_since(session=session, since=since)
+    return count_training_queue(session=session) + ratings_since(session=session, since=since)
 
 
 def completed_rounds(*, session: Session) -> int:

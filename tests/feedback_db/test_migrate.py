@@ -5,7 +5,7 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from feedback_db.db import Database
 from feedback_db.models import Base
@@ -17,7 +17,7 @@ EXPECTED = {
                   "completion_tokens", "started_at", "created_at"],
     "feedback": ["id", "exchange_id", "rating", "correction", "status", "created_at", "updated_at", "reviewed_at"],
     "knowledge_items": ["id", "question", "answer", "category", "origin", "feedback_id", "verbatim", "enabled",
-                        "hit_count", "created_at", "updated_at"],
+                        "hit_count", "created_at", "updated_at", "train_attempts", "learned_version", "parked"],
     "settings": ["key", "value", "updated_at"],
     "training_runs": ["id", "status", "trigger", "round_index", "pid", "step", "total_steps", "loss", "lr",
                       "eta_s", "loss_curve", "phase", "config", "data_counts", "adapter_version", "error",
@@ -44,7 +44,28 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+    db.close()
+
+
+def test_0002_gives_existing_facts_a_fresh_learning_state(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from feedback_db.db import MIGRATIONS
+
+    db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}", run_migrations=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO knowledge_items (question, answer, category, origin, verbatim, enabled, "
+                          "hit_count, created_at, updated_at) VALUES ('q', 'a', '', 'import', 0, 1, 0, "
+                          "'2026-01-01', '2026-01-01')"))
+        command.upgrade(cfg, "head")
+        row = conn.execute(text("SELECT train_attempts, learned_version, parked FROM knowledge_items")).one()
+    assert tuple(row) == (0, None, 0)
     db.close()
 
 

@@ -132,3 +132,80 @@ def test_lock_is_exclusive_and_recovers_from_dead_owner(db):
     with db.write() as s:
         assert store.acquire_lock(session=s, name="train", owner="c", pid=os.getpid(), stale_after_s=60, alive=alive)
         assert store.get_lock(session=s, name="train").owner == "c"
+
+
+# --- per-fact learning state ------------------------------------------------------------------
+
+
+def _facts(db, n):
+    with db.write() as s:
+        return [store.add_knowledge(session=s, question=f"Q{i}?", answer=f"A{i}.").id for i in range(n)]
+
+
+def _state(db, item_id):
+    with db.session() as s:
+        item = store.get_knowledge(session=s, item_id=item_id)
+        return item.train_attempts, item.learned_version, item.parked
+
+
+def test_a_new_fact_is_queued_oldest_first_until_learned(db):
+    a, b, c = _facts(db, 3)
+    with db.session() as s:
+        assert [i.id for i in store.list_training_queue(session=s)] == [a, b, c]
+        assert [i.id for i in store.list_training_queue(session=s, limit=2)] == [a, b]
+        assert store.count_new_since_last_round(session=s) == 3
+    with db.write() as s:
+        store.record_fact_outcomes(session=s, attempted=[b], learned=[a], version="v1")
+    assert _state(db, a) == (0, "v1", False) and _state(db, b) == (1, None, False)
+    with db.write() as s:  # learned_version is the FIRST version that recalled it
+        store.record_fact_outcomes(session=s, attempted=[], learned=[a, b], version="v2")
+    assert _state(db, a) == (0, "v1", False) and _state(db, b) == (1, "v2", False)
+    with db.session() as s:
+        assert [i.id for i in store.list_training_queue(session=s)] == [c]
+        assert store.count_new_since_last_round(session=s) == 1
+
+
+def test_parked_facts_leave_the_queue_but_stay_enabled_for_the_memory(db):
+    a, b = _facts(db, 2)
+    with db.write() as s:
+        before = store.get_knowledge(session=s, item_id=a).updated_at
+    for _ in range(3):
+        with db.write() as s:
+            store.record_fact_outcomes(session=s, attempted=[a], learned=[], version="v1")
+    with db.write() as s:
+        store.record_fact_outcomes(session=s, attempted=[], learned=[], version="v1", parked=[a])
+    assert _state(db, a) == (3, None, True)
+    with db.session() as s:
+        assert [i.id for i in store.list_parked(session=s)] == [a]
+        assert [i.id for i in store.list_training_queue(session=s)] == [b]
+        item = store.get_knowledge(session=s, item_id=a)
+        assert item.enabled and item.updated_at == before  # still served; not a newly taught fact
+        assert a in [i.id for i in store.list_knowledge(session=s, enabled_only=True)]
+
+
+def test_a_changed_answer_is_a_new_fact_again(db):
+    (a,) = _facts(db, 1)
+    with db.write() as s:
+        store.record_fact_outcomes(session=s, attempted=[a], learned=[], version="v1", parked=[a])
+    with db.write() as s:
+        store.set_knowledge_answer(session=s, item_id=a, answer="A0.")  # same answer: nothing changes
+    assert _state(db, a) == (1, None, True)
+    with db.write() as s:
+        store.set_knowledge_answer(session=s, item_id=a, answer="A new answer.")
+    assert _state(db, a) == (0, None, False)
+    with db.session() as s:
+        assert [i.id for i in store.list_training_queue(session=s)] == [a]
+
+
+def test_a_new_correction_of_the_same_exchange_resets_its_item(db):
+    ex = _exchange(db)
+    with db.write() as s:
+        fb = store.rate_exchange(session=s, exchange_id=ex.id, rating="down", correction="First.", auto_approve=True)
+    with db.session() as s:
+        (item,) = store.list_knowledge(session=s)
+    with db.write() as s:
+        store.record_fact_outcomes(session=s, attempted=[], learned=[item.id], version="v3")
+    assert _state(db, item.id) == (0, "v3", False)
+    with db.write() as s:
+        store.review_feedback(session=s, feedback_id=fb.id, action="approve", correction="Second.")
+    assert _state(db, item.id) == (0, None, False)
