@@ -237,15 +237,32 @@ def ratings_since(*, session: Session, since: dt.datetime | None) -> int:
     return session.scalar(q) or 0
 
 
-def rated_exchanges(*, session: Session) -> list[tuple[Feedback, Exchange]]:
-    """Approved ratings with their exchanges, oldest first (training data for up/down)."""
+def rated_exchanges(*, session: Session, since: dt.datetime | None = None, ids: Iterable[int] | None = None,
+                    limit: int | None = None, newest_first: bool = False) -> list[tuple[Feedback, Exchange]]:
+    """Approved ratings with their exchanges (training data for up/down), oldest first unless
+    `newest_first`; only those rated after `since`, or only the feedback ids in `ids`, if given."""
     q = (
         select(Feedback, Exchange)
         .join(Exchange, Feedback.exchange_id == Exchange.id)
         .where(Feedback.status == "approved", Feedback.correction.is_(None))
-        .order_by(Feedback.id)
+        .order_by(Feedback.id.desc() if newest_first else Feedback.id)
     )
+    if since is not None:
+        q = q.where(Feedback.updated_at > since)
+    if ids is not None:
+        q = q.where(Feedback.id.in_(list(ids)))
+    if limit is not None:
+        q = q.limit(limit)
     return [(fb, ex) for fb, ex in session.execute(q)]
+
+
+def rated_feedback_ids(*, session: Session, until: dt.datetime | None = None) -> list[int]:
+    """Ids of the approved plain ratings given at or before `until` (all if None), oldest first: a cheap
+    list to sample a round's replayed ratings from."""
+    q = select(Feedback.id).where(Feedback.status == "approved", Feedback.correction.is_(None)).order_by(Feedback.id)
+    if until is not None:
+        q = q.where(Feedback.updated_at <= until)
+    return list(session.scalars(q))
 
 
 # --- knowledge --------------------------------------------------------------------------------

@@ -27,14 +27,17 @@ def quick_child(settings, run_id, trigger, force):
 
 def slow_real_child(settings, run_id, trigger, force):
     """The real round (run_round on the tiny model), slowed down so a test can watch and kill it."""
-    from kaizen.settings import GateLimits, TrainConfig
+    import trainer.rounds
+    from kaizen.settings import TrainConfig
+    from tests.trainer.scripted import scripted_evaluation
     from trainer.rounds import run_round
 
     db = Database(settings.database_url, run_migrations=False)
     cfg = TrainConfig(max_steps=int(os.environ.get("KZ_TEST_STEPS", "6")), batch_size=4, anchors_per_step=2,
                       early_stop_exact=False, anchor_max_new_tokens=8)
     delay = float(os.environ.get("KZ_TEST_DELAY", "0.4"))
-    run_round(db=db, settings=settings, cfg=cfg, limits=GateLimits(min_new_recall=0.0, max_drift=1.0),
+    trainer.rounds.evaluate_adapter = scripted_evaluation(lambda fact: True)  # the tiny model "learns" every fact
+    run_round(db=db, settings=settings, cfg=cfg,
               trigger=trigger, run_id=run_id, threads=1, progress=lambda p: time.sleep(delay))
 
 

@@ -6,20 +6,26 @@ Sources, each row remembering where it came from:
 - thumbs-up replies: "up" rows (SFT on the bot's own good answer);
 - thumbs-down replies: "down" rows (pushed away from by the trainer's unlikelihood term).
 
-Every round replays all approved items, not only the new ones, so old facts are kept. The system
-prompt on each row is the one served (persona plus a tone sentence); the tone cycles over the
-three emotions so that recall does not depend on the user's mood.
+A round's size is bounded whatever the history (TrainConfig budgets): at most `max_new_facts`
+facts from the training queue (not learned yet, not parked; oldest first), `replay_facts` learned
+facts sampled anew each round (seeded by the round index) so old facts are kept, and
+`replay_ratings` ratings (every rating since the last round first, then a sample of older ones).
+So a round has at most (max_new_facts + replay_facts) x n_variants + replay_ratings taught rows.
+Parked facts are served by the memory only and are not trained. The system prompt on each row is
+the one served (persona plus a tone sentence); the tone cycles over the three emotions so that
+recall does not depend on the user's mood.
 
 `kaizen export OUT.jsonl` writes the SFT and up rows as chat JSONL, one standalone row a line.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from feedback_db import store
 from feedback_db.db import Database
@@ -39,7 +45,8 @@ class Fact:
     item_id: int
     question: str
     answer: str
-    new: bool  # added or changed since the last finished round
+    new: bool  # from the training queue (not learned yet); False: a learned fact, replayed
+    attempts: int = 0  # rounds that trained it without learning it
 
 
 @dataclass
@@ -48,6 +55,7 @@ class TrainingSet:
     facts: list[Fact]
     system_prompt: str
     counts: dict = field(default_factory=dict)
+    learned_ids: frozenset[str] = frozenset()  # every learned, unparked fact (str ids, as in RoundMetrics.facts)
 
     @property
     def new_facts(self) -> list[Fact]:
@@ -91,20 +99,49 @@ def _newest_per_question(items: Sequence[KnowledgeItem]) -> list[KnowledgeItem]:
     return sorted(newest.values(), key=lambda i: i.id)
 
 
-def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, seed: int = 0,
-                       since: dt.datetime | None = None) -> TrainingSet:
-    """All approved data as training rows; facts changed after `since` are marked new."""
+T = TypeVar("T")
+
+
+def _sample(items: Sequence[T], k: int | None, rng: random.Random) -> list[T]:
+    """k of `items` drawn with `rng`, in their original order (all of them if k is None or large enough)."""
+    if k is None or k >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(rng.sample(range(len(items)), k))]
+
+
+def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, seed: int = 0, round_index: int = 0,
+                       max_new_facts: int | None = None, replay_facts: int | None = None,
+                       replay_ratings: int | None = None, include_parked: bool = False) -> TrainingSet:
+    """A round's training rows within the budgets (None: no limit, as `kaizen export` uses it).
+
+    New facts are the oldest `max_new_facts` of the training queue; `replay_facts` learned facts and
+    the older ratings are sampled with a seed that depends on `seed` and `round_index`, so each round
+    replays a different sample. Parked facts are left out unless `include_parked`.
+    """
+    rng = random.Random(f"kaizen-replay:{seed}:{round_index}")
+    with db.session() as s:
+        # every enabled item is read (a cheap row read) so that a newer answer to the same question wins
+        items = _newest_per_question(store.list_knowledge(session=s, enabled_only=True))
+        last = store.last_finished_run(session=s)
+        since = last.started_at if last else None
+        recent = store.rated_exchanges(session=s, since=since, limit=replay_ratings, newest_first=True) \
+            if since is not None else []
+        room = None if replay_ratings is None else replay_ratings - len(recent)
+        older = store.rated_feedback_ids(session=s, until=since) if room is None or room > 0 else []
+        picked = _sample(older, room, rng)
+        rated = sorted(recent + store.rated_exchanges(session=s, ids=picked), key=lambda r: r[0].id)
+    queue = [i for i in items if i.learned_version is None and (include_parked or not i.parked)]
+    new_items = queue if max_new_facts is None else queue[:max_new_facts]
+    learned = [i for i in items if i.learned_version is not None and (include_parked or not i.parked)]
+    replayed = _sample(learned, replay_facts, rng)
     examples: list[Example] = []
     facts: list[Fact] = []
-    with db.session() as s:
-        items = _newest_per_question(store.list_knowledge(session=s, enabled_only=True))
-        rated = store.rated_exchanges(session=s)
-    for item in items:
+    for item, new in [(i, True) for i in new_items] + [(i, False) for i in replayed]:
         question = clean_question(item.question)
         source = f"knowledge:{item.id}"
         for i, variant in enumerate(variants(question, n_variants, seed=seed + item.id)):
             examples.append(_row(persona, TONES[i % len(TONES)], variant, item.answer, "sft", source))
-        facts.append(Fact(item.id, question, item.answer, since is None or item.updated_at > since))
+        facts.append(Fact(item.id, question, item.answer, new, item.train_attempts))
     ups = downs = 0
     for fb, ex in rated:
         kind = "up" if fb.rating == "up" else "down"
@@ -113,12 +150,19 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
         ups, downs = ups + (kind == "up"), downs + (kind == "down")
     counts = {
         "knowledge_items": len(items),
-        "new_items": sum(f.new for f in facts),
+        "new_items": len(new_items),
+        "queued_items": len(queue),
+        "replayed_items": len(replayed),
+        "learned_items": len(learned),
+        "parked_items": sum(i.parked for i in items),
         "sft_rows": sum(e.kind == "sft" for e in examples),
         "up_rows": ups,
         "down_rows": downs,
+        "recent_ratings": len(recent),
+        "budget": {"max_new_facts": max_new_facts, "replay_facts": replay_facts, "replay_ratings": replay_ratings},
     }
-    return TrainingSet(examples=examples, facts=facts, system_prompt=system_prompt(persona), counts=counts)
+    return TrainingSet(examples=examples, facts=facts, system_prompt=system_prompt(persona), counts=counts,
+                       learned_ids=frozenset(str(i.id) for i in learned))
 
 
 def export_jsonl(training: TrainingSet, path: Path) -> int:
@@ -139,4 +183,4 @@ def export_jsonl(training: TrainingSet, path: Path) -> int:
 def export_training_set(*, db: Database, path: Path) -> int:
     """The training set built with the stored persona, written as chat JSONL (`kaizen export`, the
     admin tab's Export); returns the number of rows. A `kaizen.ports.DatasetExporter`."""
-    return export_jsonl(build_training_set(db=db, persona=load_persona(db)), path)
+    return export_jsonl(build_training_set(db=db, persona=load_persona(db), include_parked=True), path)

@@ -1,8 +1,8 @@
-"""Evaluation metrics for a trained adapter: greedy answers, exact recall, and drift from the base.
+"""Evaluation metrics for a trained adapter: greedy answers, exact recall, locality and drift.
 
-The gate compares a new adapter's answers with the base model's on held-out general prompts
-(`trainer/data/general_prompts.json`, never trained on) and requires exact recall of the taught
-answers. Everything here is plain functions over a model and tokenizer, so it runs the same on the
+The gate compares a new adapter with the base model on held-out general prompts
+(`trainer/data/general_prompts.json`, never trained on: locality, leak) and counts exact recall of
+the taught answers. Everything here is plain functions over a model and tokenizer, so it runs the same on the
 real model, a tiny random one, or lists of strings.
 """
 
@@ -23,7 +23,7 @@ from kaizen.metrics import RoundMetrics
 from kaizen.text import normalize_answer
 from trainer.cache import cached
 from trainer.dataset import Fact, TrainingSet
-from trainer.generation import generate_answers
+from trainer.generation import generate_answers, generate_ids
 from trainer.lora import _batch, _reply_logits, _Row
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def answer_key(answer: str) -> str:
 
 def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str, dtype: str,
                      training: TrainingSet, facts: list[Fact], adapter_dir: Path, cache_dir: Path) -> RoundMetrics:
-    """Recall of new and old facts, paraphrase recall and drift, as served (dtype) without memory."""
+    """Recall of new and old facts, paraphrase recall, locality and drift, as served (dtype) without memory."""
     from peft import PeftModel
 
     t0 = time.perf_counter()
@@ -150,9 +150,10 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     heldout = load_general_prompts()["heldout"]
     heldout_convs = [training.conversation(p) for p in heldout]
     base_key = {"model": model_path, "prompts": heldout, "system": training.system_prompt, "dtype": dtype,
-                "n": EVAL_MAX_NEW_TOKENS, "kind": "heldout"}
-    base_answers = cached(cache_dir, base_key, lambda: generate_answers(model, tokenizer, heldout_convs,
-                                                                     EVAL_MAX_NEW_TOKENS))
+                "n": EVAL_MAX_NEW_TOKENS, "kind": "heldout_ids"}
+    # The base model's greedy token ids, as served (dtype): the reference of locality, and (decoded) of drift.
+    base_ids = cached(cache_dir, base_key, lambda: generate_ids(model, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS))
+    base_answers = [a.strip() for a in tokenizer.batch_decode(base_ids, skip_special_tokens=True)]
     tuned = PeftModel.from_pretrained(model, str(adapter_dir))
     tuned.eval()
     paraphrases = training.paraphrases(facts)
@@ -161,6 +162,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
     fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
     new_answers = generate_answers(tuned, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS)
+    local = locality(tuned, tokenizer, heldout_convs, base_ids)
     tuned.unload()
 
     def recall(selected: list[int]) -> float | None:
@@ -178,6 +180,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         new_recall=recall([i for i, f in enumerate(facts) if f.new]),
         retention=recall([i for i, f in enumerate(facts) if not f.new]),
         paraphrase_recall=exact_recall(para_answers, [a for _, a in paraphrases]) if paraphrases else None,
+        locality=round(local, 4),
         drift=round(drift(base_answers, new_answers, tokenizer), 4),
         heldout_unchanged=same_prefix_count(base_answers, new_answers, tokenizer),
         leak=round(leaks / len(heldout), 4) if heldout else 0.0,

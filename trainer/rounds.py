@@ -6,7 +6,10 @@ Only one round runs at a time anywhere (a row in the `locks` table, taken over i
 died). The round's progress and result are written to `training_runs`, so the admin tab can
 follow a round that runs in another process. The new adapter is evaluated without the retrieval
 memory, as it will be served (same dtype, same system prompt), and is published atomically as
-`adapters/vN` whatever the verdict; it becomes the active version only if the gate passes. Any
+`adapters/vN` whatever the verdict; it becomes the active version only if the gate passes. A
+round's size is bounded by TrainConfig's budgets (new facts from the queue, sampled replay), and
+each new fact's outcome (learned by this version, one more attempt, parked) is written in the
+same transaction that records the version. Any
 failure (an exception, Ctrl-C, a full disk) marks the run failed and leaves the active adapter
 as it was.
 """
@@ -21,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,9 +38,9 @@ from kaizen.prompts import load_persona
 from kaizen.settings import GateLimits, Settings, TrainConfig
 from trainer.anchors import build_anchors
 from trainer.config import lora_config
-from trainer.dataset import Fact, TrainingSet, build_training_set
+from trainer.dataset import Fact, build_training_set
 from trainer.evaluate import answer_key, evaluate_adapter, load_general_prompts
-from trainer.gate import decide
+from trainer.gate import decide, settle
 from trainer.lora import Progress, train_round
 from trainer.progress import RunReporter
 
@@ -72,20 +76,16 @@ class RoundOutcome:
     seconds: float
 
 
-def _mark_new(training: TrainingSet, known: dict) -> tuple[list[Fact], float | None]:
-    """Facts the active adapter was not checked on (or whose answer changed) are new.
-
-    Returns the re-marked facts and the active adapter's recall of the old ones (None if none).
-    """
-    facts, recalled = [], []
-    for f in training.facts:
+def _baseline(replayed: list[Fact], known: dict[str, list[Any]]) -> float | None:
+    """The active version's recall of the replayed facts: its lineage's last check of each (see
+    RoundMetrics.facts); a learned fact no version checked again since counts as recalled."""
+    if not replayed:
+        return None
+    recalled = []
+    for f in replayed:
         seen = known.get(str(f.item_id))
-        if seen is not None and seen[0] == answer_key(f.answer):
-            recalled.append(bool(seen[1]))
-            facts.append(dataclasses.replace(f, new=False))
-        else:
-            facts.append(dataclasses.replace(f, new=True))
-    return facts, (sum(recalled) / len(recalled) if recalled else None)
+        recalled.append(bool(seen[1]) if seen is not None and seen[0] == answer_key(f.answer) else True)
+    return sum(recalled) / len(recalled)
 
 
 def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = None, limits: GateLimits | None = None,
@@ -140,11 +140,14 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     with db.session() as s:
         active = store.get_active_adapter(session=s)
         active_row = store.get_adapter(session=s, version=active) if active != adapters.BASE else None
-    training = build_training_set(db=db, persona=persona, seed=cfg.seed)
+    training = build_training_set(db=db, persona=persona, seed=cfg.seed, round_index=round_index,
+                                  max_new_facts=cfg.max_new_facts, replay_facts=cfg.replay_facts,
+                                  replay_ratings=cfg.replay_ratings)
     if not training.examples:
         raise NoDataError("There is nothing to train on yet: no approved knowledge, corrections or ratings.")
     known = RoundMetrics.from_dict(active_row.metrics).facts if active_row else {}
-    facts, baseline_retention = _mark_new(training, known)
+    facts = training.facts
+    baseline_retention = _baseline(training.old_facts, known)
     init_dir = None
     if active_row is not None:
         init_dir = adapters.version_dir(settings.adapters_dir, active)
@@ -174,6 +177,13 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         train_tokens=result.train_tokens, tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),
         stopped_early=result.stopped_early, lr=cfg.round_lr(round_index))
     verdict = decide(metrics, limits)
+    outcome = settle(training.new_facts, metrics, promoted=verdict.promote, park_after=cfg.park_after)
+    # The lineage's record: this round's checks over what the active version knew of facts still learned.
+    lineage = {k: v for k, v in known.items() if k in training.learned_ids}
+    metrics = dataclasses.replace(
+        metrics, facts={**lineage, **metrics.facts}, attempted_ids=[f.item_id for f in training.new_facts],
+        learned_ids=outcome.learned, parked_ids=outcome.parked, learned=len(outcome.learned),
+        parked=len(outcome.parked))
 
     reporter.phase("save")
     meta = {"round": round_index, "run_id": run_id, "base_model": model_path, "config": cfg.model_dump(),
@@ -187,6 +197,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
                              verdict=verdict.label, reason=verdict.reason, metrics=metrics.to_dict(), path=str(path))
         if verdict.promote:
             store.set_active_adapter(session=s, version=version)
+        store.record_fact_outcomes(session=s, attempted=outcome.attempted, learned=outcome.learned, version=version,
+                                   parked=outcome.parked)
         store.update_run(session=s, run_id=run_id, status=verdict.label, adapter_version=version,
                          data_counts=training.counts, loss_curve=result.loss_curve, phase="done",
                          finished_at=store.utcnow(), error=None if verdict.promote else verdict.reason)

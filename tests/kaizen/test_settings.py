@@ -45,11 +45,11 @@ def test_command_line_flags_beat_the_environment():
 
 
 def test_each_prefix_reads_only_its_own_variables():
-    env = {"KAIZEN_TRAIN_RANK": "4", "KAIZEN_GATE_MAX_DRIFT": "0.5", "KAIZEN_MAX_DRIFT": "0.1", "KAIZEN_RANK": "2",
+    env = {"KAIZEN_TRAIN_RANK": "4", "KAIZEN_GATE_MIN_LOCALITY": "0.5", "KAIZEN_MIN_LOCALITY": "0.1", "KAIZEN_RANK": "2",
            "KAIZEN_GATE_PORT": "1", "KAIZEN_TRAIN_PORT": "2"}
     cfg, limits = launch.training_knobs(env)
     assert (cfg.rank, cfg.gamma) == (4, TrainConfig().gamma)
-    assert (limits.max_drift, limits.max_leak) == (0.5, GateLimits().max_leak)
+    assert (limits.min_locality, limits.max_leak) == (0.5, GateLimits().max_leak)
     assert load_settings(None, env).port == 7860
 
 
@@ -79,7 +79,7 @@ def load_all(env: dict[str, str]) -> None:
     ({"KAIZEN_TRAIN_RANK": "big"}, "KAIZEN_TRAIN_RANK must be an integer >= 1, not 'big'"),
     ({"KAIZEN_TRAIN_CHECK_EVERY": "0"}, "KAIZEN_TRAIN_CHECK_EVERY must be an integer >= 1"),
     ({"KAIZEN_TRAIN_DROPOUT": "1"}, "KAIZEN_TRAIN_DROPOUT must be a number >= 0 and < 1"),
-    ({"KAIZEN_GATE_MAX_DRIFT": "1.5"}, "KAIZEN_GATE_MAX_DRIFT must be a number from 0 to 1"),
+    ({"KAIZEN_GATE_MIN_LOCALITY": "1.5"}, "KAIZEN_GATE_MIN_LOCALITY must be a number from 0 to 1"),
 ])
 def test_out_of_range_values_name_the_variable_and_the_range(env, message):
     with pytest.raises(InputError, match=re.escape(message)):
@@ -126,12 +126,12 @@ def test_target_modules_take_a_comma_separated_list():
 def test_direct_construction_does_not_read_the_environment(monkeypatch):
     monkeypatch.setenv("KAIZEN_PORT", "9000")
     monkeypatch.setenv("KAIZEN_TRAIN_RANK", "2")
-    monkeypatch.setenv("KAIZEN_GATE_MAX_DRIFT", "0.1")
-    assert (Settings().port, Settings(memory=False).port, TrainConfig().rank, GateLimits().max_drift) == (
-        7860, 7860, 8, 0.9)
+    monkeypatch.setenv("KAIZEN_GATE_MIN_LOCALITY", "0.1")
+    assert (Settings().port, Settings(memory=False).port, TrainConfig().rank, GateLimits().min_locality) == (
+        7860, 7860, 8, 0.0)
     # ... while the loaders do read them (so the line above is not true for some other reason)
     assert (load_settings(None, os.environ).port, load_train_config(os.environ).rank,
-            load_gate_limits(os.environ).max_drift) == (9000, 2, 0.1)
+            load_gate_limits(os.environ).min_locality) == (9000, 2, 0.1)
 
 
 def test_settings_are_immutable_and_replace_validates():

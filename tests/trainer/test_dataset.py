@@ -1,6 +1,7 @@
-"""The dataset builder: sources, provenance, replay, newest-wins, export."""
+"""The dataset builder: sources, provenance, replay, newest-wins, budgets, export."""
 
 import json
+import time
 
 from feedback_db import store
 from feedback_db.db import Database
@@ -49,7 +50,8 @@ def test_all_sources_become_rows_with_provenance(tmp_path):
     assert len({e.messages[1]["content"] for e in chorei}) == 5
     assert all(e.messages[0]["content"].startswith("You are Na") for e in ts.examples)
     assert {f.answer for f in ts.facts} == {"Buổi họp giao ban sáng.", "Công ty BICweb kính chào!"}
-    assert ts.counts == {"knowledge_items": 2, "new_items": 2, "sft_rows": 10, "up_rows": 1, "down_rows": 1}
+    assert {k: ts.counts[k] for k in ("knowledge_items", "new_items", "sft_rows", "up_rows", "down_rows")} == {
+        "knowledge_items": 2, "new_items": 2, "sft_rows": 10, "up_rows": 1, "down_rows": 1}
 
 
 def test_newer_answer_to_the_same_question_wins(tmp_path):
@@ -79,3 +81,77 @@ def test_export_writes_standalone_chat_rows(tmp_path):
 def test_empty_database_gives_no_rows(tmp_path):
     ts = build_training_set(db=_db(tmp_path), persona=Persona())
     assert ts.examples == [] and ts.facts == []
+
+
+def _grow(db, facts, ratings, start=0):
+    """Add `facts` knowledge items and `ratings` rated exchanges (ids continue from `start`)."""
+    with db.write() as s:
+        for i in range(start, start + facts):
+            store.add_knowledge(session=s, question=f"Fact {i}: what is code {i}?", answer=f"Code {i} is {i * 7}.")
+        for i in range(start, start + ratings):
+            ex = store.create_exchange(session=s, conversation_id=None, user_text=f"hello {i}", bot_text=f"hi {i}",
+                                       emotion_label="neutral", emotion_score=0.0)
+            store.rate_exchange(session=s, exchange_id=ex.id, rating="up" if i % 3 else "down")
+
+
+def _finish_round(db, version, learned=(), attempted=()):
+    with db.write() as s:
+        run = store.create_run(session=s, trigger="cli", round_index=0)
+        store.update_run(session=s, run_id=run.id, status="promoted", finished_at=store.utcnow())
+        store.record_fact_outcomes(session=s, attempted=attempted, learned=learned, version=version)
+    time.sleep(0.01)  # ratings given after this round must be strictly newer than its start
+
+
+BUDGET = {"max_new_facts": 8, "replay_facts": 16, "replay_ratings": 32}
+
+
+def test_a_rounds_size_stays_within_its_budget_as_history_grows(tmp_path):
+    db = _db(tmp_path)
+    variants = 3
+    bound = (BUDGET["max_new_facts"] + BUDGET["replay_facts"]) * variants + BUDGET["replay_ratings"]
+    sizes = []
+    for step in range(3):  # 100, 200, 300 facts; 166, 333, 500 ratings; most facts learned along the way
+        _grow(db, 100, 167 if step < 2 else 166, start=step * 167)
+        with db.session() as s:
+            queue = [i.id for i in store.list_training_queue(session=s)]
+        _finish_round(db, f"v{step + 1}", learned=queue[:-10])
+        ts = build_training_set(db=db, persona=Persona(), n_variants=variants, round_index=step, **BUDGET)
+        sizes.append(len(ts.examples))
+        assert len(ts.examples) <= bound
+        assert len(ts.new_facts) == BUDGET["max_new_facts"] and len(ts.old_facts) == BUDGET["replay_facts"]
+        assert ts.counts["up_rows"] + ts.counts["down_rows"] == BUDGET["replay_ratings"]
+    assert sizes[0] == sizes[-1] == bound  # the 3rd round with 300 facts and 500 ratings costs what the 1st did
+    with db.session() as s:
+        assert store.count_new_since_last_round(session=s) == 10  # facts still queued (no new ratings)
+
+
+def test_new_facts_are_the_oldest_queued_and_replay_is_resampled_each_round(tmp_path):
+    db = _db(tmp_path)
+    _grow(db, 40, 0)
+    with db.session() as s:
+        ids = [i.id for i in store.list_training_queue(session=s)]
+    _finish_round(db, "v1", learned=ids[:30], attempted=ids[30:32])
+    with db.write() as s:
+        store.record_fact_outcomes(session=s, attempted=[], learned=[], version="v1", parked=[ids[30]])
+    one = build_training_set(db=db, persona=Persona(), n_variants=1, round_index=1, **BUDGET)
+    assert [f.item_id for f in one.new_facts] == ids[31:39]  # parked ids[30] is skipped: memory only
+    assert one.new_facts[0].attempts == 1
+    two = build_training_set(db=db, persona=Persona(), n_variants=1, round_index=2, **BUDGET)
+    again = build_training_set(db=db, persona=Persona(), n_variants=1, round_index=2, **BUDGET)
+    replay = [f.item_id for f in two.old_facts]
+    assert set(replay) <= set(ids[:30]) and len(replay) == 16
+    assert replay == [f.item_id for f in again.old_facts]  # the same round index samples the same facts
+    assert replay != [f.item_id for f in one.old_facts]
+    everything = build_training_set(db=db, persona=Persona(), n_variants=1, include_parked=True)
+    assert len(everything.facts) == 40  # `kaizen export` keeps every fact
+
+
+def test_ratings_since_the_last_round_come_first(tmp_path):
+    db = _db(tmp_path)
+    _grow(db, 0, 50)
+    _finish_round(db, "v1")
+    _grow(db, 0, 5, start=50)
+    ts = build_training_set(db=db, persona=Persona(), n_variants=1, replay_ratings=8)
+    users = [e.messages[1]["content"] for e in ts.examples]
+    assert len(users) == 8 and {f"hello {i}" for i in range(50, 55)} <= set(users)
+    assert ts.counts["recent_ratings"] == 5

@@ -1,43 +1,79 @@
-"""The gate with scripted metrics, in both directions."""
+"""The gate with scripted metrics, in both directions, and what a round means for each new fact."""
 
 import pytest
 
 from kaizen.metrics import RoundMetrics
 from kaizen.settings import GateLimits
-from trainer.gate import decide
+from trainer.dataset import Fact
+from trainer.gate import decide, settle
 
-GOOD = {"new_recall": 1.0, "retention": 1.0, "baseline_retention": 1.0, "drift": 0.1}
+GOOD = {"new_facts": 10, "new_recall": 1.0, "retention": 1.0, "baseline_retention": 1.0, "locality": 0.97,
+        "drift": 0.9, "leak": 0.0}
 
 
 def m(**values) -> RoundMetrics:
-    return RoundMetrics(**values)
+    return RoundMetrics(**{**GOOD, **values})
 
 
-def test_good_metrics_promote():
-    v = decide(m(**GOOD), GateLimits())
-    assert v.promote and v.label == "promoted" and "new-fact recall 100%" in v.reason
+def facts(n, attempts=0):
+    return [Fact(i, f"Q{i}?", f"A{i}.", True, attempts) for i in range(1, n + 1)]
+
+
+def test_good_metrics_promote_and_drift_no_longer_gates():
+    v = decide(m(), GateLimits(min_locality=0.9))
+    assert v.promote and v.label == "promoted" and "new-fact recall 100% (10 of 10 learned" in v.reason
+    assert "drift 0.90 (reported, not gated)" in v.reason
+
+
+def test_a_round_that_learned_8_of_10_promotes_those_8_and_retries_the_2():
+    metrics = m(new_recall=0.8, facts={str(i): ["k", i <= 8] for i in range(1, 11)})
+    v = decide(metrics, GateLimits())
+    assert v.promote and "8 of 10 learned; needs 1" in v.reason
+    out = settle(facts(10), metrics, promoted=True, park_after=3)
+    assert out.learned == list(range(1, 9)) and out.attempted == [9, 10] and out.parked == []
+
+
+def test_nothing_learned_is_rejected_with_a_reason_and_still_counts_attempts():
+    metrics = m(new_recall=0.0, facts={str(i): ["k", False] for i in range(1, 11)})
+    v = decide(metrics, GateLimits())
+    assert not v.promote and "new-fact recall 0% (0 of 10 learned; needs 1)" in v.reason
+    out = settle(facts(10, attempts=1), metrics, promoted=False, park_after=3)
+    assert out.learned == [] and out.attempted == list(range(1, 11)) and out.parked == []
+    # a fact at its last attempt is parked, whatever the verdict
+    assert settle(facts(2, attempts=2), metrics, promoted=False, park_after=3).parked == [1, 2]
+
+
+def test_a_rejected_version_learns_nothing_even_where_it_recalled():
+    metrics = m(new_recall=1.0, facts={"1": ["k", True]}, new_facts=1)
+    assert settle(facts(1), metrics, promoted=False, park_after=3).learned == []
+
+
+def test_min_new_recall_is_a_share():
+    assert decide(m(new_recall=0.8), GateLimits(min_new_recall=0.8)).promote
+    v = decide(m(new_recall=0.7), GateLimits(min_new_recall=0.8))
+    assert not v.promote and "7 of 10 learned; needs 8" in v.reason
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    ({"new_recall": 0.5}, "new-fact recall 50%"),
-    ({"retention": 0.5}, "retention 50% (active adapter: 100%)"),
-    ({"drift": 0.9}, "drift 0.90"),
-    ({"drift": None}, "drift was not measured"),
+    ({"retention": 0.5}, "retention 50% (active version: 100%)"),
+    ({"locality": 0.89}, "locality 0.890 (needs 0.900)"),
+    ({"locality": None}, "locality was not measured"),
     ({"leak": 0.5}, "leaking into 50% of held-out prompts"),
 ])
 def test_each_failure_rejects_with_its_reason(change, reason):
-    v = decide(m(**{**GOOD, **change}), GateLimits(max_drift=0.5))
+    v = decide(m(**change), GateLimits(min_locality=0.9))
     assert not v.promote and v.label == "rejected" and reason in v.reason
 
 
-def test_unmeasured_parts_do_not_block():
-    assert decide(m(new_recall=None, retention=None, baseline_retention=None, drift=0.0),
-                  GateLimits()).promote
-    # retention equal to a weak active adapter's is fine; the slack allows a small drop
-    assert decide(m(**{**GOOD, "retention": 0.5, "baseline_retention": 0.5}), GateLimits()).promote
-    assert decide(m(**{**GOOD, "retention": 0.9}), GateLimits(retention_slack=0.2)).promote
+def test_no_new_facts_promotes_when_retention_is_kept_and_rejects_when_it_drops():
+    assert decide(m(new_facts=0, new_recall=None, retention=0.75, baseline_retention=0.75), GateLimits()).promote
+    v = decide(m(new_facts=0, new_recall=None, retention=0.5, baseline_retention=0.75), GateLimits())
+    assert not v.promote and "retention 50%" in v.reason
 
 
-def test_limits_are_respected_at_the_boundary():
-    assert decide(m(**{**GOOD, "drift": 0.5}), GateLimits(max_drift=0.5)).promote
-    assert not decide(m(**{**GOOD, "drift": 0.5001}), GateLimits(max_drift=0.5)).promote
+def test_unmeasured_parts_do_not_block_but_slack_and_boundaries_hold():
+    assert decide(m(new_facts=0, new_recall=None, retention=None, baseline_retention=None), GateLimits()).promote
+    assert decide(m(retention=0.9), GateLimits(retention_slack=0.1)).promote
+    assert not decide(m(retention=0.89), GateLimits(retention_slack=0.1)).promote
+    assert decide(m(locality=0.9), GateLimits(min_locality=0.9)).promote
+    assert not decide(m(locality=0.8999), GateLimits(min_locality=0.9)).promote

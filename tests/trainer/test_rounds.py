@@ -9,10 +9,20 @@ from feedback_db.db import Database
 from kaizen import adapters
 from kaizen.errors import ConflictError
 from kaizen.settings import GateLimits, Settings, TrainConfig
+import trainer.rounds
+from tests.trainer.scripted import scripted_evaluation
 from trainer.rounds import LOCK, NoDataError, run_round
 
 FAST = TrainConfig(max_steps=3, batch_size=4, anchors_per_step=2, early_stop_exact=False, anchor_max_new_tokens=8)
-LENIENT = GateLimits(min_new_recall=0.0, max_drift=1.0)
+LENIENT = GateLimits()
+
+
+@pytest.fixture
+def learns(monkeypatch):
+    """Script which facts the tiny model's weights "recall" (it cannot learn a sentence for real)."""
+    def script(recalls=lambda fact: True):
+        monkeypatch.setattr(trainer.rounds, "evaluate_adapter", scripted_evaluation(recalls))
+    return script
 
 
 @pytest.fixture
@@ -46,10 +56,15 @@ def test_a_failing_gate_keeps_the_version_as_rejected(env):
     meta = adapters.verify(settings.adapters_dir / "v1")
     assert meta["verdict"] == "rejected" and len(meta["loss_curve"]) == 3 and meta["data_counts"]["sft_rows"] == 10
     assert meta["metrics"]["new_facts"] == 1 and meta["metrics"]["drift"] is not None
+    assert 0.0 <= meta["metrics"]["locality"] <= 1.0 and meta["metrics"]["attempted_ids"] == [1]
+    with db.session() as s:  # a rejected round counts the attempt
+        item = store.get_knowledge(session=s, item_id=1)
+        assert (item.train_attempts, item.learned_version, item.parked) == (1, None, False)
 
 
-def test_promotion_then_a_second_round_continues_with_a_lower_lr(env):
+def test_promotion_then_a_second_round_continues_with_a_lower_lr(env, learns):
     settings, db = env
+    learns()
     _teach(db)
     seen = []
     first = run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT, progress=seen.append)
@@ -60,6 +75,9 @@ def test_promotion_then_a_second_round_continues_with_a_lower_lr(env):
     assert second.promoted and _state(db)[0] == "v2"
     assert second.metrics.lr < first.metrics.lr
     assert second.metrics.new_facts == 1 and second.metrics.old_facts == 1  # fact 1 was replayed and checked
+    assert second.metrics.baseline_retention == 1.0 and second.metrics.learned_ids == [2]
+    with db.session() as s:
+        assert [i.learned_version for i in store.list_knowledge(session=s)] == ["v1", "v2"]
     with db.session() as s:
         assert [r.round_index for r in store.list_runs(session=s)] == [1, 0]
 
@@ -73,8 +91,9 @@ def test_no_data_says_so_and_creates_no_version(env):
     assert not settings.adapters_dir.exists() or not list(settings.adapters_dir.iterdir())
 
 
-def test_nothing_new_without_force(env):
+def test_nothing_new_without_force(env, learns):
     settings, db = env
+    learns()
     _teach(db)
     run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
     with pytest.raises(NoDataError, match="Nothing new"):
@@ -92,8 +111,9 @@ def test_a_second_round_while_one_runs_is_refused(env):
     assert _state(db)[1] == []
 
 
-def test_a_crash_mid_training_marks_the_run_failed_and_changes_nothing(env):
+def test_a_crash_mid_training_marks_the_run_failed_and_changes_nothing(env, learns):
     settings, db = env
+    learns()
     _teach(db)
     run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
 
@@ -109,3 +129,28 @@ def test_a_crash_mid_training_marks_the_run_failed_and_changes_nothing(env):
     with db.session() as s:
         assert store.list_runs(session=s)[0].error == "Interrupted (Ctrl-C)."
     assert [p.name for p in settings.adapters_dir.iterdir()] == ["v1"]
+
+
+def test_a_fact_that_never_learns_is_parked_and_the_next_queued_fact_is_trained(env, learns):
+    settings, db = env
+    learns(lambda fact: fact.item_id != 1)  # the first fact never comes out exact
+    _teach(db)
+    _teach(db, "CHOREI có nghĩa là gì?", "Buổi họp giao ban buổi sáng kiểu Nhật.")
+    cfg = FAST.replace(max_new_facts=1, park_after=2)
+    verdicts = []
+    for _ in range(2):
+        out = run_round(db=db, settings=settings, cfg=cfg, force=False)
+        verdicts.append(out.promoted)
+        assert out.metrics.attempted_ids == [1] and "0 of 1 learned" in out.reason
+    assert verdicts == [False, False] and out.metrics.parked_ids == [1]
+    with db.session() as s:
+        assert [i.id for i in store.list_parked(session=s)] == [1]
+        assert store.get_knowledge(session=s, item_id=1).enabled  # still served by the memory
+    third = run_round(db=db, settings=settings, cfg=cfg, force=False)  # the queue moved on
+    assert third.promoted and third.metrics.attempted_ids == [2] and third.metrics.learned_ids == [2]
+    with db.session() as s:
+        assert store.get_active_adapter(session=s) == third.version
+        assert [(i.train_attempts, i.learned_version, i.parked) for i in store.list_knowledge(session=s)] == [
+            (2, None, True), (0, third.version, False)]
+    with pytest.raises(NoDataError, match="Nothing new"):  # nothing left to learn: parked facts do not count
+        run_round(db=db, settings=settings, cfg=cfg, force=False)
