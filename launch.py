@@ -237,19 +237,26 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 @command("adapters")
 def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
     from feedback_db import store
+    from kaizen.metrics import RoundMetrics
 
     db = _open_db(settings)
     with db.session() as s:
         active = store.get_active_adapter(session=s)
         rows = store.list_adapters(session=s)
-    print(f"{'':2}{'version':8} {'verdict':9} {'round':>5}  {'created':19}  metrics")
+    print(f"{'':2}{'version':8} {'verdict':9} {'round':>5}  {'created':19}  {'reliab.':>7} {'general.':>8} "
+          f"{'locality':>8} {'retention':>9} {'learned':>7} {'parked':>6}")
     print(f"{'*' if active == 'base' else ' ':2}{'base':8} {'':9} {'':>5}  {'':19}  the model without an adapter")
+
+    def figure(value: object, width: int) -> str:
+        return f"{value:>{width}.2f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
     for r in rows:
-        m = r.metrics or {}
-        summary = ", ".join(f"{k}={m[k]:.2f}" for k in ("new_recall", "retention", "paraphrase_recall", "drift")
-                            if isinstance(m.get(k), (int, float)))
+        m = RoundMetrics.from_dict(r.metrics)
         print(f"{'*' if r.version == active else ' ':2}{r.version:8} {r.verdict:9} {r.round_index:>5}  "
-              f"{r.created_at:%Y-%m-%d %H:%M:%S}  {summary}")
+              f"{r.created_at:%Y-%m-%d %H:%M:%S}  {figure(m.new_recall, 7)} {figure(m.paraphrase_recall, 8)} "
+              f"{figure(m.locality, 8)} {figure(m.retention, 9)} {m.learned:>7} {m.parked:>6}")
+    print("reliability: new facts recalled exactly; generality: unseen phrasings; locality: agreement with the "
+          "base model on held-out prompts (1 = unchanged); retention: replayed facts kept")
     return 0
 
 

@@ -164,6 +164,9 @@ class KnowledgeView(_View):
     hit_count: int
     feedback_id: int | None
     updated_at: UtcTime | None
+    train_attempts: int = 0  # rounds that trained it without learning it
+    learned_version: str | None = None  # the version whose weights first recalled it exactly
+    parked: bool = False  # not learned after park_after rounds: served by the memory only
 
 
 class KnowledgeList(_View):

@@ -80,7 +80,8 @@ def _knowledge_view(item: KnowledgeItem) -> KnowledgeView:
     return KnowledgeView(
         id=item.id, question=item.question, answer=item.answer, category=item.category, origin=item.origin,
         verbatim=item.verbatim, enabled=item.enabled, hit_count=item.hit_count, feedback_id=item.feedback_id,
-        updated_at=item.updated_at)
+        updated_at=item.updated_at, train_attempts=item.train_attempts, learned_version=item.learned_version,
+        parked=item.parked)
 
 
 def _exchange_view(ex: Exchange) -> ExchangeView:
@@ -270,6 +271,11 @@ class AdminService:
         with self._kaizen.db.session() as s:
             items = store.list_knowledge(session=s, limit=limit, offset=offset)
             return KnowledgeList(items=[_knowledge_view(k) for k in items])
+
+    def parked_knowledge(self) -> KnowledgeList:
+        """Items the weights failed to learn in park_after rounds: served by the memory only."""
+        with self._kaizen.db.session() as s:
+            return KnowledgeList(items=[_knowledge_view(k) for k in store.list_parked(session=s)])
 
     def import_knowledge(self, data: bytes, filename: str, *, skip_invalid: bool = False,
                          verbatim: bool = False) -> ImportResult:

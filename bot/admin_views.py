@@ -16,6 +16,7 @@ from bot.admin_models import (
     FeedbackView,
     ImportResult,
     KnowledgeList,
+    KnowledgeView,
     PersonaPreview,
     RunsView,
     RunView,
@@ -24,12 +25,13 @@ from bot.admin_models import (
 from kaizen.knowledge_files import ImportFileError
 
 FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correction", "updated"]
-KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits"]
+KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits", "weights"]
 RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "ms"]
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
-ADAPTER_COLUMNS = ["active", "version", "verdict", "new recall", "retention", "paraphrases", "drift",
-                   "steps", "seconds", "created", "reason"]
-METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "drift", "steps", "seconds")  # ADAPTER_COLUMNS 3-8
+ADAPTER_COLUMNS = ["active", "version", "verdict", "new recall", "retention", "paraphrases", "locality", "drift",
+                   "learned", "parked", "steps", "seconds", "created", "reason"]
+METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "locality", "drift", "learned", "parked", "steps",
+               "seconds")  # ADAPTER_COLUMNS 3-11
 ACTIVE_STATUSES = ("queued", "running")
 MAX_LISTED_LINES = 200
 
@@ -123,10 +125,19 @@ def review_message(fb: FeedbackView) -> str:
     return f"Feedback #{fb.id} {fb.status}.{note}"
 
 
+def weights_state(item: KnowledgeView) -> str:
+    """Where the weights stand on an item: learned by a version, queued for training, or memory only (parked)."""
+    if item.parked:
+        return "memory only"
+    if item.learned_version:
+        return f"learned ({item.learned_version})"
+    return f"queued ({item.train_attempts} tries)" if item.train_attempts else "queued"
+
+
 def knowledge_frame(view: KnowledgeList) -> pd.DataFrame:
-    """The knowledge table."""
+    """The knowledge table; parked items say "memory only" (the weights did not learn them)."""
     return pd.DataFrame([[i.id, short(i.question), short(i.answer), i.category, i.origin, i.verbatim, i.enabled,
-                          i.hit_count] for i in view.items], columns=KNOWLEDGE_COLUMNS)
+                          i.hit_count, weights_state(i)] for i in view.items], columns=KNOWLEDGE_COLUMNS)
 
 
 def import_message(filename: str, result: ImportResult) -> str:

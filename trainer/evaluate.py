@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from importlib import resources
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -4,17 +4,16 @@ import os
 
 import pytest
 
+import trainer.rounds
 from feedback_db import store
 from feedback_db.db import Database
 from kaizen import adapters
 from kaizen.errors import ConflictError
-from kaizen.settings import GateLimits, Settings, TrainConfig
-import trainer.rounds
+from kaizen.settings import Settings, TrainConfig
 from tests.trainer.scripted import scripted_evaluation
 from trainer.rounds import LOCK, NoDataError, run_round
 
 FAST = TrainConfig(max_steps=3, batch_size=4, anchors_per_step=2, early_stop_exact=False, anchor_max_new_tokens=8)
-LENIENT = GateLimits()
 
 
 @pytest.fixture
@@ -67,11 +66,11 @@ def test_promotion_then_a_second_round_continues_with_a_lower_lr(env, learns):
     learns()
     _teach(db)
     seen = []
-    first = run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT, progress=seen.append)
+    first = run_round(db=db, settings=settings, cfg=FAST, progress=seen.append)
     assert first.promoted and _state(db)[0] == "v1"
     assert [p.step for p in seen] == [1, 2, 3]
     _teach(db, "CHOREI có nghĩa là gì?", "Buổi họp giao ban buổi sáng kiểu Nhật.")
-    second = run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
+    second = run_round(db=db, settings=settings, cfg=FAST)
     assert second.promoted and _state(db)[0] == "v2"
     assert second.metrics.lr < first.metrics.lr
     assert second.metrics.new_facts == 1 and second.metrics.old_facts == 1  # fact 1 was replayed and checked
@@ -95,7 +94,7 @@ def test_nothing_new_without_force(env, learns):
     settings, db = env
     learns()
     _teach(db)
-    run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
+    run_round(db=db, settings=settings, cfg=FAST)
     with pytest.raises(NoDataError, match="Nothing new"):
         run_round(db=db, settings=settings, cfg=FAST, force=False)
 
@@ -115,14 +114,14 @@ def test_a_crash_mid_training_marks_the_run_failed_and_changes_nothing(env, lear
     settings, db = env
     learns()
     _teach(db)
-    run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT)
+    run_round(db=db, settings=settings, cfg=FAST)
 
     def crash(progress):
         if progress.step == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_round(db=db, settings=settings, cfg=FAST, limits=LENIENT, progress=crash)
+        run_round(db=db, settings=settings, cfg=FAST, progress=crash)
     active, versions, runs, lock = _state(db)
     assert active == "v1" and versions == [("v1", "promoted")] and lock is None
     assert runs[0] == ("failed", None)
