@@ -56,6 +56,7 @@ class TrainingSet:
     system_prompt: str
     counts: dict = field(default_factory=dict)
     learned_ids: frozenset[str] = frozenset()  # every learned, unparked fact (str ids, as in RoundMetrics.facts)
+    superseded_ids: tuple[int, ...] = ()  # queued items a newer answer to the same question replaced: never trained
 
     @property
     def new_facts(self) -> list[Fact]:
@@ -121,7 +122,8 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
     rng = random.Random(f"kaizen-replay:{seed}:{round_index}")
     with db.session() as s:
         # every enabled item is read (a cheap row read) so that a newer answer to the same question wins
-        items = _newest_per_question(store.list_knowledge(session=s, enabled_only=True))
+        enabled = store.list_knowledge(session=s, enabled_only=True)
+        items = _newest_per_question(enabled)
         last = store.last_finished_run(session=s)
         since = last.started_at if last else None
         recent = store.rated_exchanges(session=s, since=since, limit=replay_ratings, newest_first=True) \
@@ -162,7 +164,9 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
         "budget": {"max_new_facts": max_new_facts, "replay_facts": replay_facts, "replay_ratings": replay_ratings},
     }
     return TrainingSet(examples=examples, facts=facts, system_prompt=system_prompt(persona), counts=counts,
-                       learned_ids=frozenset(str(i.id) for i in learned))
+                       learned_ids=frozenset(str(i.id) for i in learned),
+                       superseded_ids=tuple(sorted({i.id for i in enabled if i.learned_version is None and not i.parked}
+                                                   - {i.id for i in items})))
 
 
 def export_jsonl(training: TrainingSet, path: Path) -> int:

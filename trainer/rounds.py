@@ -197,8 +197,9 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
                              verdict=verdict.label, reason=verdict.reason, metrics=metrics.to_dict(), path=str(path))
         if verdict.promote:
             store.set_active_adapter(session=s, version=version)
+        # A superseded answer is never trained; parked, it no longer counts as waiting in the queue.
         store.record_fact_outcomes(session=s, attempted=outcome.attempted, learned=outcome.learned, version=version,
-                                   parked=outcome.parked)
+                                   parked=[*outcome.parked, *training.superseded_ids])
         store.update_run(session=s, run_id=run_id, status=verdict.label, adapter_version=version,
                          data_counts=training.counts, loss_curve=result.loss_curve, phase="done",
                          finished_at=store.utcnow(), error=None if verdict.promote else verdict.reason)
