@@ -45,7 +45,8 @@ def test_command_line_flags_beat_the_environment():
 
 
 def test_each_prefix_reads_only_its_own_variables():
-    env = {"KAIZEN_TRAIN_RANK": "4", "KAIZEN_GATE_MIN_LOCALITY": "0.5", "KAIZEN_MIN_LOCALITY": "0.1", "KAIZEN_RANK": "2",
+    env = {"KAIZEN_TRAIN_RANK": "4", "KAIZEN_GATE_MIN_LOCALITY": "0.5",
+           "KAIZEN_MIN_LOCALITY": "0.1", "KAIZEN_RANK": "2",
            "KAIZEN_GATE_PORT": "1", "KAIZEN_TRAIN_PORT": "2"}
     cfg, limits = launch.training_knobs(env)
     assert (cfg.rank, cfg.gamma) == (4, TrainConfig().gamma)

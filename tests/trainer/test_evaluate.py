@@ -82,7 +82,7 @@ def test_locality_is_one_for_the_reference_model_and_counts_each_changed_token(t
     # A reference whose last token differs: only that position disagrees, the prefix still counts.
     changed = [r[:-1] + [(r[-1] + 1) % len(tok)] for r in ref]
     assert locality(model, tok, convs, changed) == pytest.approx(sum((len(r) - 1) / len(r) for r in ref) / len(ref))
-    other = make_tiny_llama(tok, seed=7)
+    other = tiny_llama(tok, seed=7)
     assert locality(other, tok, convs, ref) < 0.5
     assert locality(model, tok, convs, [[] for _ in convs]) == 1.0  # nothing to compare
     with pytest.raises(ValueError, match="differ in length"):
