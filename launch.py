@@ -38,6 +38,7 @@ from kaizen.settings import (
 if TYPE_CHECKING:  # heavy imports (torch) wait until a command needs them
     from bot.services import Kaizen
     from feedback_db.db import Database
+    from kaizen.ports import ScopeRouter
     from trainer.rounds import RoundOutcome
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}  # filled by @command
@@ -119,6 +120,29 @@ def training_knobs(environ: Mapping[str, str] = os.environ) -> tuple[TrainConfig
     return load_train_config(environ), load_gate_limits(environ)
 
 
+class _LazyScope:
+    """The serving side's scope router, built on first use: loading the embedder costs seconds, and a
+    round that finds nothing to train on never asks."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db, self.settings = db, settings
+        self._router: ScopeRouter | None = None
+
+    def in_scope(self, text: str) -> bool:
+        if self._router is None:
+            from bot.recall import KnowledgeRecall
+            from bot.services import build_memory
+
+            self._router = KnowledgeRecall(db=self.db, memory=build_memory(self.settings))
+        return self._router.in_scope(text)
+
+
+def scope_router(db: Database, settings: Settings) -> ScopeRouter | None:
+    """The serving side's routing by scope (the retrieval memory over the knowledge table), for a round
+    to measure its version as served; None when the adapter answers everything (adapter_routing=always)."""
+    return _LazyScope(db, settings) if settings.adapter_routing == "scope" else None
+
+
 def wire_serving(kaizen: Kaizen) -> Kaizen:
     """Attach training, the schedule and adapter following to a serving process."""
     from scheduler import KaizenScheduler, TrainingSupervisor
@@ -126,6 +150,7 @@ def wire_serving(kaizen: Kaizen) -> Kaizen:
 
     cfg, limits = training_knobs()
     kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, cfg=cfg, limits=limits,
+                                         scope=scope_router,
                                          on_finish=lambda _run_id: kaizen.follower.sync())
     kaizen.scheduler = KaizenScheduler(db=kaizen.db, settings=kaizen.settings, supervisor=kaizen.training)
     kaizen.export_dataset = export_training_set
@@ -197,7 +222,8 @@ def cmd_teach(args: argparse.Namespace, settings: Settings) -> int:
         item = store.add_knowledge(session=s, question=question, answer=answer, origin="teach", verbatim=True)
     print(f"stored as knowledge item {item.id}; training a round ...", flush=True)
     cfg, limits = training_knobs()
-    return _print_outcome(run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger="teach", force=True))
+    return _print_outcome(run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger="teach", force=True,
+                                    scope=scope_router(db, settings)))
 
 
 @command("train")
@@ -205,8 +231,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.rounds import run_round
 
     cfg, limits = training_knobs()
-    return _print_outcome(run_round(db=_open_db(settings), settings=settings, cfg=cfg, limits=limits, trigger="cli",
-                                    force=args.force))
+    db = _open_db(settings)
+    return _print_outcome(run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger="cli",
+                                    force=args.force, scope=scope_router(db, settings)))
 
 
 @command("import")

@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from apscheduler.job import Job
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    from kaizen.ports import ScopeRouter
     from kaizen.settings import GateLimits, TrainConfig
+
+    ScopeFactory = Callable[[Database, Settings], ScopeRouter | None]
 
 SCHEDULE_KEY = "schedule"
 LAST_CHECK_KEY = "schedule_last_check"
@@ -44,8 +47,9 @@ JOB_ID = "kaizen-train"
 
 
 def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg: TrainConfig | None = None,
-                limits: GateLimits | None = None) -> None:
-    """Entry point of the training child process."""
+                limits: GateLimits | None = None, scope: ScopeFactory | None = None) -> None:
+    """Entry point of the training child process. `scope` builds the serving side's scope router in
+    the child (a module-level function, so it pickles by reference)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with contextlib.suppress(OSError):
         os.nice(10)  # chat requests in the parent win the CPU when both want it
@@ -54,7 +58,7 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg:
     db = Database(settings.database_url, run_migrations=False)
     try:
         run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger=trigger, force=force,
-                  threads=settings.train_threads, run_id=run_id)
+                  threads=settings.train_threads, run_id=run_id, scope=scope(db, settings) if scope else None)
     except Exception:  # the run row already holds the error; exit non-zero for the parent's log
         raise SystemExit(1) from None
     finally:
@@ -64,8 +68,9 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg:
 class TrainingSupervisor:
     def __init__(self, *, db: Database, settings: Settings, on_finish: Callable[[int], object] | None = None,
                  target: Callable[..., None] = _child_main, cfg: TrainConfig | None = None,
-                 limits: GateLimits | None = None) -> None:
+                 limits: GateLimits | None = None, scope: ScopeFactory | None = None) -> None:
         self.db = db
+        self.scope = scope
         self.settings = settings
         self.cfg, self.limits = cfg, limits
         self.on_finish = on_finish
@@ -100,7 +105,7 @@ class TrainingSupervisor:
             args: tuple[object, ...] = (self.settings, run_id, trigger, force)
             if self.cfg is not None or self.limits is not None:
                 args += (self.cfg, self.limits)
-            proc = self._ctx.Process(target=self._target, args=args,
+            proc = self._ctx.Process(target=self._target, args=args, kwargs={"scope": self.scope} if self.scope else {},
                                      name=f"kaizen-train-{run_id}", daemon=True)
             proc.start()
             self._proc, self._run_id = proc, run_id

@@ -109,7 +109,8 @@ class KaizenExtras(BaseModel):
 
     source: str  # memory | rag | model
     memory_item_ids: list[int]
-    adapter: str
+    adapter: str  # the version being served
+    adapter_applied: bool = False  # whether its adapter produced this answer (routing by scope)
     emotion: str
 
 
@@ -260,7 +261,8 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                 usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                             total_tokens=prompt_tokens + completion_tokens),
                 kaizen=KaizenExtras(source=reply.source, memory_item_ids=reply.item_ids,
-                                    adapter=reply.meta["adapter_version"], emotion=reply.emotion.label))
+                                    adapter=reply.meta["adapter_version"],
+                                    adapter_applied=reply.meta["adapter_applied"], emotion=reply.emotion.label))
 
         def events() -> Iterator[str]:
             yield _chunk(reply.exchange_id, model, created, ChunkDelta(role="assistant", content=""))

@@ -70,6 +70,7 @@ class MemoryReplyStream:
     def __init__(self, answer: str, *, adapter_version: str, completion_tokens: int) -> None:
         self._answer = answer
         self.adapter_version = adapter_version
+        self.adapter_applied = False  # no model ran
         self.prompt_tokens = 0  # nothing was sent to the model
         self.completion_tokens = completion_tokens
 
@@ -143,16 +144,20 @@ class ChatService:
         text = clean_message(message, self.settings.max_message_chars)
         emotion = self.emotions.analyze(text)
         use_memory = self.settings.memory if use_memory is None else use_memory
-        found = self.recall.recall(text) if (use_memory and self.recall is not None) else None
-        source = found.source if found is not None else "model"
-        hits = found.hits if found is not None else []
+        # The memory's calibrated retrieval is also the scope test of routing: it runs with memory
+        # replies turned off too, since the adapter's knowledge must stay within the taught scope.
+        found = self.recall.recall(text) if self.recall is not None else None
+        in_scope = found is not None and found.source != "model"  # = KnowledgeRecall.in_scope, one lookup
+        source = found.source if (found is not None and use_memory) else "model"
+        hits = found.hits if (found is not None and use_memory) else ()
         started, started_at = time.perf_counter(), utcnow()
         if source == "memory":
             stream: ReplyStream = self._memory_reply(hits[0].item.answer)
         else:
             facts = [h.item.answer for h in hits] if source == "rag" else []
+            use_adapter = self.settings.adapter_routing == "always" or in_scope
             stream = self._model_reply(text, emotion, facts, history or [], extra_system,
-                                       params_from(self.settings, **gen_overrides))
+                                       params_from(self.settings, **gen_overrides), use_adapter)
         item_ids = [h.item.id for h in hits]
 
         def finish(reply: Reply) -> None:
@@ -167,15 +172,16 @@ class ChatService:
                                  completion_tokens=self.engine.count_tokens(answer))
 
     def _model_reply(self, text: str, emotion: Emotion, facts: list[str], history: list[Message],
-                     extra_system: str, params: GenParams) -> ReplyStream:
-        """The model's answer, with the persona, the tone for `emotion` and any retrieved facts."""
+                     extra_system: str, params: GenParams, use_adapter: bool) -> ReplyStream:
+        """The model's answer, with the persona, the tone for `emotion` and any retrieved facts;
+        the served adapter applies only if `use_adapter` (routing by scope)."""
         system = build_system_prompt(load_persona(self.db), tone=tone_instruction(emotion.label),
                                      with_context=bool(facts))
         if extra_system:
             system += "\n\n" + extra_system
         messages = [{"role": "system", "content": system}, *history,
                     {"role": "user", "content": with_context(text, facts)}]
-        return self.engine.stream(messages, params)
+        return self.engine.stream(messages, params, use_adapter=use_adapter)
 
     def _store(self, reply: Reply, *, client: str, started: float, started_at: dt.datetime) -> None:
         """Store the finished exchange once, and count the memory items it used."""
@@ -191,6 +197,7 @@ class ChatService:
                 emotion_label=reply.emotion.label,
                 emotion_score=reply.emotion.score,
                 adapter_version=stream.adapter_version,
+                adapter_applied=stream.adapter_applied,
                 source=reply.source,
                 memory_item_ids=reply.item_ids,
                 latency_ms=(time.perf_counter() - started) * 1000,
@@ -201,7 +208,8 @@ class ChatService:
                 exchange_id=reply.exchange_id,
             )
             reply.conversation_id = ex.conversation_id
-            reply.meta = {"adapter_version": ex.adapter_version, "prompt_tokens": ex.prompt_tokens,
+            reply.meta = {"adapter_version": ex.adapter_version, "adapter_applied": bool(ex.adapter_applied),
+                          "prompt_tokens": ex.prompt_tokens,
                           "completion_tokens": ex.completion_tokens}
             if reply.item_ids:
                 store.count_hits(session=s, item_ids=reply.item_ids)

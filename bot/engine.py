@@ -8,6 +8,7 @@ beyond that `BusyError` tells the caller to come back later instead of queueing 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -58,13 +59,15 @@ class Generation:
     handler can refuse with 503 before it starts a stream.
     """
 
-    def __init__(self, engine: Engine, messages: list[Message], params: GenParams) -> None:
+    def __init__(self, engine: Engine, messages: list[Message], params: GenParams, use_adapter: bool = True) -> None:
         self._engine = engine
         self._params = params
+        self._use_adapter = use_adapter
         self.input_ids = engine.encode_chat(messages)
         self.prompt_tokens = int(self.input_ids.shape[1])
         self.completion_tokens = 0
         self.adapter_version = engine.adapter_version
+        self.adapter_applied = use_adapter and engine.adapter_version != BASE
         self.text = ""
         if not engine._slots.acquire(blocking=False):
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
@@ -82,6 +85,7 @@ class Generation:
                 raise BusyError("The bot is busy; the request waited too long. Please try again.")
             try:
                 self.adapter_version = engine.adapter_version
+                self.adapter_applied = self._use_adapter and engine.model is not engine.base_model
                 yield from self._run()
             finally:
                 engine._lock.release()
@@ -109,10 +113,16 @@ class Generation:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         result: dict[str, Any] = {}
 
+        model = engine.model
+        # Routed to the base model: peft's own switch turns the LoRA layers off for this generation only
+        # (the engine lock is held, so no other reply runs meanwhile).
+        off = model.disable_adapter() if model is not engine.base_model and not self.adapter_applied \
+            else contextlib.nullcontext()
+
         def work() -> None:
             try:
-                with torch.inference_mode():
-                    result["ids"] = generate(engine.model, **kwargs)
+                with torch.inference_mode(), off:
+                    result["ids"] = generate(model, **kwargs)
             except BaseException as exc:  # re-raised in the consumer thread below
                 result["error"] = exc
                 streamer.end()
@@ -204,8 +214,9 @@ class Engine:
 
     # --- generation ---------------------------------------------------------------------------
 
-    def stream(self, messages: list[Message], params: GenParams = GenParams()) -> Generation:
-        return Generation(self, self.fit_messages(messages, params.max_new_tokens), params)
+    def stream(self, messages: list[Message], params: GenParams = GenParams(), *,
+               use_adapter: bool = True) -> Generation:
+        return Generation(self, self.fit_messages(messages, params.max_new_tokens), params, use_adapter)
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
         return "".join(self.stream(messages, params))

@@ -35,7 +35,8 @@ class ReplyStream(Protocol):
     """One reply being generated. Iterating yields text chunks; after the last one the counts are
     final. Creating it reserves a place in the engine's queue (BusyError when full)."""
 
-    adapter_version: str  # the version that produced (or will produce) this reply
+    adapter_version: str  # the version being served when this reply started
+    adapter_applied: bool  # whether that version's adapter produced it (False: the base model, or no model)
     prompt_tokens: int
     completion_tokens: int
 
@@ -54,9 +55,11 @@ class ChatEngine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def stream(self, messages: list[Message], params: GenParams = GenParams()) -> ReplyStream:
-        """Start a reply to `messages` (oldest turns dropped to fit the context). Raises
-        InputError if the newest message alone does not fit, BusyError if the queue is full."""
+    def stream(self, messages: list[Message], params: GenParams = GenParams(), *,
+               use_adapter: bool = True) -> ReplyStream:
+        """Start a reply to `messages` (oldest turns dropped to fit the context), with the served
+        adapter applied, or the base model alone when `use_adapter` is False (routing by scope).
+        Raises InputError if the newest message alone does not fit, BusyError if the queue is full."""
         ...
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:

@@ -46,5 +46,10 @@ class KnowledgeRecall:
         self.sync()
         return self.memory.recall(text)
 
+    def in_scope(self, text: str) -> bool:
+        """Routing by scope (`kaizen.ports.ScopeRouter`): a taught question scores at least the memory's
+        calibrated context threshold (bot/memory.py: where unrelated questions stop matching)."""
+        return self.recall(text).source != "model"
+
     def __len__(self) -> int:
         return len(self._items)

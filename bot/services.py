@@ -73,7 +73,8 @@ def build_services(settings: Settings, *, engine: ChatEngine | None = None, memo
     db = db or Database(settings.database_url)
     engine = engine or build_engine(settings)
     recall = None
-    if settings.memory or memory is not None:
+    # The memory answers taught questions and, for routing by scope, decides which questions the adapter answers.
+    if settings.memory or settings.adapter_routing == "scope" or memory is not None:
         recall = KnowledgeRecall(db=db, memory=memory if memory is not None else build_memory(settings))
         recall.sync()
     chat = ChatService(engine=engine, db=db, emotions=EmotionAnalyzer(), settings=settings, recall=recall)

@@ -43,7 +43,10 @@ class Exchange(Base):
     bot_text: Mapped[str] = mapped_column(Text)
     emotion_label: Mapped[str] = mapped_column(String(8))
     emotion_score: Mapped[float] = mapped_column(Float)
-    adapter_version: Mapped[str] = mapped_column(String(32), default="base")
+    adapter_version: Mapped[str] = mapped_column(String(32), default="base")  # the version being served
+    # Whether that version's adapter produced the reply: routing by scope answers untaught questions with the
+    # base model, and memory replies use no model. None: stored before routing existed (migration 0003).
+    adapter_applied: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     source: Mapped[str] = mapped_column(String(8), default="model")  # model | memory | rag
     memory_item_ids: Mapped[list] = mapped_column(JSON, default=list)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)

@@ -5,7 +5,10 @@ each version's `meta.json`).
 The names follow lifelong model editing (EasyEdit): reliability is `new_recall` (the taught
 question is answered), generality is `paraphrase_recall` (phrasings never trained on are too),
 locality is teacher-forced top-1 agreement with the base model's own greedy answers on held-out
-prompts that were never trained on (`locality`; `drift` and `leak` are reported beside it).
+prompts that were never trained on, as served: a prompt that routing by scope sends to the base
+model agrees by construction (`locality`; `locality_adapter` is the figure with the adapter applied
+to every prompt, `routed` the share the router sent to the adapter; `drift` and `leak` are reported
+beside it).
 Every figure is None when it was not measured (no new facts, no old ones, ...).
 
 `facts` is what the version's lineage knows per fact: this round's checks, over the active version's
@@ -28,9 +31,11 @@ class RoundMetrics:
     baseline_retention: float | None = None  # the active version's recall of those old facts (0..1)
     paraphrase_recall: float | None = None  # generality: held-out phrasings answered exactly (0..1)
     locality: float | None = None  # teacher-forced top-1 agreement with the base model on held-out prompts (0..1)
+    locality_adapter: float | None = None  # the same with the adapter applied to every held-out prompt (0..1)
+    routed: float | None = None  # share of held-out prompts routing by scope sends to the adapter (0..1)
     drift: float | None = None  # 1 - mean shared greedy prefix with the base model's answers (0..1)
     heldout_unchanged: int | None = None  # held-out answers whose first 20 tokens equal the base model's
-    leak: float | None = None  # share of held-out prompts whose answer contains a taught answer (0..1)
+    leak: float | None = None  # share of held-out prompts answered (as served) with a taught answer (0..1)
     heldout_total: int = 0  # number of held-out prompts
     facts: dict[str, list[Any]] = field(default_factory=dict)  # item id -> [answer key, recalled exactly]
     attempted_ids: list[int] = field(default_factory=list)  # new facts this round trained on

@@ -14,6 +14,16 @@ from typing import Any, Protocol
 from feedback_db.db import Database
 
 
+class ScopeRouter(Protocol):
+    """Routing by scope: which questions the learned adapter answers (the others go to the base
+    model). `bot.recall.KnowledgeRecall` implements it with the retrieval memory's calibrated
+    retrieval; the trainer uses it to measure a new version as it will be served."""
+
+    def in_scope(self, text: str) -> bool:
+        """True if `text` is within the taught scope (a related taught question exists)."""
+        ...
+
+
 class TrainingControl(Protocol):
     """Starts training rounds in the background, one at a time."""
 

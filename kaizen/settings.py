@@ -116,6 +116,9 @@ class Settings(_KaizenSettings):
     train_threads: int = Field(1, ge=0, description=(
         "Torch threads for a training run, which runs in a child process (0: torch's default)."))
     memory: bool = Field(True, description="Serve approved corrections and knowledge from the retrieval memory.")
+    adapter_routing: Literal["scope", "always"] = Field("scope", description=(
+        "When the learned adapter answers: 'scope' = only questions within the taught scope (the retrieval "
+        "memory finds a related taught question; the others go to the base model), 'always' = every question."))
     auto_approve: bool = Field(False, description=(
         "Approve corrections without review (default: they wait for an admin)."))
     schedule_minutes: int = Field(30, ge=1, le=7 * 24 * 60, description="Minutes between scheduled training checks.")
@@ -221,11 +224,9 @@ class GateLimits(_KaizenSettings):
     min_new_recall: float = Field(0.0, ge=0.0, le=1.0, description=(
         "Share of the round's new facts the weights must recall exactly; 0: at least one (the others are tried "
         "again next round, then parked)."))
-    # 0 until routing by scope (issue 11, item 2) keeps untaught questions on the base model: with the adapter
-    # applied to every prompt no limit both holds and lets knowledge in; the figure is reported meanwhile.
-    min_locality: float = Field(0.0, ge=0.0, le=1.0, description=(
-        "Least locality on held-out prompts: teacher-forced top-1 agreement with the base model's own answers "
-        "(1 = unchanged)."))
+    min_locality: float = Field(0.95, ge=0.0, le=1.0, description=(
+        "Least locality on held-out prompts, as served (routing by scope sends untaught questions to the base "
+        "model): teacher-forced top-1 agreement with the base model's own answers (1 = unchanged)."))
     max_leak: float = Field(0.25, ge=0.0, le=1.0, description=(
         "Largest share of held-out prompts whose answer contains a taught answer ('says it to everything')."))
     retention_slack: float = Field(0.0, ge=0.0, le=1.0, description=(

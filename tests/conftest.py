@@ -42,11 +42,13 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def kaizen(settings: Settings, fake_engine: FakeEngine) -> Iterator[Kaizen]:
     """The wired services (`bot.services.Kaizen`) on the fake engine, with training and the schedule."""
+    from bot.memory import HashingEmbedder, Memory
     from bot.services import build_services
     from scheduler import KaizenScheduler, TrainingSupervisor
     from trainer.dataset import export_training_set
 
-    k = build_services(settings, engine=fake_engine)
+    # The memory's retrieval is also the scope test of adapter routing; a hashing embedder keeps it fast.
+    k = build_services(settings, engine=fake_engine, memory=Memory(HashingEmbedder()))
     k.training = TrainingSupervisor(db=k.db, settings=k.settings, on_finish=lambda _run_id: k.follower.sync())
     k.scheduler = KaizenScheduler(db=k.db, settings=k.settings, supervisor=k.training)
     k.export_dataset = export_training_set

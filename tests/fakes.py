@@ -18,7 +18,7 @@ class FakeGeneration:
     """One scripted reply, a word per chunk (`bot.engine_api.ReplyStream`). Like the real one,
     creating it takes a place in the engine's queue, and reading it to the end or `close()` frees it."""
 
-    def __init__(self, engine: FakeEngine, text: str, messages: list[Message]) -> None:
+    def __init__(self, engine: FakeEngine, text: str, messages: list[Message], use_adapter: bool = True) -> None:
         if engine.busy or engine.in_queue >= engine.max_queue:
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
         self._engine = engine
@@ -26,12 +26,15 @@ class FakeGeneration:
         self._reserved = True
         engine.in_queue += 1
         self.adapter_version = engine.adapter_version
+        self._use_adapter = use_adapter
+        self.adapter_applied = use_adapter and engine.adapter_version != BASE
         self.prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
         self.completion_tokens = 0
 
     def __iter__(self) -> Iterator[str]:
         try:
             self.adapter_version = self._engine.adapter_version  # as the real one: fixed when it starts
+            self.adapter_applied = self._use_adapter and self.adapter_version != BASE
             for i, word in enumerate(self._words):
                 if self._engine.fail_midway and i > 0:
                     raise ModelError("Generation failed: the model crashed")
@@ -72,15 +75,16 @@ class FakeEngine:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def stream(self, messages: list[Message], params: GenParams = GenParams()) -> FakeGeneration:
+    def stream(self, messages: list[Message], params: GenParams = GenParams(), *,
+               use_adapter: bool = True) -> FakeGeneration:
         if not messages:
             raise InputError("There is no message to answer.")
         if self.count_tokens(messages[-1]["content"]) > self.context_tokens - params.max_new_tokens:
             raise InputError(f"The message is too long for the model's context window ({self.context_tokens} "
                              "tokens). Please shorten it.")
-        self.history.append({"messages": messages, "params": params})
+        self.history.append({"messages": messages, "params": params, "use_adapter": use_adapter})
         text = self.queue.pop(0) if self.queue else f"Echo: {messages[-1]['content']}"
-        return FakeGeneration(self, text, messages)
+        return FakeGeneration(self, text, messages, use_adapter)
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
         return "".join(self.stream(messages, params))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from kaizen.ports import ScopeRouter
     from kaizen.prompts import Message
 
 EVAL_MAX_NEW_TOKENS = 64  # length of the greedy answers compared on held-out prompts
@@ -93,16 +94,25 @@ def same_prefix_count(base_answers: list[str], new_answers: list[str], tokenizer
     return count
 
 
-@torch.no_grad()
 def locality(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
              conversations: Sequence[Sequence[Message]], reference_ids: Sequence[Sequence[int]],
              batch_size: int = 8) -> float:
-    """Teacher-forced top-1 agreement with reference answers: 1.0 = unchanged behaviour.
+    """The mean of `locality_scores`, in [0, 1] (1.0 with no prompts)."""
+    scores = locality_scores(model, tokenizer, conversations, reference_ids, batch_size)
+    return sum(scores) / len(scores) if scores else 1.0
+
+
+@torch.no_grad()
+def locality_scores(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
+                    conversations: Sequence[Sequence[Message]], reference_ids: Sequence[Sequence[int]],
+                    batch_size: int = 8) -> list[float]:
+    """Teacher-forced top-1 agreement with reference answers, one score per conversation, in order:
+    1.0 = unchanged behaviour.
 
     Each conversation (ending with a user turn) is run once with its reference completion (the
     base model's own greedy token ids, `generation.generate_ids`) appended; at every completion
     position the model's argmax is compared with the reference token. The score is the mean over
-    prompts of each prompt's share of agreeing positions, in [0, 1]. This is EasyEdit's locality
+    prompts of each prompt's share of agreeing positions, in [0, 1] (`locality`). This is EasyEdit's locality
     (zjunlp/EasyEdit, easyeditor/evaluate: compute_locality_quality) with the base model's own
     answer forced instead of a dataset answer, so the base model scores 1.0 by construction. Unlike
     a shared greedy prefix it does not saturate: one different token costs one position, not the
@@ -113,25 +123,25 @@ def locality(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerB
     if len(conversations) != len(reference_ids):
         raise ValueError("conversations and reference_ids differ in length")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scores: list[float] = []
+    scores = [1.0] * len(conversations)
     was_training = model.training
     model.eval()
     try:
         pairs = [(chat_ids(tokenizer, conv, add_generation_prompt=True), list(ref))
                  for conv, ref in zip(conversations, reference_ids, strict=True)]
-        scores += [1.0 for _, ref in pairs if not ref]
-        rows = [_Row(prompt + ref, [-100] * len(prompt) + ref, "anchor") for prompt, ref in pairs if ref]
+        measured = [i for i, (_, ref) in enumerate(pairs) if ref]
+        rows = [_Row(pairs[i][0] + pairs[i][1], [-100] * len(pairs[i][0]) + pairs[i][1], "anchor") for i in measured]
         for start in range(0, len(rows), batch_size):
             batch = _batch(rows[start:start + batch_size], pad_id)
             logits, targets = _reply_logits(model, batch)
             agree = (logits.argmax(-1) == targets).tolist()
             offset = 0
-            for n in (batch["labels"][:, 1:] != -100).sum(1).tolist():
-                scores.append(sum(agree[offset:offset + n]) / n)
+            for j, n in enumerate((batch["labels"][:, 1:] != -100).sum(1).tolist()):
+                scores[measured[start + j]] = sum(agree[offset:offset + n]) / n
                 offset += n
     finally:
         model.train(was_training)
-    return sum(scores) / len(scores) if scores else 1.0
+    return scores
 
 
 def answer_key(answer: str) -> str:
@@ -140,8 +150,12 @@ def answer_key(answer: str) -> str:
 
 
 def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str, dtype: str,
-                     training: TrainingSet, facts: list[Fact], adapter_dir: Path, cache_dir: Path) -> RoundMetrics:
-    """Recall of new and old facts, paraphrase recall, locality and drift, as served (dtype) without memory."""
+                     training: TrainingSet, facts: list[Fact], adapter_dir: Path, cache_dir: Path,
+                     scope: ScopeRouter | None = None) -> RoundMetrics:
+    """Recall of new and old facts, paraphrase recall, locality, leak and drift, as served (dtype) without
+    memory replies. With `scope` (routing by scope) a held-out prompt out of scope is answered by the base
+    model, so it counts as unchanged in `locality` and `leak`; `locality_adapter` applies the adapter to all.
+    Taught questions and their paraphrases are answered with the adapter (they are in scope)."""
     from peft import PeftModel
 
     t0 = time.perf_counter()
@@ -162,8 +176,10 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
     fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
     new_answers = generate_answers(tuned, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS)
-    local = locality(tuned, tokenizer, heldout_convs, base_ids)
+    local = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
     tuned.unload()
+    routed = [scope.in_scope(p) for p in heldout] if scope is not None else [True] * len(heldout)
+    served = [s if r else 1.0 for s, r in zip(local, routed, strict=True)]
 
     def recall(selected: list[int]) -> float | None:
         if not selected:
@@ -171,7 +187,8 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         return exact_recall([fact_answers[i] for i in selected], [facts[i].answer for i in selected])
 
     taught = [normalize_answer(f.answer) for f in facts]
-    leaks = sum(any(t and t in normalize_answer(a) for t in taught) for a in new_answers)
+    leaks = sum(r and any(t and t in normalize_answer(a) for t in taught)
+                for a, r in zip(new_answers, routed, strict=True))
     per_fact = {str(f.item_id): [answer_key(f.answer), normalize_answer(a) == normalize_answer(f.answer)]
                 for f, a in zip(facts, fact_answers, strict=True)}
     return RoundMetrics(
@@ -180,7 +197,9 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         new_recall=recall([i for i, f in enumerate(facts) if f.new]),
         retention=recall([i for i, f in enumerate(facts) if not f.new]),
         paraphrase_recall=exact_recall(para_answers, [a for _, a in paraphrases]) if paraphrases else None,
-        locality=round(local, 4),
+        locality=round(sum(served) / len(served), 4) if served else 1.0,
+        locality_adapter=round(sum(local) / len(local), 4) if local else 1.0,
+        routed=round(sum(routed) / len(routed), 4) if routed else 0.0,
         drift=round(drift(base_answers, new_answers, tokenizer), 4),
         heldout_unchanged=same_prefix_count(base_answers, new_answers, tokenizer),
         leak=round(leaks / len(heldout), 4) if heldout else 0.0,

@@ -7,8 +7,10 @@ Promote only if
   (b) retention of the replayed, already learned facts is not below the active version's recall of
       those same facts (minus `retention_slack`);
   (c) few held-out prompts get a taught answer (the "say this to everything" failure, `max_leak`);
-  (d) locality on held-out prompts (teacher-forced top-1 agreement with the base model's own
-      answers, never trained on) is at least `min_locality`.
+  (d) locality on held-out prompts as served (teacher-forced top-1 agreement with the base model's
+      own answers, never trained on; a prompt that routing by scope sends to the base model agrees
+      by construction, so this measures the router's false positives times the adapter's damage)
+      is at least `min_locality`; `leak` is measured as served too.
 Drift (shared greedy prefix with the base model) is still reported but no longer gates: measured
 against the base while every round continues from the active version, it only grows, and gating
 on it rejected every round after the second (FACTS.md, 2026-12-01). Paraphrase recall is reported
@@ -63,7 +65,7 @@ def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:
         failures.append("locality was not measured")
     else:
         (passes if loc >= limits.min_locality else failures).append(
-            f"locality {loc:.3f} (needs {limits.min_locality:.3f})")
+            f"locality {loc:.3f} as served (needs {limits.min_locality:.3f})")
     notes = [f"drift {metrics.drift:.2f} (reported, not gated)"] if metrics.drift is not None else []
     if failures:
         return Verdict(False, "rejected: " + "; ".join(failures + notes))

@@ -34,6 +34,7 @@ from kaizen import adapters
 from kaizen.base_model import load_model, resolve_model
 from kaizen.errors import ConflictError, KaizenError
 from kaizen.metrics import RoundMetrics
+from kaizen.ports import ScopeRouter
 from kaizen.prompts import load_persona
 from kaizen.settings import GateLimits, Settings, TrainConfig
 from trainer.anchors import build_anchors
@@ -90,9 +91,10 @@ def _baseline(replayed: list[Fact], known: dict[str, list[Any]]) -> float | None
 
 def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = None, limits: GateLimits | None = None,
               trigger: str = "cli", force: bool = True, threads: int = 0, run_id: int | None = None,
-              progress: Callable[[Progress], None] | None = None) -> RoundOutcome:
+              progress: Callable[[Progress], None] | None = None, scope: ScopeRouter | None = None) -> RoundOutcome:
     """Train, evaluate and maybe promote one adapter. Raises ConflictError if a round is running,
-    NoDataError if there is nothing (or, without force, nothing new) to learn."""
+    NoDataError if there is nothing (or, without force, nothing new) to learn. `scope` is the serving
+    side's routing by scope (None: the adapter answers everything), so the version is measured as served."""
     cfg = cfg or TrainConfig()
     limits = limits or GateLimits()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -115,7 +117,7 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
                                  config=cfg.model_dump())
         reporter = RunReporter(db, run_id, owner, progress)
         try:
-            outcome = _run(db, settings, cfg, limits, run_id, round_index, reporter, threads)
+            outcome = _run(db, settings, cfg, limits, run_id, round_index, reporter, threads, scope)
             return outcome
         except BaseException as exc:
             message = "Interrupted (Ctrl-C)." if isinstance(exc, KeyboardInterrupt) else (
@@ -131,7 +133,7 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
 
 
 def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits, run_id: int, round_index: int,
-         reporter: RunReporter, threads: int) -> RoundOutcome:
+         reporter: RunReporter, threads: int, scope: ScopeRouter | None) -> RoundOutcome:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -171,7 +173,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
                          probe=probe or None)
 
     reporter.phase("evaluate")
-    metrics = evaluate_adapter(model, tokenizer, model_path, settings.dtype, training, facts, workdir, cache)
+    metrics = evaluate_adapter(model, tokenizer, model_path, settings.dtype, training, facts, workdir, cache,
+                               scope=scope)
     metrics = dataclasses.replace(
         metrics, baseline_retention=baseline_retention, steps=result.steps, train_seconds=round(result.seconds, 2),
         train_tokens=result.train_tokens, tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),

@@ -81,6 +81,7 @@ class _Crashing:
     """A reply stream that breaks with an unexpected exception (a bug, not a ModelError) after one chunk."""
 
     adapter_version = BASE
+    adapter_applied = False
     prompt_tokens = 3
     completion_tokens = 0
 
@@ -94,7 +95,7 @@ class _Crashing:
 
 def test_an_unexpected_failure_midway_ends_the_connection_instead_of_hanging(
         kaizen: Kaizen, fake_engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crashing(messages: list[Message], params: GenParams = GenParams()) -> _Crashing:
+    def crashing(messages: list[Message], params: GenParams = GenParams(), *, use_adapter: bool = True) -> _Crashing:
         return _Crashing()
 
     monkeypatch.setattr(fake_engine, "stream", crashing)

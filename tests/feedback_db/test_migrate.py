@@ -14,7 +14,7 @@ EXPECTED = {
     "conversations": ["id", "client", "created_at"],
     "exchanges": ["id", "conversation_id", "user_text", "bot_text", "emotion_label", "emotion_score",
                   "adapter_version", "source", "memory_item_ids", "latency_ms", "prompt_tokens",
-                  "completion_tokens", "started_at", "created_at"],
+                  "completion_tokens", "started_at", "created_at", "adapter_applied"],
     "feedback": ["id", "exchange_id", "rating", "correction", "status", "created_at", "updated_at", "reviewed_at"],
     "knowledge_items": ["id", "question", "answer", "category", "origin", "feedback_id", "verbatim", "enabled",
                         "hit_count", "created_at", "updated_at", "train_attempts", "learned_version", "parked"],
@@ -44,7 +44,7 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
     db.close()
 
 

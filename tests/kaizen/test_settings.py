@@ -129,7 +129,7 @@ def test_direct_construction_does_not_read_the_environment(monkeypatch):
     monkeypatch.setenv("KAIZEN_TRAIN_RANK", "2")
     monkeypatch.setenv("KAIZEN_GATE_MIN_LOCALITY", "0.1")
     assert (Settings().port, Settings(memory=False).port, TrainConfig().rank, GateLimits().min_locality) == (
-        7860, 7860, 8, 0.0)
+        7860, 7860, 8, 0.95)
     # ... while the loaders do read them (so the line above is not true for some other reason)
     assert (load_settings(None, os.environ).port, load_train_config(os.environ).rank,
             load_gate_limits(os.environ).min_locality) == (9000, 2, 0.1)

@@ -16,8 +16,8 @@ from trainer.evaluate import answer_key, evaluate_adapter
 
 
 def scripted_evaluation(recalls: Callable[[Fact], bool]) -> Callable[..., Any]:
-    def evaluate(*args: Any) -> Any:
-        metrics = evaluate_adapter(*args)
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        metrics = evaluate_adapter(*args, **kwargs)
         facts: list[Fact] = args[5]
         per = {str(f.item_id): [answer_key(f.answer), bool(recalls(f))] for f in facts}
 

@@ -56,7 +56,7 @@ def test_min_new_recall_is_a_share():
 
 @pytest.mark.parametrize(("change", "reason"), [
     ({"retention": 0.5}, "retention 50% (active version: 100%)"),
-    ({"locality": 0.89}, "locality 0.890 (needs 0.900)"),
+    ({"locality": 0.89}, "locality 0.890 as served (needs 0.900)"),
     ({"locality": None}, "locality was not measured"),
     ({"leak": 0.5}, "leaking into 50% of held-out prompts"),
 ])

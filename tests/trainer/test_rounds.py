@@ -153,3 +153,32 @@ def test_a_fact_that_never_learns_is_parked_and_the_next_queued_fact_is_trained(
             (2, None, True), (0, third.version, False)]
     with pytest.raises(NoDataError, match="Nothing new"):  # nothing left to learn: parked facts do not count
         run_round(db=db, settings=settings, cfg=cfg, force=False)
+
+
+class _Scope:
+    """A scripted scope router (kaizen.ports.ScopeRouter): in scope iff the text contains `word`."""
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+        self.asked: list[str] = []
+
+    def in_scope(self, text: str) -> bool:
+        self.asked.append(text)
+        return self.word in text
+
+
+def test_locality_and_leak_are_measured_as_served_by_routing_by_scope(env, learns):
+    settings, db = env
+    learns()
+    _teach(db)
+    nothing = _Scope("\x00")  # routes every held-out prompt to the base model
+    out = run_round(db=db, settings=settings, cfg=FAST, scope=nothing)
+    m = out.metrics
+    assert nothing.asked and m.routed == 0.0 and m.locality == 1.0 and m.leak == 0.0
+    assert m.locality_adapter is not None and m.locality_adapter < 1.0  # the random adapter changes answers
+    everything = _Scope("")
+    m = run_round(db=db, settings=settings, cfg=FAST, scope=everything).metrics
+    assert m.routed == 1.0 and m.locality == m.locality_adapter < 1.0
+    some = _Scope("?")  # the questions among the held-out prompts
+    m = run_round(db=db, settings=settings, cfg=FAST, scope=some).metrics
+    assert 0.0 < m.routed < 1.0 and m.locality_adapter <= m.locality <= 1.0
