@@ -42,6 +42,7 @@ BENCHMARKS = {
     "storage": "bench.storage",
     "teach": "bench.teach",
     "round": "bench.round_scale",
+    "learn": "bench.keep_learning",
 }
 RESULTS = ROOT / "bench" / "results.md"
 README = ROOT / "README.md"

@@ -33,8 +33,8 @@ class RoundMetrics:
     locality: float | None = None  # teacher-forced top-1 agreement with the base model on held-out prompts (0..1)
     locality_adapter: float | None = None  # the same with the adapter applied to every held-out prompt (0..1)
     routed: float | None = None  # share of held-out prompts routing by scope sends to the adapter (0..1)
-    drift: float | None = None  # 1 - mean shared greedy prefix with the base model's answers (0..1)
-    heldout_unchanged: int | None = None  # held-out answers whose first 20 tokens equal the base model's
+    drift: float | None = None  # 1 - mean shared greedy prefix with the base model's answers, over routed prompts
+    heldout_unchanged: int | None = None  # held-out answers (as served) whose first 20 tokens equal the base model's
     leak: float | None = None  # share of held-out prompts answered (as served) with a taught answer (0..1)
     heldout_total: int = 0  # number of held-out prompts
     facts: dict[str, list[Any]] = field(default_factory=dict)  # item id -> [answer key, recalled exactly]

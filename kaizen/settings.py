@@ -172,6 +172,9 @@ class TrainConfig(_KaizenSettings):
     batch_size: int = Field(24, ge=1, description=(
         "Taught rows (sft/up/down) per step; cover all taught rows when possible."))
     anchors_per_step: int = Field(8, ge=0, description="Anchor rows (base model's own answers) mixed into every step.")
+    micro_batch: int = Field(8, ge=1, description=(
+        "Rows run through the model at a time; a step accumulates the gradients of its micro-batches (the same "
+        "update as one batch). Bounds a round's peak memory: activations grow with the rows held at once."))
     anchor_weight: float = Field(1.0, ge=0.0, description=(
         "Weight of the anchor rows' loss relative to the taught rows."))
     down_weight: float = Field(0.5, ge=0.0, description="Weight of the unlikelihood loss on thumbs-down replies.")
@@ -194,6 +197,9 @@ class TrainConfig(_KaizenSettings):
         "Learned facts replayed (trained and checked for retention) per round, sampled anew every round."))
     replay_ratings: int = Field(32, ge=0, le=10_000, description=(
         "Rated exchanges trained per round: every rating since the last round first, then a sample of older ones."))
+    replay_variants: int = Field(3, ge=1, le=100, description=(
+        "Phrasings trained per replayed (already learned) fact; a new fact gets all of them (10). Rehearsal keeps "
+        "a fact with fewer rows, and a round's steps cost in proportion to its rows."))
     park_after: int = Field(3, ge=1, le=100, description=(
         "Rounds a fact may be trained without being learned before it is parked (served by the memory only)."))
     extra_steps: int = Field(0, ge=0, description=(

@@ -112,12 +112,14 @@ def _sample(items: Sequence[T], k: int | None, rng: random.Random) -> list[T]:
 
 def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, seed: int = 0, round_index: int = 0,
                        max_new_facts: int | None = None, replay_facts: int | None = None,
-                       replay_ratings: int | None = None, include_parked: bool = False) -> TrainingSet:
+                       replay_ratings: int | None = None, include_parked: bool = False,
+                       replay_variants: int | None = None) -> TrainingSet:
     """A round's training rows within the budgets (None: no limit, as `kaizen export` uses it).
 
     New facts are the oldest `max_new_facts` of the training queue; `replay_facts` learned facts and
     the older ratings are sampled with a seed that depends on `seed` and `round_index`, so each round
-    replays a different sample. Parked facts are left out unless `include_parked`.
+    replays a different sample. Parked facts are left out unless `include_parked`. A new fact gets
+    `n_variants` phrasings, a replayed one `replay_variants` (None: as many).
     """
     rng = random.Random(f"kaizen-replay:{seed}:{round_index}")
     with db.session() as s:
@@ -141,7 +143,8 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
     for item, new in [(i, True) for i in new_items] + [(i, False) for i in replayed]:
         question = clean_question(item.question)
         source = f"knowledge:{item.id}"
-        for i, variant in enumerate(variants(question, n_variants, seed=seed + item.id)):
+        n = n_variants if new or replay_variants is None else replay_variants  # rehearsal needs fewer phrasings
+        for i, variant in enumerate(variants(question, n, seed=seed + item.id)):
             examples.append(_row(persona, TONES[i % len(TONES)], variant, item.answer, "sft", source))
         facts.append(Fact(item.id, question, item.answer, new, item.train_attempts))
     ups = downs = 0

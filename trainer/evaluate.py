@@ -175,11 +175,16 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     longest = max([len(tokenizer(f.answer)["input_ids"]) for f in facts] or [16]) + 8
     answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
     fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
-    new_answers = generate_answers(tuned, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS)
     local = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
-    tuned.unload()
     routed = [scope.in_scope(p) for p in heldout] if scope is not None else [True] * len(heldout)
     served = [s if r else 1.0 for s, r in zip(local, routed, strict=True)]
+    # Free-running answers only where the adapter is served: the base model answers the others (a third of
+    # a round's time went to decoding answers that no user would get).
+    sent = [i for i, r in enumerate(routed) if r]
+    new_answers = generate_answers(tuned, tokenizer, [heldout_convs[i] for i in sent], EVAL_MAX_NEW_TOKENS) \
+        if sent else []
+    sent_base = [base_answers[i] for i in sent]
+    tuned.unload()
 
     def recall(selected: list[int]) -> float | None:
         if not selected:
@@ -187,8 +192,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         return exact_recall([fact_answers[i] for i in selected], [facts[i].answer for i in selected])
 
     taught = [normalize_answer(f.answer) for f in facts]
-    leaks = sum(r and any(t and t in normalize_answer(a) for t in taught)
-                for a, r in zip(new_answers, routed, strict=True))
+    leaks = sum(any(t and t in normalize_answer(a) for t in taught) for a in new_answers)
     per_fact = {str(f.item_id): [answer_key(f.answer), normalize_answer(a) == normalize_answer(f.answer)]
                 for f, a in zip(facts, fact_answers, strict=True)}
     return RoundMetrics(
@@ -200,8 +204,8 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         locality=round(sum(served) / len(served), 4) if served else 1.0,
         locality_adapter=round(sum(local) / len(local), 4) if local else 1.0,
         routed=round(sum(routed) / len(routed), 4) if routed else 0.0,
-        drift=round(drift(base_answers, new_answers, tokenizer), 4),
-        heldout_unchanged=same_prefix_count(base_answers, new_answers, tokenizer),
+        drift=round(drift(sent_base, new_answers, tokenizer), 4) if sent else None,
+        heldout_unchanged=same_prefix_count(sent_base, new_answers, tokenizer) + len(heldout) - len(sent),
         leak=round(leaks / len(heldout), 4) if heldout else 0.0,
         heldout_total=len(heldout),
         facts=per_fact,

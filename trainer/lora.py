@@ -129,9 +129,27 @@ def _batch(rows: list[_Row], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _loss(model: PeftModel, rows: list[_Row], pad_id: int, cfg: TrainConfig) -> torch.Tensor:
+_GROUPS: tuple[tuple[tuple[str, ...], str], ...] = ((TAUGHT, "taught"), (("anchor",), "anchor"), (("down",), "down"))
+
+
+def _token_weights(rows: list[_Row], cfg: TrainConfig) -> dict[str, float]:
+    """Each loss group's total token weight over a whole step: the denominators of `_loss`'s means,
+    so that a step split into micro-batches sums to exactly the loss of the whole batch."""
+    totals = dict.fromkeys((name for _, name in _GROUPS), 0.0)
+    for r in rows:
+        n = sum(label != -100 for label in r.labels[1:])
+        for names, name in _GROUPS:
+            if r.kind in names and n:
+                extra = cfg.first_token_weight - 1.0 if names == TAUGHT else 0.0
+                totals[name] += n + extra
+    return totals
+
+
+def _loss(model: PeftModel, rows: list[_Row], pad_id: int, cfg: TrainConfig,
+          norms: dict[str, float] | None = None) -> torch.Tensor:
     """Mean CE over taught reply tokens + anchor_weight * mean CE over anchor reply tokens
-    + down_weight * mean unlikelihood -log(1 - p) over thumbs-down reply tokens."""
+    + down_weight * mean unlikelihood -log(1 - p) over thumbs-down reply tokens. The means divide
+    by `norms` (`_token_weights` of the whole step) when `rows` is one micro-batch of it."""
     b = _batch(rows, pad_id)
     logits, targets = _reply_logits(model, b)
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -141,7 +159,7 @@ def _loss(model: PeftModel, rows: list[_Row], pad_id: int, cfg: TrainConfig) -> 
     is_first = first[valid]
     kinds = [r.kind for r in rows]
     total = logp.new_zeros(())
-    for names, weight in ((TAUGHT, 1.0), (("anchor",), cfg.anchor_weight), (("down",), cfg.down_weight)):
+    for (names, name), weight in zip(_GROUPS, (1.0, cfg.anchor_weight, cfg.down_weight), strict=True):
         sel = torch.tensor([kinds[i] in names for i in row_of.tolist()], dtype=torch.bool)
         if weight == 0 or not sel.any():
             continue
@@ -153,7 +171,7 @@ def _loss(model: PeftModel, rows: list[_Row], pad_id: int, cfg: TrainConfig) -> 
         tok_w = sel.float()
         if names == TAUGHT and cfg.first_token_weight != 1.0:
             tok_w = tok_w + (cfg.first_token_weight - 1.0) * (sel & is_first).float()
-        total = total + weight * (per_token * tok_w).sum() / tok_w.sum()
+        total = total + weight * (per_token * tok_w).sum() / (norms[name] if norms else tok_w.sum())
     return total
 
 
@@ -299,11 +317,17 @@ def _train(peft_model: PeftModel, *, rows: tuple[list[_Row], list[_Row], list[_R
             lr = peak_lr * _lr_factor(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = _loss(peft_model, batch, pad_id, cfg)
+            # Gradient accumulation over micro-batches: the same gradient as one batch (the means share
+            # the whole step's denominators), with the activations of micro_batch rows held at a time.
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            norms = _token_weights(batch, cfg)
+            step_loss = 0.0
+            for start in range(0, len(batch), cfg.micro_batch):
+                loss = _loss(peft_model, batch[start:start + cfg.micro_batch], pad_id, cfg, norms)
+                loss.backward()
+                step_loss += loss.item()
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(step_loss)
             tokens += sum(len(r.ids) for r in batch)
             elapsed = time.monotonic() - start
             if progress is not None:

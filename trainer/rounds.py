@@ -144,7 +144,7 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         active_row = store.get_adapter(session=s, version=active) if active != adapters.BASE else None
     training = build_training_set(db=db, persona=persona, seed=cfg.seed, round_index=round_index,
                                   max_new_facts=cfg.max_new_facts, replay_facts=cfg.replay_facts,
-                                  replay_ratings=cfg.replay_ratings)
+                                  replay_ratings=cfg.replay_ratings, replay_variants=cfg.replay_variants)
     if not training.examples:
         raise NoDataError("There is nothing to train on yet: no approved knowledge, corrections or ratings.")
     known = RoundMetrics.from_dict(active_row.metrics).facts if active_row else {}

@@ -59,4 +59,8 @@ def test_correction_is_learned_and_hot_swapped_without_restart(tmp_path, embedde
         assert again.choices[0].message.content == ANSWER
         assert again.model_extra["kaizen"]["source"] == "model"
         assert again.model_extra["kaizen"]["adapter"] == run["adapter_version"]
+        assert again.model_extra["kaizen"]["adapter_applied"] is True  # in the taught scope
+        other = client.chat.completions.create(model="kaizen", messages=[{"role": "user",
+                                                                          "content": "What is the capital of Italy?"}])
+        assert other.model_extra["kaizen"]["adapter_applied"] is False  # untaught: the base model answers
         assert server.proc.pid == pid and server.proc.poll() is None  # the same process, never restarted

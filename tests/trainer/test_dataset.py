@@ -156,3 +156,15 @@ def test_ratings_since_the_last_round_come_first(tmp_path):
     users = [e.messages[1]["content"] for e in ts.examples]
     assert len(users) == 8 and {f"hello {i}" for i in range(50, 55)} <= set(users)
     assert ts.counts["recent_ratings"] == 5
+
+
+def test_a_replayed_fact_gets_replay_variants_phrasings_and_a_new_one_all(tmp_path):
+    db = _db(tmp_path)
+    _grow(db, 4, 0)
+    with db.session() as s:
+        ids = [i.id for i in store.list_training_queue(session=s)]
+    _finish_round(db, "v1", learned=ids[:2])
+    ts = build_training_set(db=db, persona=Persona(), n_variants=6, replay_variants=2, **BUDGET)
+    rows = {f.item_id: sum(e.source == f"knowledge:{f.item_id}" for e in ts.examples) for f in ts.facts}
+    assert {i: rows[i] for i in ids[:2]} == {ids[0]: 2, ids[1]: 2}  # learned: rehearsed with 2 phrasings
+    assert all(rows[i] == 6 for i in ids[2:])  # new: every phrasing

@@ -212,3 +212,33 @@ def test_a_reply_starting_with_whitespace_is_still_labelled_exactly(which, reque
     row = _encode(tok, messages, 512, "sft")
     labelled = [t for t in row.labels if t != -100]
     assert tok.decode(labelled[:-1]) == "\n  spaced reply" and labelled[-1] == tok.eos_token_id
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch(tiny):
+    """Gradient accumulation with the whole step's denominators is exact: micro-batches bound memory only."""
+    from trainer.lora import _loss, _token_weights
+
+    model, tok = tiny
+    cfg = tiny_cfg(first_token_weight=3.0, anchor_weight=0.7, down_weight=0.5)
+    rows = [_encode(tok, chat(f"Question {i}?", f"Answer number {i} is long " * (1 + i % 3), kind).messages, 64, kind)
+            for i, kind in enumerate(["sft", "sft", "anchor", "down", "up", "anchor", "sft"])]
+    peft = get_peft_model(model, lora_config(cfg, num_layers=model.config.num_hidden_layers))
+    params = [p for p in peft.parameters() if p.requires_grad]
+    pad = tok.pad_token_id
+
+    def grads(micro: int) -> tuple[float, list[torch.Tensor]]:
+        for p in params:
+            p.grad = None
+        norms, total = _token_weights(rows, cfg), 0.0
+        for start in range(0, len(rows), micro):
+            loss = _loss(peft, rows[start:start + micro], pad, cfg, norms)
+            loss.backward()
+            total += loss.item()
+        return total, [p.grad.clone() for p in params]
+
+    whole = _loss(peft, rows, pad, cfg)
+    one, g1 = grads(len(rows))
+    three, g3 = grads(3)
+    assert one == pytest.approx(whole.item(), rel=1e-5) and three == pytest.approx(one, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g1, g3, strict=True))
+    assert any(bool(g.abs().sum() > 0) for g in g1)
