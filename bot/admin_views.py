@@ -28,7 +28,8 @@ FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correct
 KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits", "weights"]
 RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "ms"]
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
-ADAPTER_COLUMNS = ["active", "version", "verdict", "new recall", "retention", "paraphrases", "locality", "drift",
+# reliability = new facts recalled exactly, generality = unseen phrasings, locality = as served (routing by scope)
+ADAPTER_COLUMNS = ["active", "version", "verdict", "reliability", "retention", "generality", "locality", "drift",
                    "learned", "parked", "steps", "seconds", "created", "reason"]
 METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "locality", "drift", "learned", "parked", "steps",
                "seconds")  # ADAPTER_COLUMNS 3-11

@@ -322,8 +322,8 @@ def _train(peft_model: PeftModel, *, rows: tuple[list[_Row], list[_Row], list[_R
             optimizer.zero_grad(set_to_none=True)
             norms = _token_weights(batch, cfg)
             step_loss = 0.0
-            for start in range(0, len(batch), cfg.micro_batch):
-                loss = _loss(peft_model, batch[start:start + cfg.micro_batch], pad_id, cfg, norms)
+            for first in range(0, len(batch), cfg.micro_batch):
+                loss = _loss(peft_model, batch[first:first + cfg.micro_batch], pad_id, cfg, norms)
                 loss.backward()
                 step_loss += loss.item()
             optimizer.step()

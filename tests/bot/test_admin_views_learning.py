@@ -26,5 +26,5 @@ def test_the_versions_table_has_a_locality_column():
     frame = adapters_frame(AdaptersView(active="v1", serving="v1", follower_error=None, versions=[version]))
     row = frame.iloc[1]
     assert list(frame.columns) == ADAPTER_COLUMNS
-    assert (row["locality"], row["new recall"], row["learned"], row["parked"]) == ("0.973", "0.800", "8", "1")
+    assert (row["locality"], row["reliability"], row["learned"], row["parked"]) == ("0.973", "0.800", "8", "1")
     assert frame.iloc[0]["locality"] == ""  # the base model

@@ -6,6 +6,8 @@ to the embedded model is tested end to end in tests/e2e/test_teach_real.py.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -84,9 +86,12 @@ def test_base_weights_unchanged_adapter_changed(tiny, tmp_path):
     before = snapshot(model)
     cfg = tiny_cfg()
     examples = [chat("hi", "ok"), chat("name?", "Kai"), chat("bye", "see you", kind="anchor")]
+    wall = time.monotonic()
     result = train_round(model=model, tokenizer=tok, examples=examples, lora=lora_config(cfg, num_layers=2),
                          cfg=cfg, round_index=0, init_adapter_dir=None, out_dir=tmp_path / "a")
+    wall = time.monotonic() - wall
     assert result.steps == 6 and len(result.loss_curve) == 6 and result.train_tokens > 0
+    assert 0 < result.seconds <= wall  # the round's own clock (a shadowed start once reported hours)
     assert not isinstance(model, PeftModel)
     assert not any("lora" in name for name, _ in model.named_modules())
     after = model.state_dict()
