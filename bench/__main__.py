@@ -2,7 +2,7 @@
 
     python -m bench                       everything (about 55 minutes on two cores, 40 of them the round sweep)
     python -m bench --quick               fewer repeats and smaller sizes
-    python -m bench --only chat,storage   some of: chat, concurrency, training, hotswap, storage, teach, round
+    python -m bench --only chat,storage   some of: chat, concurrency, training, hotswap, storage, teach, round, learn
     python -m bench --model DIR           an already converted model directory (default: KAIZEN_MODEL or embedded)
 
 Scratch data goes to bench/out/ (git-ignored). The headline table and each benchmark's detail
