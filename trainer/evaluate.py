@@ -181,8 +181,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     # Free-running answers only where the adapter is served: the base model answers the others (a third of
     # a round's time went to decoding answers that no user would get).
     sent = [i for i, r in enumerate(routed) if r]
-    new_answers = generate_answers(tuned, tokenizer, [heldout_convs[i] for i in sent], EVAL_MAX_NEW_TOKENS) \
-        if sent else []
+    new_answers = generate_answers(tuned, tokenizer, [heldout_convs[i] for i in sent], EVAL_MAX_NEW_TOKENS)
     sent_base = [base_answers[i] for i in sent]
     tuned.unload()
 

@@ -54,4 +54,6 @@ def generate_answers(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTo
                      batch_size: int = 8) -> list[str]:
     """Greedy answers to each conversation, as stripped text (see generate_ids)."""
     ids = generate_ids(model, tokenizer, conversations, max_new_tokens, batch_size)
+    if not ids:  # transformers 5's batch_decode([]) returns [""], one answer too many
+        return []
     return [a.strip() for a in tokenizer.batch_decode(ids, skip_special_tokens=True)]
