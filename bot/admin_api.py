@@ -7,6 +7,7 @@ bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
     GET    /admin/api/adapters                       versions with metrics, verdict, reason, active flag
     POST   /admin/api/adapters/{version}/activate    promote or roll back ("base"); 404 unknown, 422 bad or corrupt
     GET    /admin/api/stats                          the dashboard's totals
+    GET    /admin/api/ratings/by-version             ratings, 👍 and 👍 rate per version, source and adapter_applied
     GET    /admin/api/settings                       auto_approve, schedule, persona (+ its token count)
     PUT    /admin/api/settings                       change any of them
     GET    /admin/api/feedback?status=&rating=       ratings and corrections (status: pending|approved|rejected)
@@ -45,6 +46,7 @@ from bot.admin_models import (
     KnowledgeDeleted,
     KnowledgeList,
     KnowledgeView,
+    RatingsByVersion,
     RunsView,
     RunView,
     SettingsView,
@@ -152,6 +154,10 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
     @router.get("/stats", response_model=StatsView)
     def get_stats() -> StatsView:
         return service.stats()
+
+    @router.get("/ratings/by-version", response_model=RatingsByVersion)
+    def ratings_by_version() -> RatingsByVersion:
+        return service.ratings_by_version()
 
     @router.get("/settings", response_model=SettingsView)
     def get_settings() -> SettingsView:

@@ -123,6 +123,34 @@ class ExchangeView(_View):
     source: str
     adapter_version: str
     latency_ms: float
+    adapter_applied: bool | None = None  # whether the version's adapter produced it; None: stored before routing
+
+
+class RatingGroup(_View):
+    """The ratings of one version's replies from one source, with or without its adapter."""
+
+    source: str  # memory (a taught answer, verbatim) | rag (the model with retrieved facts) | model (alone)
+    adapter_applied: bool | None  # None: replies stored before routing existed
+    ratings: int
+    thumbs_up: int
+    up_rate: float  # thumbs_up / ratings, to three decimals
+
+
+class VersionRatings(_View):
+    """The ratings of the replies one version served: in all, and per source and adapter_applied."""
+
+    version: str
+    ratings: int
+    thumbs_up: int
+    up_rate: float
+    groups: list[RatingGroup]
+
+
+class RatingsByVersion(_View):
+    """`GET /admin/api/ratings/by-version`: the versions that have rated replies, in the order they
+    were created ("base" first). Each exchange counts once, with its latest rating."""
+
+    versions: list[VersionRatings]
 
 
 class DashboardView(_View):
@@ -130,7 +158,8 @@ class DashboardView(_View):
 
     stats: StatsView
     rating_by_day: list[tuple[str, int, int]]  # (day, 👍, 👎)
-    rating_by_adapter: list[tuple[str, int, int]]  # (version, 👍, 👎)
+    rating_by_adapter: list[tuple[str, int, int]]  # (version, 👍, 👎), in the order versions were created
+    ratings_by_version: RatingsByVersion  # the same ratings per source and adapter_applied
     emotions: dict[str, int]
     sources: dict[str, int]
     recent: list[ExchangeView]  # newest first

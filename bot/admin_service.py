@@ -30,6 +30,8 @@ from bot.admin_models import (
     KnowledgeList,
     KnowledgeView,
     PersonaPreview,
+    RatingGroup,
+    RatingsByVersion,
     RunProgress,
     RunsView,
     RunView,
@@ -37,6 +39,7 @@ from bot.admin_models import (
     SettingsView,
     SkippedLine,
     StatsView,
+    VersionRatings,
 )
 from bot.services import AUTO_APPROVE_KEY
 from feedback_db import store
@@ -87,7 +90,27 @@ def _knowledge_view(item: KnowledgeItem) -> KnowledgeView:
 def _exchange_view(ex: Exchange) -> ExchangeView:
     return ExchangeView(
         id=ex.id, created_at=ex.created_at, question=ex.user_text, answer=ex.bot_text, emotion=ex.emotion_label,
-        source=ex.source, adapter_version=ex.adapter_version, latency_ms=ex.latency_ms)
+        source=ex.source, adapter_version=ex.adapter_version, latency_ms=ex.latency_ms,
+        adapter_applied=ex.adapter_applied)
+
+
+def _up_rate(thumbs_up: int, ratings: int) -> float:
+    return round(thumbs_up / ratings, 3) if ratings else 0.0
+
+
+def _ratings_view(rows: list[store.RatingCount]) -> RatingsByVersion:
+    """The store's rows (in version order) grouped per version, with each version's totals."""
+    by_version: dict[str, list[store.RatingCount]] = {}
+    for row in rows:
+        by_version.setdefault(row.version, []).append(row)
+    versions = []
+    for version, group in by_version.items():
+        ratings, ups = sum(r.ratings for r in group), sum(r.thumbs_up for r in group)
+        versions.append(VersionRatings(
+            version=version, ratings=ratings, thumbs_up=ups, up_rate=_up_rate(ups, ratings),
+            groups=[RatingGroup(source=r.source, adapter_applied=r.adapter_applied, ratings=r.ratings,
+                                thumbs_up=r.thumbs_up, up_rate=_up_rate(r.thumbs_up, r.ratings)) for r in group]))
+    return RatingsByVersion(versions=versions)
 
 
 def _version_view(row: AdapterVersion, active: str) -> AdapterVersionView:
@@ -225,14 +248,22 @@ class AdminService:
         return StatsView(**totals, active_adapter=active, serving=self._kaizen.engine.adapter_version,
                          running_run=self.running_run(), follower_error=self._kaizen.follower.last_error)
 
+    def ratings_by_version(self) -> RatingsByVersion:
+        """Rated replies, 👍 count and 👍 rate per adapter version (in the order versions were created,
+        "base" first), split by answer source and by whether the adapter was applied."""
+        with self._kaizen.db.session() as s:
+            return _ratings_view(store.ratings_by_version_and_source(session=s))
+
     def dashboard(self, recent: int = 25) -> DashboardView:
         """The stats, the rating and emotion breakdowns and the `recent` latest exchanges."""
         with self._kaizen.db.session() as s:
             totals = store.totals(session=s)
             active = store.get_active_adapter(session=s)
+            by_version = _ratings_view(store.ratings_by_version_and_source(session=s))
             view = DashboardView(
-                stats=self._stats(totals, active),
-                rating_by_day=store.rating_by_day(session=s), rating_by_adapter=store.rating_by_adapter(session=s),
+                stats=self._stats(totals, active), rating_by_day=store.rating_by_day(session=s),
+                rating_by_adapter=[(v.version, v.thumbs_up, v.ratings - v.thumbs_up) for v in by_version.versions],
+                ratings_by_version=by_version,
                 emotions=store.emotion_counts(session=s), sources=store.source_counts(session=s),
                 recent=[_exchange_view(e) for e in store.list_exchanges(session=s, limit=recent)])
         return view

@@ -18,6 +18,7 @@ from bot.admin_models import (
     KnowledgeList,
     KnowledgeView,
     PersonaPreview,
+    RatingsByVersion,
     RunsView,
     RunView,
     ScheduleView,
@@ -26,13 +27,16 @@ from kaizen.knowledge_files import ImportFileError
 
 FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correction", "updated"]
 KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits", "weights"]
-RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "ms"]
+RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "applied", "ms"]
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
 # reliability = new facts recalled exactly, generality = unseen phrasings, locality = as served (routing by scope)
 ADAPTER_COLUMNS = ["active", "version", "verdict", "reliability", "retention", "generality", "locality", "drift",
                    "learned", "parked", "steps", "seconds", "created", "reason"]
 METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "locality", "drift", "learned", "parked", "steps",
                "seconds")  # ADAPTER_COLUMNS 3-11
+ADAPTER_LEGEND = ("**reliability**: the round's new facts recalled exactly · **generality**: the same facts asked in "
+                  "held-out phrasings · **locality**: as served (routing by scope), agreement with the base model on "
+                  "unrelated prompts (1 = unchanged) · all measured without the memory")
 ACTIVE_STATUSES = ("queued", "running")
 MAX_LISTED_LINES = 200
 
@@ -101,10 +105,30 @@ def totals_markdown(view: DashboardView) -> str:
     return summary
 
 
+def applied(value: bool | None) -> str:
+    """Whether the adapter produced a reply: "yes", "no", or "" for replies stored before routing."""
+    return "" if value is None else "yes" if value else "no"
+
+
 def recent_frame(view: DashboardView) -> pd.DataFrame:
     """The recent exchanges, newest first."""
     return pd.DataFrame([[when(e.created_at), short(e.question, 80), short(e.answer, 120), e.emotion, e.source,
-                          e.adapter_version, round(e.latency_ms)] for e in view.recent], columns=RECENT_COLUMNS)
+                          e.adapter_version, applied(e.adapter_applied), round(e.latency_ms)] for e in view.recent],
+                        columns=RECENT_COLUMNS)
+
+
+def rates_by_version_and_source(view: RatingsByVersion) -> list[tuple[str, str, int, int]]:
+    """(version, source, ratings, 👍) per version and source, adapter_applied summed over, in version order:
+    the points of plots.rating_by_version_and_source."""
+    points = []
+    for v in view.versions:
+        by_source: dict[str, list[int]] = {}
+        for g in v.groups:
+            counts = by_source.setdefault(g.source, [0, 0])
+            counts[0] += g.ratings
+            counts[1] += g.thumbs_up
+        points += [(v.version, source, n, up) for source, (n, up) in by_source.items()]
+    return points
 
 
 def feedback_frame(view: FeedbackList) -> pd.DataFrame:

@@ -17,10 +17,16 @@ from matplotlib.ticker import MaxNLocator
 UP, DOWN, ACCENT = "#2e9d5b", "#d0533f", "#3a6fd8"
 SOURCE_COLORS = {"memory": "#8a5cd1", "rag": "#e0a528", "model": ACCENT}
 EMOTION_COLORS = {"positive": UP, "neutral": "#8c8c8c", "negative": DOWN}
+# The lines of rating_by_version_and_source, in drawing order; each is drawn only if it has ratings.
+SOURCE_LINES = {"memory": "served from memory", "model": "model on its own", "rag": "model with retrieved facts"}
+# Where each line's "n=" labels go (points), so that two lines at the same point do not overprint.
+SOURCE_LABEL_OFFSETS = {"memory": (0, 8, "center", "bottom"), "model": (0, -8, "center", "top"),
+                        "rag": (9, 0, "left", "center")}
+MAX_LABELLED_VERSIONS = 15  # beyond this, the marker area alone shows the counts
 
 
-def _figure(title: str) -> tuple[Figure, Axes]:
-    fig = Figure(figsize=(6, 3.2), dpi=100, layout="constrained")
+def _figure(title: str, size: tuple[float, float] = (6, 3.2)) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=11)
     ax.spines[["top", "right"]].set_visible(False)
@@ -62,6 +68,50 @@ def rating_over_time(rows: Sequence[tuple[str, int, int]]) -> Figure:
 def rating_by_adapter(rows: Sequence[tuple[str, int, int]]) -> Figure:
     """Thumbs-up rate per adapter version, from store.rating_by_adapter: (version, ups, downs)."""
     return _up_rate(rows, "Thumbs-up rate by adapter version", "adapter")
+
+
+def rating_by_version_and_source(rows: Sequence[tuple[str, str, int, int]]) -> Figure:
+    """Thumbs-up rate per adapter version, one line for replies served from memory and one for replies the
+    model generated on its own (and one for the model with retrieved facts, when those were rated).
+
+    `rows` are (version, source, ratings, ups) in version order, from admin_views.rates_by_version_and_source.
+    Each point's marker area grows with its number of ratings, which is also written beside it.
+    """
+    fig, ax = _figure("Thumbs-up rate by adapter version: memory vs model", size=(10, 3.4))
+    points = [(str(v), s, n, up) for v, s, n, up in rows if n > 0]
+    if not points:
+        _empty(ax, "No ratings yet")
+        return fig
+    versions = list(dict.fromkeys(v for v, *_ in points))
+    x_of = {v: i for i, v in enumerate(versions)}
+    most = max(n for *_, n, _up in points)
+    labelled = len(versions) <= MAX_LABELLED_VERSIONS
+    for source in [*SOURCE_LINES, *sorted({s for _, s, *_ in points} - set(SOURCE_LINES))]:
+        line = [(x_of[v], 100.0 * up / n, n) for v, s, n, up in points if s == source]
+        if not line:
+            continue
+        xs, rates, counts = zip(*line, strict=True)
+        color = SOURCE_COLORS.get(source, "#999999")
+        ax.plot(xs, rates, color=color, marker="o", markersize=4, linewidth=1.6,
+                label=SOURCE_LINES.get(source, source))
+        ax.scatter(xs, rates, s=[25 + 200 * n / most for n in counts], color=color, alpha=0.45,
+                   edgecolors="white", linewidths=0.8, zorder=3)
+        if labelled:
+            dx, dy, ha, va = SOURCE_LABEL_OFFSETS.get(source, (0, 8, "center", "bottom"))
+            for x, rate, n in line:
+                ax.annotate(f"n={n}", (x, rate), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                            fontsize=7, color=color)
+    ax.set_xticks(range(len(versions)), versions)
+    pad = max(0.0, (3 - len(versions)) / 2)  # one or two versions should not sit at the edges
+    ax.set_xlim(-0.5 - pad, len(versions) - 0.5 + pad)
+    ax.set_ylim(-10, 115)
+    ax.set_yticks([0, 25, 50, 75, 100])
+    ax.set_ylabel("thumbs-up rate (%)")
+    ax.set_xlabel("adapter version being served (marker area: number of ratings)")
+    ax.tick_params(axis="x", labelrotation=30 if len(versions) > 8 else 0, labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
 
 
 def _shares(counts: Mapping[str, int], title: str, colors: Mapping[str, str]) -> Figure:

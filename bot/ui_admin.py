@@ -28,7 +28,14 @@ from matplotlib.figure import Figure
 from bot import admin_api, plots
 from bot import admin_views as views
 from bot.admin_service import USER_ERRORS, AdminService
-from bot.admin_views import ADAPTER_COLUMNS, FEEDBACK_COLUMNS, KNOWLEDGE_COLUMNS, RECENT_COLUMNS, RUN_COLUMNS
+from bot.admin_views import (
+    ADAPTER_COLUMNS,
+    ADAPTER_LEGEND,
+    FEEDBACK_COLUMNS,
+    KNOWLEDGE_COLUMNS,
+    RECENT_COLUMNS,
+    RUN_COLUMNS,
+)
 from bot.auth import ADMIN_USER, AdminAuth
 from kaizen.knowledge_files import ImportFileError, ImportLimits
 from kaizen.prompts import MAX_CORRECTION_CHARS, Persona
@@ -41,7 +48,7 @@ if TYPE_CHECKING:
 # text columns wrap within a share of the row. Each set fits the 1,216 px of a 1,280 px window.
 FEEDBACK_WIDTHS: list[str | int] = ["56px", "80px", "100px", "20%", "23%", "23%", "160px"]
 KNOWLEDGE_WIDTHS: list[str | int] = ["56px", "22%", "33%", "96px", "110px", "96px", "96px", "64px"]
-RECENT_WIDTHS: list[str | int] = ["170px", "22%", "35%", "90px", "90px", "84px", "70px"]
+RECENT_WIDTHS: list[str | int] = ["170px", "20%", "32%", "90px", "90px", "84px", "76px", "70px"]
 RUN_WIDTHS: list[str | int] = ["56px", "100px", "90px", "72px", "80px", "100px", "90px", "170px", "35%"]
 ADAPTER_WIDTHS: list[str | int] = ["84px", "84px", "100px", "96px", "110px", "124px", "72px", "72px", "90px", "116px",
                                    "20%"]
@@ -94,13 +101,15 @@ class AdminPanel:
 
     # --- dashboard ------------------------------------------------------------------------------
 
-    def dashboard(self, request: gr.Request) -> tuple[str, Figure, Figure, Figure, Figure, pd.DataFrame]:
-        """The totals, the four charts and the recent exchanges."""
+    def dashboard(self, request: gr.Request) -> tuple[str, Figure, Figure, Figure, Figure, Figure, pd.DataFrame]:
+        """The totals, the five charts and the recent exchanges."""
         _require_admin(request)
         view = self.service.dashboard()
         return (views.totals_markdown(view), plots.rating_over_time(view.rating_by_day),
-                plots.rating_by_adapter(view.rating_by_adapter), plots.emotion_distribution(view.emotions),
-                plots.answer_sources(view.sources), views.recent_frame(view))
+                plots.rating_by_adapter(view.rating_by_adapter),
+                plots.rating_by_version_and_source(views.rates_by_version_and_source(view.ratings_by_version)),
+                plots.emotion_distribution(view.emotions), plots.answer_sources(view.sources),
+                views.recent_frame(view))
 
     # --- feedback review ----------------------------------------------------------------------
 
@@ -352,6 +361,8 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
             with gr.Row():
                 plot_day = gr.Plot(label="Thumbs-up rate by day", elem_id="plot-rating-day")
                 plot_adapter = gr.Plot(label="Thumbs-up rate by adapter", elem_id="plot-rating-adapter")
+            plot_version_source = gr.Plot(label="Thumbs-up rate by adapter version: memory vs model",
+                                          elem_id="plot-rating-version-source")
             with gr.Row():
                 plot_emotion = gr.Plot(label="Emotions", elem_id="plot-emotion")
                 plot_sources = gr.Plot(label="Answer sources", elem_id="plot-sources")
@@ -433,6 +444,7 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         with gr.Tab("Adapters", elem_id="tab-adapters"):
             adapters_tbl = gr.Dataframe(headers=ADAPTER_COLUMNS, column_widths=ADAPTER_WIDTHS, interactive=False,
                                         wrap=True, label="Versions", elem_id="adapters-table")
+            gr.Markdown(ADAPTER_LEGEND, elem_id="adapters-legend")
             with gr.Row():
                 version = gr.Dropdown(["base"], value="base", label="Version", elem_id="adapter-version")
                 activate = gr.Button("Activate", variant="primary", elem_id="activate")
@@ -447,7 +459,7 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
             export_msg = gr.Markdown(elem_id="export-message")
             export_file = gr.File(label="Dataset download", interactive=False, height=90, elem_id="export-file")
 
-        dashboard_out = [totals, plot_day, plot_adapter, plot_emotion, plot_sources, recent]
+        dashboard_out = [totals, plot_day, plot_adapter, plot_version_source, plot_emotion, plot_sources, recent]
         training_out = [hyper, sched_on, sched_minutes, sched_items, sched_msg]
         adapters_out = [adapters_tbl, version, adapter_msg]
         ui.load(h.load, [status_filter, rating_filter],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +34,7 @@ RATINGS = ("up", "down")
 REVIEW_ACTIONS = ("approve", "reject")
 ACTIVE_ADAPTER_KEY = "active_adapter"
 BASE = "base"
+SOURCE_ORDER = ("memory", "rag", "model")  # where a reply came from (exchanges.source)
 
 
 class StoreError(Exception):
@@ -675,3 +676,53 @@ def emotion_counts(*, session: Session) -> dict[str, int]:
 def source_counts(*, session: Session) -> dict[str, int]:
     q = select(Exchange.source, func.count()).group_by(Exchange.source)
     return dict(session.execute(q).tuples().all())
+
+
+class RatingCount(NamedTuple):
+    """Ratings of the replies one adapter version served from one source, with or without its adapter."""
+
+    version: str  # exchanges.adapter_version: the version being served ("base" before any)
+    source: str  # memory (a taught answer, verbatim) | rag (the model with retrieved facts) | model (alone)
+    adapter_applied: bool | None  # whether the version's adapter produced the reply; None: stored before routing
+    ratings: int
+    thumbs_up: int
+
+    @property
+    def up_rate(self) -> float:
+        return self.thumbs_up / self.ratings if self.ratings else 0.0
+
+
+def _version_order(version: str, created: dict[str, int]) -> tuple[int, int, str]:
+    """"base" first, then the versions in the order they were recorded, then versions with no row (by number)."""
+    if version == BASE:
+        return (0, 0, "")
+    if version in created:
+        return (1, created[version], "")
+    number = int(version[1:]) if version[1:].isdigit() else 1 << 62
+    return (2, number, version)
+
+
+def ratings_by_version_and_source(*, session: Session) -> list[RatingCount]:
+    """Rated replies per adapter version, answer source and adapter_applied, with their 👍 count.
+
+    Versions come in the order they were created ("base" first; a version with no adapter_versions
+    row, last); within a version, sources in SOURCE_ORDER then adapter_applied False, True, None.
+    Every rated exchange counts once with its current rating (rating again replaces the feedback
+    row), whatever the review status of a correction: the user's 👍/👎 stands either way.
+    """
+    up = func.sum(case((Feedback.rating == "up", 1), else_=0))
+    q = (
+        select(Exchange.adapter_version, Exchange.source, Exchange.adapter_applied, func.count(), up)
+        .select_from(Feedback)
+        .join(Exchange, Feedback.exchange_id == Exchange.id)
+        .group_by(Exchange.adapter_version, Exchange.source, Exchange.adapter_applied)
+    )
+    versions = session.scalars(select(AdapterVersion.version).order_by(AdapterVersion.created_at,
+                                                                        AdapterVersion.version))
+    created = {version: i for i, version in enumerate(versions)}
+    applied_order = {False: 0, True: 1, None: 2}
+    sources = {s: i for i, s in enumerate(SOURCE_ORDER)}
+    rows = [RatingCount(version, source, None if applied is None else bool(applied), int(n), int(ups or 0))
+            for version, source, applied, n, ups in session.execute(q)]
+    return sorted(rows, key=lambda r: (_version_order(r.version, created), sources.get(r.source, len(sources)),
+                                       r.source, applied_order[r.adapter_applied]))

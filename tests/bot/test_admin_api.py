@@ -98,6 +98,7 @@ ENDPOINTS = [
     ("POST", "/adapters/base/activate", {}),
     ("POST", "/adapters/v1/activate", {}),
     ("GET", "/stats", {}),
+    ("GET", "/ratings/by-version", {}),
     ("GET", "/settings", {}),
     ("PUT", "/settings", {"json": {"auto_approve": True, "persona": {"agent_name": "Pwned"}}}),
     ("GET", "/feedback", {}),
@@ -343,6 +344,37 @@ def test_stats(api, kaizen):
     stats = api.get("/stats", auth=RIGHT).json()
     assert (stats["exchanges"], stats["thumbs_up"], stats["active_adapter"], stats["running_run"]) == \
         (1, 1, "base", None)
+
+
+def _served(kaizen: Kaizen, version: str, source: str, applied: bool, *ratings: str) -> None:
+    """An exchange `version` served from `source`, rated with each of `ratings` in turn (the last stands)."""
+    with kaizen.db.write() as s:
+        ex = store.create_exchange(session=s, conversation_id=None, user_text="Q?", bot_text="A.",
+                                   emotion_label="neutral", emotion_score=0.0, adapter_version=version,
+                                   adapter_applied=applied, source=source)
+        for rating in ratings:
+            store.rate_exchange(session=s, exchange_id=ex.id, rating=rating)
+
+
+def test_ratings_by_version_split_by_source_and_adapter_applied(api, kaizen):
+    assert api.get("/ratings/by-version", auth=RIGHT).json() == {"versions": []}
+    publish_fake_version(kaizen, "v1")
+    _served(kaizen, "v1", "model", True, "up")
+    _served(kaizen, "v1", "model", True, "up", "down", "up")  # rated again: the latest rating counts
+    _served(kaizen, "v1", "model", True, "down")
+    _served(kaizen, "v1", "memory", False, "up")
+    _served(kaizen, "v1", "memory", False)  # not rated
+    _served(kaizen, "base", "model", False, "down")
+    body = api.get("/ratings/by-version", auth=RIGHT).json()
+    base, v1 = body["versions"]
+    assert (base["version"], base["ratings"], base["thumbs_up"], base["up_rate"]) == ("base", 1, 0, 0.0)
+    assert (v1["version"], v1["ratings"], v1["thumbs_up"], v1["up_rate"]) == ("v1", 4, 3, 0.75)
+    assert v1["groups"] == [
+        {"source": "memory", "adapter_applied": False, "ratings": 1, "thumbs_up": 1, "up_rate": 1.0},
+        {"source": "model", "adapter_applied": True, "ratings": 3, "thumbs_up": 2, "up_rate": 0.667}]
+    for auth in WRONG:  # the route checks the caller on the server, as every admin route does
+        r = api.get("/ratings/by-version", auth=auth)
+        assert r.status_code == 401 and "versions" not in r.text
 
 
 def test_adapter_metrics_are_round_metrics_with_every_stored_figure(api, kaizen):

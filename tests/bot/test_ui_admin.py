@@ -183,10 +183,36 @@ def test_dashboard_produces_totals_figures_and_recent_exchanges(kaizen, panel):
     totals, *figures, recent = panel.dashboard(ADMIN)
     # exchanges, conversations, ratings, up, down, up rate, pending, knowledge, adapters, active
     assert totals.splitlines()[2] == "| 2 | 2 | 2 | 1 | 1 | 50% | 0 | 0 | 0 | **base** (serving base) |"
-    assert len(figures) == 4 and all(isinstance(f, Figure) for f in figures)
-    assert all(f.axes[0].patches for f in figures)  # every chart drew bars from the data
+    assert len(figures) == 5 and all(isinstance(f, Figure) for f in figures)
+    assert all(f.axes[0].patches or f.axes[0].lines for f in figures)  # every chart drew bars or lines from the data
+    [model_line] = figures[2].axes[0].lines  # by version and source: the fake engine's replies are the model's
+    assert model_line.get_label() == "model on its own" and list(model_line.get_ydata()) == [50.0]
     assert isinstance(recent, pd.DataFrame) and len(recent) == 2
     assert set(recent["question"]) == {"I love this, thanks!", "Tệ quá, sai rồi"}
+    assert list(recent["applied"]) == ["no", "no"]  # no adapter yet: the base model answered
+
+
+def test_recent_exchanges_show_whether_the_adapter_was_applied(kaizen, panel):
+    for applied in (True, False, None):
+        with kaizen.db.write() as s:
+            ex = store.create_exchange(session=s, conversation_id=None, user_text=f"Q {applied}", bot_text="A.",
+                                       emotion_label="neutral", emotion_score=0.0, adapter_version="v1",
+                                       adapter_applied=bool(applied), source="rag")
+            ex.adapter_applied = applied  # None: stored before routing existed
+    recent = panel.dashboard(ADMIN)[-1]
+    assert dict(zip(recent["question"], recent["applied"], strict=True)) == \
+        {"Q True": "yes", "Q False": "no", "Q None": ""}
+    assert list(recent.columns) == bot.ui_admin.RECENT_COLUMNS
+    assert len(bot.ui_admin.RECENT_WIDTHS) == len(bot.ui_admin.RECENT_COLUMNS)
+
+
+def test_the_versions_table_has_a_one_line_legend(kaizen):
+    ui = build_admin_ui(AdminService(kaizen))
+    [legend] = [c for c in ui.blocks.values() if getattr(c, "elem_id", None) == "adapters-legend"]
+    assert "\n" not in legend.value
+    for word in ("reliability", "generality", "locality", "recalled exactly", "held-out phrasings", "as served",
+                 "base model"):
+        assert word in legend.value, word
 
 
 def test_dashboard_with_no_data_still_draws(panel):

@@ -209,3 +209,57 @@ def test_a_new_correction_of_the_same_exchange_resets_its_item(db):
     with db.write() as s:
         store.review_feedback(session=s, feedback_id=fb.id, action="approve", correction="Second.")
     assert _state(db, item.id) == (0, None, False)
+
+
+def _served(db, version, source, applied, *ratings, correction=None):
+    """One exchange served by `version` from `source`, rated with each of `ratings` in turn (the last stands)."""
+    with db.write() as s:
+        ex = store.create_exchange(session=s, conversation_id=None, user_text="Q?", bot_text="A.",
+                                   emotion_label="neutral", emotion_score=0.0, adapter_version=version,
+                                   adapter_applied=bool(applied), source=source)
+        ex.adapter_applied = applied  # None: an exchange stored before routing existed
+        for rating in ratings:
+            store.rate_exchange(session=s, exchange_id=ex.id, rating=rating, correction=correction)
+    return ex.id
+
+
+def test_ratings_by_version_and_source_count_each_exchange_once_in_version_order(db):
+    import datetime as dt
+
+    with db.write() as s:  # created v1, v2, v10 in that order: the order is not the names' string order
+        for day, version in enumerate(["v1", "v2", "v10"], start=1):
+            row = store.record_adapter(session=s, version=version, run_id=None, round_index=day - 1,
+                                       verdict="promoted", reason="", metrics={}, path=f"/a/{version}")
+            row.created_at = dt.datetime(2026, 1, day)
+    _served(db, "v10", "model", True, "up")
+    _served(db, "v1", "model", True, "up")
+    _served(db, "v1", "model", True, "down", "up")  # rated again: only the latest rating counts
+    _served(db, "v1", "model", True, "up", "down")
+    _served(db, "v1", "memory", False, "down")
+    _served(db, "v1", "rag", True, "up")
+    _served(db, "v1", "model", False, "up")  # routed to the base model
+    _served(db, "v1", "model", False)  # not rated: not counted
+    _served(db, "v2", "memory", False, "down", correction="Tám giờ.")  # pending review: the 👎 still counts
+    _served(db, "v7", "model", True, "up")  # no adapter_versions row: after the known versions
+    _served(db, "base", "model", None, "down")  # stored before routing existed
+    _served(db, "base", "model", False, "up")
+    _served(db, "base", "memory", False, "up")
+    with db.session() as s:
+        rows = store.ratings_by_version_and_source(session=s)
+        total = store.totals(session=s)["ratings"]
+    assert rows == [
+        ("base", "memory", False, 1, 1), ("base", "model", False, 1, 1), ("base", "model", None, 1, 0),
+        ("v1", "memory", False, 1, 0), ("v1", "rag", True, 1, 1), ("v1", "model", False, 1, 1),
+        ("v1", "model", True, 3, 2),
+        ("v2", "memory", False, 1, 0),
+        ("v10", "model", True, 1, 1),
+        ("v7", "model", True, 1, 1),
+    ]
+    assert round(rows[6].up_rate, 3) == 0.667 and rows[3].up_rate == 0.0
+    assert sum(r.ratings for r in rows) == total == 12
+
+
+def test_ratings_by_version_and_source_with_no_ratings_is_empty(db):
+    _served(db, "base", "model", False)
+    with db.session() as s:
+        assert store.ratings_by_version_and_source(session=s) == []
