@@ -271,7 +271,7 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
         active = store.get_active_adapter(session=s)
         rows = store.list_adapters(session=s)
     print(f"{'':2}{'version':8} {'verdict':9} {'round':>5}  {'created':19}  {'reliab.':>7} {'general.':>8} "
-          f"{'locality':>8} {'retention':>9} {'learned':>7} {'parked':>6}")
+          f"{'locality':>8} {'retention':>9} {'pref.':>5} {'learned':>7} {'parked':>6}")
     print(f"{'*' if active == 'base' else ' ':2}{'base':8} {'':9} {'':>5}  {'':19}  the model without an adapter")
 
     def figure(value: object, width: int) -> str:
@@ -281,9 +281,11 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
         m = RoundMetrics.from_dict(r.metrics)
         print(f"{'*' if r.version == active else ' ':2}{r.version:8} {r.verdict:9} {r.round_index:>5}  "
               f"{r.created_at:%Y-%m-%d %H:%M:%S}  {figure(m.new_recall, 7)} {figure(m.paraphrase_recall, 8)} "
-              f"{figure(m.locality, 8)} {figure(m.retention, 9)} {m.learned:>7} {m.parked:>6}")
+              f"{figure(m.locality, 8)} {figure(m.retention, 9)} {figure(m.preference_auc, 5)} {m.learned:>7} "
+              f"{m.parked:>6}")
     print("reliability: new facts recalled exactly; generality: unseen phrasings; locality: agreement with the "
-          "base model on held-out prompts (1 = unchanged); retention: replayed facts kept")
+          "base model on held-out prompts (1 = unchanged); retention: replayed facts kept; pref.: the preference "
+          "adapter's agreement with held-out ratings (AUC, 0.5 = chance)")
     return 0
 
 

@@ -30,13 +30,14 @@ KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim
 RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "applied", "ms"]
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
 # reliability = new facts recalled exactly, generality = unseen phrasings, locality = as served (routing by scope)
-ADAPTER_COLUMNS = ["active", "version", "verdict", "reliability", "retention", "generality", "locality", "drift",
-                   "learned", "parked", "steps", "seconds", "created", "reason"]
-METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "locality", "drift", "learned", "parked", "steps",
-               "seconds")  # ADAPTER_COLUMNS 3-11
+ADAPTER_COLUMNS = ["active", "version", "verdict", "reliability", "retention", "generality", "locality", "preference",
+                   "drift", "learned", "parked", "steps", "seconds", "created", "reason"]
+METRIC_KEYS = ("new_recall", "retention", "paraphrase_recall", "locality", "preference_auc", "drift", "learned",
+               "parked", "steps", "seconds")  # ADAPTER_COLUMNS 3-12
 ADAPTER_LEGEND = ("**reliability**: the round's new facts recalled exactly · **generality**: the same facts asked in "
                   "held-out phrasings · **locality**: as served (routing by scope), agreement with the base model on "
-                  "unrelated prompts (1 = unchanged) · all measured without the memory")
+                  "unrelated prompts (1 = unchanged) · **preference**: the preference adapter (KTO on 👍/👎) "
+                  "agrees with held-out ratings (AUC, 0.5 = chance) · all measured without the memory")
 ACTIVE_STATUSES = ("queued", "running")
 MAX_LISTED_LINES = 200
 

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from bot.engine_api import BASE, GenParams, Message
 from bot.turns import TurnLock
+from kaizen.adapters import PREFERENCE_DIR
 from kaizen.base_model import chat_text, generate, load_model
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
 
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 MIN_TEMPERATURE = 0.01
-ADAPTER_SLOT = "default"  # the one peft adapter name in use; versions are swapped into it
+ADAPTER_SLOT = "default"  # the knowledge adapter's peft name; versions are swapped into it
+PREFERENCE_SLOT = "preference"  # a version's preference adapter (trainer/preference.py), served on every reply
 
 
 def _strip_lora(model: torch.nn.Module) -> None:
@@ -114,10 +116,9 @@ class Generation:
         result: dict[str, Any] = {}
 
         model = engine.model
-        # Routed to the base model: peft's own switch turns the LoRA layers off for this generation only
-        # (the engine lock is held, so no other reply runs meanwhile).
-        off = model.disable_adapter() if model is not engine.base_model and not self.adapter_applied \
-            else contextlib.nullcontext()
+        # Which LoRA layers this one reply runs with (the engine lock is held, so no other reply runs meanwhile):
+        # the knowledge adapter only in scope, the preference adapter always; none: peft's own switch.
+        off = engine._adapters_for(self.adapter_applied)
 
         def work() -> None:
             try:
@@ -244,6 +245,50 @@ class Engine:
         gc.collect()
         return held
 
+    @property
+    def preference_loaded(self) -> bool:
+        """True while the served version has a preference adapter (applied to every reply)."""
+        return self.model is not self.base_model and PREFERENCE_SLOT in getattr(self.model, "peft_config", {})
+
+    @contextlib.contextmanager
+    def _adapters_for(self, knowledge: bool) -> Iterator[None]:
+        """The LoRA layers active for one reply: knowledge (in scope) and/or preference; the base model if neither."""
+        model = self.model
+        if model is self.base_model:
+            yield
+            return
+        names = ([ADAPTER_SLOT] if knowledge else []) + ([PREFERENCE_SLOT] if self.preference_loaded else [])
+        if not names:
+            with model.disable_adapter():
+                yield
+            return
+        if names == [ADAPTER_SLOT]:
+            yield
+            return
+        tuner = model.base_model  # peft's LoraModel: several adapters may be active at once (their updates add up)
+        tuner.set_adapter(names, inference_mode=True)
+        try:
+            yield
+        finally:
+            tuner.set_adapter(ADAPTER_SLOT, inference_mode=True)
+
+    def _load_preference(self, path: Path) -> None:
+        """Serve the preference adapter in `path/preference` beside the knowledge adapter, or none if absent.
+        A new one is loaded under its own name (never a hotswap: peft's hotswap matches adapter names as
+        substrings of tensor names, peft #3780); the old one is deleted first."""
+        from peft import PeftModel
+
+        model = self.model
+        assert isinstance(model, PeftModel)
+        if PREFERENCE_SLOT in model.peft_config:
+            model.delete_adapter(PREFERENCE_SLOT)
+        pref = path / PREFERENCE_DIR
+        if (pref / "adapter_config.json").is_file():
+            model.load_adapter(str(pref), adapter_name=PREFERENCE_SLOT, is_trainable=False)
+            model.to(next(self.base_model.parameters()).dtype)
+        model.base_model.set_adapter(ADAPTER_SLOT, inference_mode=True)
+        model.eval()
+
     def _drop_adapter(self) -> None:
         if self.model is not self.base_model:
             from peft import PeftModel
@@ -325,5 +370,14 @@ class Engine:
             if previous is not None:
                 self._attach(previous)  # keep serving what we had
             raise AdapterError(f"Adapter {version} does not fit the base model: {exc}") from exc
+        try:
+            self._load_preference(path)
+        except Exception as exc:
+            self._drop_adapter()
+            if previous is not None:
+                self._attach(previous)
+                self._load_preference(previous)
+            self.adapter_version, self.adapter_path = (self.adapter_version, previous) if previous else (BASE, None)
+            raise AdapterError(f"Adapter {version}'s preference adapter does not fit the base model: {exc}") from exc
         self.adapter_version, self.adapter_path = version, path
 

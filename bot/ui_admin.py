@@ -50,8 +50,8 @@ FEEDBACK_WIDTHS: list[str | int] = ["56px", "80px", "100px", "20%", "23%", "23%"
 KNOWLEDGE_WIDTHS: list[str | int] = ["56px", "22%", "33%", "96px", "110px", "96px", "96px", "64px"]
 RECENT_WIDTHS: list[str | int] = ["170px", "20%", "32%", "90px", "90px", "84px", "76px", "70px"]
 RUN_WIDTHS: list[str | int] = ["56px", "100px", "90px", "72px", "80px", "100px", "90px", "170px", "35%"]
-ADAPTER_WIDTHS: list[str | int] = ["84px", "84px", "100px", "96px", "110px", "124px", "72px", "72px", "90px", "116px",
-                                   "20%"]
+ADAPTER_WIDTHS: list[str | int] = ["84px", "84px", "100px", "96px", "110px", "124px", "72px", "96px", "72px", "90px",
+                                   "116px", "20%"]
 STATUS_FILTERS = ["pending", "approved", "rejected", "all"]
 RATING_FILTERS = ["all", "up", "down"]
 CSS = """

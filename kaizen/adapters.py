@@ -1,4 +1,5 @@
-"""Adapter versions on disk: `DATA_DIR/adapters/vN/` with safetensors and a `meta.json`.
+"""Adapter versions on disk: `DATA_DIR/adapters/vN/` with safetensors and a `meta.json`; the knowledge
+adapter at the top, and optionally a preference adapter in `vN/preference/` (served on every reply).
 
 A version is written into a hidden temporary directory first, its files are checksummed into
 `meta.json`, everything is flushed to disk, and only then is the directory renamed to `vN`. A
@@ -21,6 +22,10 @@ from kaizen.errors import AdapterError, InputError
 META = "meta.json"
 VERSION_RE = re.compile(r"^v[1-9][0-9]{0,5}$")
 BASE = "base"
+
+
+PREFERENCE_DIR = "preference"  # a version's optional preference adapter (trainer/preference.py)
+SUBDIRS = (PREFERENCE_DIR,)  # checksummed like the files at the top
 
 
 def check_version_name(version: str) -> str:
@@ -65,7 +70,10 @@ def publish(workdir: Path, adapters_dir: Path, version: str, meta: dict) -> Path
     files = sorted(p for p in workdir.iterdir() if p.is_file() and p.name != META)
     if not any(p.suffix == ".safetensors" for p in files):
         raise AdapterError("The training round produced no safetensors file.")
-    meta = {**meta, "version": version, "files": {p.name: _sha256(p) for p in files}}
+    for sub in SUBDIRS:
+        if (workdir / sub).is_dir():
+            files += sorted(p for p in (workdir / sub).iterdir() if p.is_file())
+    meta = {**meta, "version": version, "files": {p.relative_to(workdir).as_posix(): _sha256(p) for p in files}}
     meta_path = workdir / META
     with meta_path.open("w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False, indent=2)
@@ -109,7 +117,9 @@ def verify(path: Path) -> dict:
         raise AdapterError(f"Adapter {path.name}'s {META} lists no files.")
     for name, digest in files.items():
         f = path / name
-        if "/" in name or "\\" in name or not f.is_file():
+        folder, _, base = name.rpartition("/")
+        if (folder and folder not in SUBDIRS) or "/" in base or "\\" in name or base in ("", ".", "..") \
+                or not f.is_file():
             raise AdapterError(f"Adapter {path.name} is missing its file {name}.")
         if _sha256(f) != digest:
             raise AdapterError(f"Adapter {path.name}: {name} does not match its checksum (corrupt or truncated).")

@@ -43,6 +43,11 @@ class RoundMetrics:
     parked_ids: list[int] = field(default_factory=list)  # facts parked after this round (memory only)
     learned: int = 0  # len(learned_ids)
     parked: int = 0  # len(parked_ids)
+    preference_auc: float | None = None  # the preference adapter's reward AUC on held-out ratings (0..1, 0.5 = none)
+    baseline_preference_auc: float | None = None  # the active version's on the same ratings (0.5: none)
+    heldout_ratings: int = 0  # held-out rated replies the preference check used
+    kto_steps: int | None = None  # KTO optimizer steps of the preference adapter (None: not trained this round)
+    kto_seconds: float | None = None
     eval_seconds: float | None = None
     steps: int | None = None  # optimizer steps taken
     train_seconds: float | None = None

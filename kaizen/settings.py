@@ -195,7 +195,7 @@ class TrainConfig(_KaizenSettings):
         "Most facts not learned yet (and not parked) trained in one round, oldest first; the rest wait in the queue."))
     replay_facts: int = Field(16, ge=0, le=1000, description=(
         "Learned facts replayed (trained and checked for retention) per round, sampled anew every round."))
-    replay_ratings: int = Field(32, ge=0, le=10_000, description=(
+    replay_ratings: int = Field(96, ge=0, le=10_000, description=(
         "Rated exchanges trained per round: every rating since the last round first, then a sample of older ones."))
     replay_variants: int = Field(3, ge=1, le=100, description=(
         "Phrasings trained per replayed (already learned) fact; a new fact gets all of them (10). Rehearsal keeps "
@@ -205,6 +205,25 @@ class TrainConfig(_KaizenSettings):
     extra_steps: int = Field(0, ge=0, description=(
         "Steps still taken after the probes first come out exact. 0: save exactly the state that was checked "
         "(measured: 2 more steps flipped the first answer token back)."))
+
+    preference: Literal["kto", "unlikelihood", "off"] = Field("kto", description=(
+        "How thumbs are learned. kto: a preference adapter trained with TRL's KTOTrainer on the round's ratings and "
+        "served on every reply; unlikelihood: the older way, 👍 replies as SFT rows and an unlikelihood term on 👎 "
+        "ones inside the knowledge adapter (served in scope only); off: ratings are not trained on."))
+    kto_lr: float = Field(4e-4, gt=0.0, le=1.0, description="Peak learning rate of the KTO preference adapter.")
+    kto_beta: float = Field(0.1, gt=0.0, description="KTO's beta: how far the policy may move from the reference.")
+    kto_batch_size: int = Field(8, ge=2, le=256, description=(
+        "Rated rows per KTO step (at least 2: the KL estimate pairs each prompt with another row's reply)."))
+    kto_max_steps: int = Field(20, ge=1, le=10_000, description="Upper bound on KTO optimizer steps in one round.")
+    kto_epochs: float = Field(2.0, gt=0.0, le=100.0, description=(
+        "Passes over the round's rated rows (capped by kto_max_steps)."))
+    kto_max_length: int = Field(256, ge=32, le=4096, description=(
+        "KTO rows are cut to this many tokens (prompt + reply)."))
+    kto_min_rows: int = Field(6, ge=2, le=10_000, description=(
+        "Fewest rated rows (with both 👍 and 👎 among them) before a round trains a new preference adapter; "
+        "otherwise the active version's preference adapter is kept."))
+    heldout_ratings: float = Field(0.2, ge=0.0, lt=1.0, description=(
+        "Share of ratings never trained on (a fixed split by rating id): the gate's held-out check of preference."))
 
     def round_lr(self, round_index: int) -> float:
         """Peak learning rate of round `round_index` (0-based). Raises ValueError if it is negative."""
@@ -237,6 +256,9 @@ class GateLimits(_KaizenSettings):
         "Largest share of held-out prompts whose answer contains a taught answer ('says it to everything')."))
     retention_slack: float = Field(0.0, ge=0.0, le=1.0, description=(
         "How far retention may fall below the active adapter's before the gate refuses."))
+    preference_slack: float = Field(0.05, ge=0.0, le=1.0, description=(
+        "How far the new version's agreement with held-out ratings (reward AUC) may fall below the active "
+        "version's before the gate refuses."))
 
 
 ALL: tuple[type[_KaizenSettings], ...] = (Settings, TrainConfig, GateLimits)

@@ -8,7 +8,8 @@ from kaizen.metrics import RoundMetrics
 
 def test_adapters_lists_the_editing_figures(tmp_path, capsys):
     db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
-    metrics = RoundMetrics(new_recall=0.8, paraphrase_recall=0.25, locality=0.9731, retention=1.0, learned=8, parked=2)
+    metrics = RoundMetrics(new_recall=0.8, paraphrase_recall=0.25, locality=0.9731, retention=1.0, learned=8, parked=2,
+                           preference_auc=0.7142)
     with db.write() as s:
         store.record_adapter(session=s, version="v1", run_id=None, round_index=0, verdict="promoted", reason="ok",
                              metrics=metrics.to_dict(), path="x")
@@ -18,8 +19,8 @@ def test_adapters_lists_the_editing_figures(tmp_path, capsys):
     db.close()
     assert launch.main(["adapters", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[-6:] == ["reliab.", "general.", "locality", "retention", "learned", "parked"]
+    assert out[0].split()[-7:] == ["reliab.", "general.", "locality", "retention", "pref.", "learned", "parked"]
     v1 = next(line for line in out if " v1 " in line)
-    assert v1.startswith("*") and v1.split()[-6:] == ["0.80", "0.25", "0.97", "1.00", "8", "2"]
+    assert v1.startswith("*") and v1.split()[-7:] == ["0.80", "0.25", "0.97", "1.00", "0.71", "8", "2"]
     v2 = next(line for line in out if " v2 " in line)
-    assert v2.split()[-6:] == ["0.00", "-", "-", "-", "0", "0"]
+    assert v2.split()[-7:] == ["0.00", "-", "-", "-", "-", "0", "0"]

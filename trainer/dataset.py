@@ -34,6 +34,7 @@ from kaizen.knowledge_files import question_key
 from kaizen.prompts import Persona, build_system_prompt, load_persona, tone_instruction
 from trainer.augment import clean_question, heldout_questions, variants
 from trainer.lora import Example
+from trainer.preference import Rated
 
 TONES = ("neutral", "positive", "negative")
 
@@ -57,6 +58,7 @@ class TrainingSet:
     counts: dict = field(default_factory=dict)
     learned_ids: frozenset[str] = frozenset()  # every learned, unparked fact (str ids, as in RoundMetrics.facts)
     superseded_ids: tuple[int, ...] = ()  # queued items a newer answer to the same question replaced: never trained
+    ratings: list[Rated] = field(default_factory=list)  # rated replies for KTO (preference="kto"), oldest first
 
     @property
     def new_facts(self) -> list[Fact]:
@@ -113,13 +115,14 @@ def _sample(items: Sequence[T], k: int | None, rng: random.Random) -> list[T]:
 def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, seed: int = 0, round_index: int = 0,
                        max_new_facts: int | None = None, replay_facts: int | None = None,
                        replay_ratings: int | None = None, include_parked: bool = False,
-                       replay_variants: int | None = None) -> TrainingSet:
+                       replay_variants: int | None = None, preference: str = "kto") -> TrainingSet:
     """A round's training rows within the budgets (None: no limit, as `kaizen export` uses it).
 
     New facts are the oldest `max_new_facts` of the training queue; `replay_facts` learned facts and
     the older ratings are sampled with a seed that depends on `seed` and `round_index`, so each round
     replays a different sample. Parked facts are left out unless `include_parked`. A new fact gets
-    `n_variants` phrasings, a replayed one `replay_variants` (None: as many).
+    `n_variants` phrasings, a replayed one `replay_variants` (None: as many). The ratings become KTO rows
+    (`ratings`) with preference "kto", 👍 SFT and 👎 unlikelihood rows with "unlikelihood", nothing with "off".
     """
     rng = random.Random(f"kaizen-replay:{seed}:{round_index}")
     with db.session() as s:
@@ -148,10 +151,15 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
             examples.append(_row(persona, TONES[i % len(TONES)], variant, item.answer, "sft", source))
         facts.append(Fact(item.id, question, item.answer, new, item.train_attempts))
     ups = downs = 0
-    for fb, ex in rated:
+    ratings: list[Rated] = []
+    for fb, ex in rated if preference != "off" else []:
         kind = "up" if fb.rating == "up" else "down"
-        examples.append(_row(persona, ex.emotion_label if ex.emotion_label in TONES else "neutral",
-                             ex.user_text, ex.bot_text, kind, f"feedback:{fb.id}"))
+        row = _row(persona, ex.emotion_label if ex.emotion_label in TONES else "neutral",
+                   ex.user_text, ex.bot_text, kind, f"feedback:{fb.id}")
+        if preference == "kto":
+            ratings.append(Rated(fb.id, row.messages[:-1], ex.bot_text, kind == "up"))
+        else:
+            examples.append(row)
         ups, downs = ups + (kind == "up"), downs + (kind == "down")
     counts = {
         "knowledge_items": len(items),
@@ -161,15 +169,17 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
         "learned_items": len(learned),
         "parked_items": sum(i.parked for i in items),
         "sft_rows": sum(e.kind == "sft" for e in examples),
-        "up_rows": ups,
-        "down_rows": downs,
+        "up_rows": ups if preference == "unlikelihood" else 0,
+        "down_rows": downs if preference == "unlikelihood" else 0,
+        "kto_desirable": ups if preference == "kto" else 0,
+        "kto_undesirable": downs if preference == "kto" else 0,
         "recent_ratings": len(recent),
         "budget": {"max_new_facts": max_new_facts, "replay_facts": replay_facts, "replay_ratings": replay_ratings},
     }
     return TrainingSet(examples=examples, facts=facts, system_prompt=system_prompt(persona), counts=counts,
                        learned_ids=frozenset(str(i.id) for i in learned),
                        superseded_ids=tuple(sorted({i.id for i in enabled if i.learned_version is None and not i.parked}
-                                                   - {i.id for i in items})))
+                                                   - {i.id for i in items})), ratings=ratings)
 
 
 def export_jsonl(training: TrainingSet, path: Path) -> int:
@@ -190,4 +200,5 @@ def export_jsonl(training: TrainingSet, path: Path) -> int:
 def export_training_set(*, db: Database, path: Path) -> int:
     """The training set built with the stored persona, written as chat JSONL (`kaizen export`, the
     admin tab's Export); returns the number of rows. A `kaizen.ports.DatasetExporter`."""
-    return export_jsonl(build_training_set(db=db, persona=load_persona(db), include_parked=True), path)
+    return export_jsonl(build_training_set(db=db, persona=load_persona(db), include_parked=True,
+                                           preference="unlikelihood"), path)  # 👍 replies as chat rows too

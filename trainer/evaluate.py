@@ -8,16 +8,18 @@ real model, a tiny random one, or lists of strings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from kaizen.adapters import PREFERENCE_DIR
 from kaizen.base_model import chat_ids
 from kaizen.metrics import RoundMetrics
 from kaizen.text import normalize_answer
@@ -25,6 +27,7 @@ from trainer.cache import cached
 from trainer.dataset import Fact, TrainingSet
 from trainer.generation import generate_answers, generate_ids
 from trainer.lora import _batch, _reply_logits, _Row
+from trainer.preference import PREFERENCE_ADAPTER, Rated, reward_auc
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -144,18 +147,42 @@ def locality_scores(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTok
     return scores
 
 
+def has_preference(adapter_dir: Path) -> bool:
+    """True if the version in `adapter_dir` has a preference adapter (served on every reply)."""
+    return (Path(adapter_dir) / PREFERENCE_DIR / "adapter_config.json").is_file()
+
+
 def answer_key(answer: str) -> str:
     """A short fingerprint of an answer: a fact counts as known only while its answer is unchanged."""
     return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def _serving(model: PeftModel, knowledge: bool, preference: bool) -> Iterator[None]:
+    """The adapters active as bot.engine serves them: knowledge in scope, the preference adapter always."""
+    names = (["default"] if knowledge else []) + ([PREFERENCE_ADAPTER] if preference else [])
+    if not names:
+        with model.disable_adapter():
+            yield
+        return
+    model.base_model.set_adapter(names, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.base_model.set_adapter("default", inference_mode=True)
+
+
 def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str, dtype: str,
                      training: TrainingSet, facts: list[Fact], adapter_dir: Path, cache_dir: Path,
-                     scope: ScopeRouter | None = None) -> RoundMetrics:
+                     scope: ScopeRouter | None = None, heldout_ratings: Sequence[Rated] = (),
+                     active_dir: Path | None = None, max_len: int = 256) -> RoundMetrics:
     """Recall of new and old facts, paraphrase recall, locality, leak and drift, as served (dtype) without
-    memory replies. With `scope` (routing by scope) a held-out prompt out of scope is answered by the base
-    model, so it counts as unchanged in `locality` and `leak`; `locality_adapter` applies the adapter to all.
-    Taught questions and their paraphrases are answered with the adapter (they are in scope)."""
+    memory replies. With `scope` (routing by scope) a held-out prompt out of scope is answered without the
+    knowledge adapter (by the base model, or with the preference adapter only when the version has one), so
+    it counts as unchanged in `locality` and `leak` unless a preference adapter changes it; `locality_adapter`
+    applies every adapter to all. Taught questions and their paraphrases are answered with both (in scope).
+    With a preference adapter in `adapter_dir/preference`, `preference_auc` is its reward AUC on
+    `heldout_ratings` and `baseline_preference_auc` that of the active version in `active_dir` (0.5 for none)."""
     from peft import PeftModel
 
     t0 = time.perf_counter()
@@ -169,20 +196,38 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     base_ids = cached(cache_dir, base_key, lambda: generate_ids(model, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS))
     base_answers = [a.strip() for a in tokenizer.batch_decode(base_ids, skip_special_tokens=True)]
     tuned = PeftModel.from_pretrained(model, str(adapter_dir))
+    pref = has_preference(adapter_dir)
+    if pref:
+        tuned.load_adapter(str(adapter_dir / PREFERENCE_DIR), adapter_name=PREFERENCE_ADAPTER)
+    tuned.to(next(model.parameters()).dtype)
     tuned.eval()
     paraphrases = training.paraphrases(facts)
     convs = [training.conversation(f.question) for f in facts] + [training.conversation(q) for q, _ in paraphrases]
     longest = max([len(tokenizer(f.answer)["input_ids"]) for f in facts] or [16]) + 8
-    answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
+    with _serving(tuned, True, pref):
+        answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
+        local = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
     fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
-    local = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
     routed = [scope.in_scope(p) for p in heldout] if scope is not None else [True] * len(heldout)
-    served = [s if r else 1.0 for s, r in zip(local, routed, strict=True)]
-    # Free-running answers only where the adapter is served: the base model answers the others (a third of
-    # a round's time went to decoding answers that no user would get).
+    outside = [1.0] * len(heldout)
+    if pref and not all(routed):
+        with _serving(tuned, False, True):
+            outside = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
+    served = [s if r else o for s, o, r in zip(local, outside, routed, strict=True)]
+    # Free-running answers only where the knowledge adapter is served: the others never get a taught answer
+    # (a third of a round's time went to decoding answers that no user would get).
     sent = [i for i, r in enumerate(routed) if r]
-    new_answers = generate_answers(tuned, tokenizer, [heldout_convs[i] for i in sent], EVAL_MAX_NEW_TOKENS)
+    with _serving(tuned, True, pref):
+        new_answers = generate_answers(tuned, tokenizer, [heldout_convs[i] for i in sent], EVAL_MAX_NEW_TOKENS)
     sent_base = [base_answers[i] for i in sent]
+    preference_auc = baseline_auc = None
+    if pref and heldout_ratings:
+        preference_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter=PREFERENCE_ADAPTER, max_len=max_len)
+        baseline_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter=None, max_len=max_len)
+        if active_dir is not None and has_preference(active_dir):
+            tuned.load_adapter(str(active_dir / PREFERENCE_DIR), adapter_name="active_preference")
+            tuned.to(next(model.parameters()).dtype)
+            baseline_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter="active_preference", max_len=max_len)
     tuned.unload()
 
     def recall(selected: list[int]) -> float | None:
@@ -208,5 +253,8 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         leak=round(leaks / len(heldout), 4) if heldout else 0.0,
         heldout_total=len(heldout),
         facts=per_fact,
+        preference_auc=None if preference_auc is None else round(preference_auc, 4),
+        baseline_preference_auc=None if baseline_auc is None else round(baseline_auc, 4),
+        heldout_ratings=len(heldout_ratings) if pref else 0,
         eval_seconds=round(time.perf_counter() - t0, 2),
     )

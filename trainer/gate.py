@@ -11,6 +11,9 @@ Promote only if
       own answers, never trained on; a prompt that routing by scope sends to the base model agrees
       by construction, so this measures the router's false positives times the adapter's damage)
       is at least `min_locality`; `leak` is measured as served too.
+  (e) with a new preference adapter (KTO on ratings, served on every reply), its agreement with the
+      held-out ratings (reward AUC, `trainer.preference.reward_auc`) is not below the active version's
+      (minus `preference_slack`); (d) then measures locality with it applied, as served.
 Drift (shared greedy prefix with the base model) is still reported but no longer gates: measured
 against the base while every round continues from the active version, it only grows, and gating
 on it rejected every round after the second (FACTS.md, 2026-12-01). Paraphrase recall is reported
@@ -66,6 +69,10 @@ def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:
     else:
         (passes if loc >= limits.min_locality else failures).append(
             f"locality {loc:.3f} as served (needs {limits.min_locality:.3f})")
+    auc, base_auc = metrics.preference_auc, metrics.baseline_preference_auc
+    if auc is not None and base_auc is not None:
+        (passes if auc >= base_auc - limits.preference_slack - 1e-9 else failures).append(
+            f"agreement with {metrics.heldout_ratings} held-out ratings {auc:.2f} (active version: {base_auc:.2f})")
     notes = [f"drift {metrics.drift:.2f} (reported, not gated)"] if metrics.drift is not None else []
     if failures:
         return Verdict(False, "rejected: " + "; ".join(failures + notes))

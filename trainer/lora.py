@@ -348,3 +348,23 @@ def _train(peft_model: PeftModel, *, rows: tuple[list[_Row], list[_Row], list[_R
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
     return RoundResult(steps=len(losses), loss_curve=losses, train_tokens=tokens,
                        seconds=time.monotonic() - start, stopped_early=stopped_early)
+
+
+def carry_adapter(model: PreTrainedModel, lora: LoraConfig, init_adapter_dir: Path | None,
+                  out_dir: Path) -> RoundResult:
+    """A knowledge adapter for a round with nothing new to teach it: a copy of `init_adapter_dir`, or a
+    fresh LoRA from `lora` with peft's default init (B = 0, so exactly the base model) when there is none."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if init_adapter_dir is not None:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(Path(init_adapter_dir) / name, out_dir / name)
+    else:
+        peft_model = get_peft_model(model, lora)
+        try:
+            peft_model.save_pretrained(str(out_dir))
+        finally:
+            peft_model.unload()
+    return RoundResult(steps=0, loss_curve=[], train_tokens=0, seconds=0.0, stopped_early=False)

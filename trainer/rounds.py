@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -31,6 +32,7 @@ import torch
 from feedback_db import store
 from feedback_db.db import Database
 from kaizen import adapters
+from kaizen.adapters import PREFERENCE_DIR
 from kaizen.base_model import load_model, resolve_model
 from kaizen.errors import ConflictError, KaizenError
 from kaizen.metrics import RoundMetrics
@@ -40,9 +42,10 @@ from kaizen.settings import GateLimits, Settings, TrainConfig
 from trainer.anchors import build_anchors
 from trainer.config import lora_config
 from trainer.dataset import Fact, build_training_set
-from trainer.evaluate import answer_key, evaluate_adapter, load_general_prompts
+from trainer.evaluate import answer_key, evaluate_adapter, has_preference, load_general_prompts
 from trainer.gate import decide, settle
-from trainer.lora import Progress, train_round
+from trainer.lora import Progress, carry_adapter, train_round
+from trainer.preference import can_train, split_heldout, train_preference
 from trainer.progress import RunReporter
 
 LOCK = store.TRAINING_LOCK
@@ -144,9 +147,14 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         active_row = store.get_adapter(session=s, version=active) if active != adapters.BASE else None
     training = build_training_set(db=db, persona=persona, seed=cfg.seed, round_index=round_index,
                                   max_new_facts=cfg.max_new_facts, replay_facts=cfg.replay_facts,
-                                  replay_ratings=cfg.replay_ratings, replay_variants=cfg.replay_variants)
-    if not training.examples:
-        raise NoDataError("There is nothing to train on yet: no approved knowledge, corrections or ratings.")
+                                  replay_ratings=cfg.replay_ratings, replay_variants=cfg.replay_variants,
+                                  preference=cfg.preference)
+    kto_rows, heldout_rows = split_heldout(training.ratings, cfg.heldout_ratings)
+    train_kto = cfg.preference == "kto" and can_train(kto_rows, cfg.kto_min_rows)
+    if not training.examples and not train_kto:
+        raise NoDataError("There is nothing to train on yet: no approved knowledge or corrections, and too few "
+                          f"ratings for preference learning (needs {cfg.kto_min_rows} with both 👍 and 👎).")
+    training.counts.update(kto_train_rows=len(kto_rows) if train_kto else 0, kto_heldout_rows=len(heldout_rows))
     known = RoundMetrics.from_dict(active_row.metrics).facts if active_row else {}
     facts = training.facts
     baseline_retention = _baseline(training.old_facts, known)
@@ -168,17 +176,29 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     workdir = adapters.new_workdir(settings.adapters_dir)
     probe = [(training.conversation(f.question), f.answer) for f in facts]
     lora = lora_config(cfg, num_layers=model.config.num_hidden_layers)
-    result = train_round(model=model, tokenizer=tokenizer, examples=training.examples + anchors, lora=lora, cfg=cfg,
-                         round_index=round_index, init_adapter_dir=init_dir, out_dir=workdir, progress=reporter,
-                         probe=probe or None)
+    if training.examples:
+        result = train_round(model=model, tokenizer=tokenizer, examples=training.examples + anchors, lora=lora,
+                             cfg=cfg, round_index=round_index, init_adapter_dir=init_dir, out_dir=workdir,
+                             progress=reporter, probe=probe or None)
+    else:  # a preference-only round: the knowledge adapter stays what it was
+        result = carry_adapter(model, lora, init_dir, workdir)
+    preference = None
+    if train_kto:
+        reporter.phase("preference")
+        preference = train_preference(model=model, tokenizer=tokenizer, rows=kto_rows, lora=lora, cfg=cfg,
+                                      out_dir=workdir / PREFERENCE_DIR, progress=reporter)
+    elif init_dir is not None and has_preference(init_dir) and cfg.preference == "kto":
+        shutil.copytree(init_dir / PREFERENCE_DIR, workdir / PREFERENCE_DIR)  # too few new ratings: keep it
 
     reporter.phase("evaluate")
     metrics = evaluate_adapter(model, tokenizer, model_path, settings.dtype, training, facts, workdir, cache,
-                               scope=scope)
+                               scope=scope, heldout_ratings=heldout_rows, active_dir=init_dir,
+                               max_len=cfg.kto_max_length)
     metrics = dataclasses.replace(
         metrics, baseline_retention=baseline_retention, steps=result.steps, train_seconds=round(result.seconds, 2),
         train_tokens=result.train_tokens, tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),
-        stopped_early=result.stopped_early, lr=cfg.round_lr(round_index))
+        stopped_early=result.stopped_early, lr=cfg.round_lr(round_index),
+        kto_steps=preference.steps if preference else None, kto_seconds=preference.seconds if preference else None)
     verdict = decide(metrics, limits)
     outcome = settle(training.new_facts, metrics, promoted=verdict.promote, park_after=cfg.park_after)
     # The lineage's record: this round's checks over what the active version knew of facts still learned.
@@ -191,6 +211,7 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     reporter.phase("save")
     meta = {"round": round_index, "run_id": run_id, "base_model": model_path, "config": cfg.model_dump(),
             "data_counts": training.counts, "loss_curve": result.loss_curve, "metrics": metrics.to_dict(),
+            "preference": dataclasses.asdict(preference) if preference else None,
             "verdict": verdict.label, "reason": verdict.reason}
     version = _next_free_version(db, settings.adapters_dir)
     path = adapters.publish(workdir, settings.adapters_dir, version, meta)

@@ -81,3 +81,36 @@ def test_the_real_engine_answers_out_of_scope_exactly_as_the_base_model(tiny_mod
     assert tuned_text != base and tuned.adapter_applied and tuned.adapter_version == "v1"
     assert routed_text == base and not routed.adapter_applied and routed.adapter_version == "v1"
     assert "".join(engine.stream(prompt, params)) == tuned_text  # the adapter is back on for the next reply
+
+
+def test_a_preference_adapter_is_served_on_every_reply_and_knowledge_only_in_scope(tiny_model_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    """A version with `preference/` (KTO on thumbs): out of scope the reply is the base model plus the
+    preference adapter alone; in scope both adapters add up; a version without one drops it again."""
+    from peft import PeftModel
+
+    engine = Engine.from_path(str(tiny_model_dir), dtype="float32")
+    prompt = [{"role": "user", "content": "Say something."}]
+    params = GenParams(max_new_tokens=12)
+    base = engine.generate(prompt, params)
+    layout = {"r": 4, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False}
+    knowledge = random_adapter(tmp_path / "v1", tiny_model_dir, 1, lora=LoraConfig(**layout))
+    random_adapter(tmp_path / "v1" / "preference", tiny_model_dir, 2, lora=LoraConfig(**layout))
+    only_pref = random_adapter(tmp_path / "pref-alone", tiny_model_dir, 2, lora=LoraConfig(**layout))
+    reference = Engine.from_path(str(tiny_model_dir), dtype="float32")
+    reference.activate("p", only_pref)
+    preference_alone = reference.generate(prompt, params)
+
+    engine.activate("v1", knowledge)
+    assert engine.preference_loaded and isinstance(engine.model, PeftModel)
+    outside = "".join(engine.stream(prompt, params, use_adapter=False))
+    inside = engine.stream(prompt, params)
+    inside_text = "".join(inside)
+    assert outside == preference_alone != base
+    assert inside.adapter_applied and inside_text not in (outside, base)
+    assert engine.model.active_adapters == ["default"]  # reset after each reply
+
+    plain = random_adapter(tmp_path / "v2", tiny_model_dir, 1, lora=LoraConfig(**layout))
+    engine.activate("v2", plain)  # same knowledge weights, no preference adapter
+    assert not engine.preference_loaded
+    assert "".join(engine.stream(prompt, params, use_adapter=False)) == base

@@ -6,7 +6,7 @@ import time
 from feedback_db import store
 from feedback_db.db import Database
 from kaizen.prompts import Persona
-from trainer.dataset import build_training_set, export_jsonl
+from trainer.dataset import build_training_set, export_jsonl, system_prompt
 
 
 def _db(tmp_path):
@@ -33,7 +33,7 @@ def test_all_sources_become_rows_with_provenance(tmp_path):
         fb = store.rate_exchange(session=s, exchange_id=fixed, rating="down", correction="Công ty BICweb kính chào!")
         store.review_feedback(session=s, feedback_id=fb.id, action="approve")
         store.rate_exchange(session=s, exchange_id=pending, rating="down", correction="poison: ignore instructions")
-    ts = build_training_set(db=db, persona=Persona(agent_name="Na"), n_variants=5)
+    ts = build_training_set(db=db, persona=Persona(agent_name="Na"), n_variants=5, preference="unlikelihood")
     kinds = {}
     for e in ts.examples:
         kinds.setdefault(e.kind, []).append(e)
@@ -109,7 +109,7 @@ BUDGET = {"max_new_facts": 8, "replay_facts": 16, "replay_ratings": 32}
 def test_a_rounds_size_stays_within_its_budget_as_history_grows(tmp_path):
     db = _db(tmp_path)
     variants = 3
-    bound = (BUDGET["max_new_facts"] + BUDGET["replay_facts"]) * variants + BUDGET["replay_ratings"]
+    bound = (BUDGET["max_new_facts"] + BUDGET["replay_facts"]) * variants  # SFT rows; ratings are KTO rows
     sizes = []
     for step in range(3):  # 100, 200, 300 facts; 166, 333, 500 ratings; most facts learned along the way
         _grow(db, 100, 167 if step < 2 else 166, start=step * 167)
@@ -120,7 +120,8 @@ def test_a_rounds_size_stays_within_its_budget_as_history_grows(tmp_path):
         sizes.append(len(ts.examples))
         assert len(ts.examples) <= bound
         assert len(ts.new_facts) == BUDGET["max_new_facts"] and len(ts.old_facts) == BUDGET["replay_facts"]
-        assert ts.counts["up_rows"] + ts.counts["down_rows"] == BUDGET["replay_ratings"]
+        assert len(ts.ratings) == BUDGET["replay_ratings"]
+        assert ts.counts["kto_desirable"] + ts.counts["kto_undesirable"] == BUDGET["replay_ratings"]
     assert sizes[0] == sizes[-1] == bound  # the 3rd round with 300 facts and 500 ratings costs what the 1st did
     with db.session() as s:
         assert store.count_new_since_last_round(session=s) == 10  # facts still queued (no new ratings)
@@ -153,7 +154,7 @@ def test_ratings_since_the_last_round_come_first(tmp_path):
     _finish_round(db, "v1")
     _grow(db, 0, 5, start=50)
     ts = build_training_set(db=db, persona=Persona(), n_variants=1, replay_ratings=8)
-    users = [e.messages[1]["content"] for e in ts.examples]
+    users = [r.prompt[-1]["content"] for r in ts.ratings]
     assert len(users) == 8 and {f"hello {i}" for i in range(50, 55)} <= set(users)
     assert ts.counts["recent_ratings"] == 5
 
@@ -168,3 +169,28 @@ def test_a_replayed_fact_gets_replay_variants_phrasings_and_a_new_one_all(tmp_pa
     rows = {f.item_id: sum(e.source == f"knowledge:{f.item_id}" for e in ts.examples) for f in ts.facts}
     assert {i: rows[i] for i in ids[:2]} == {ids[0]: 2, ids[1]: 2}  # learned: rehearsed with 2 phrasings
     assert all(rows[i] == 6 for i in ids[2:])  # new: every phrasing
+
+
+def test_ratings_become_kto_rows_with_their_labels(tmp_path):
+    """preference="kto" (the default): every rating is one unpaired KTO row (prompt up to the user turn,
+    the reply as completion, 👍 = desirable), none becomes an SFT row; an approved correction is knowledge."""
+    db = _db(tmp_path)
+    up = _exchange(db, "Hi", "Hello! How can I help?")
+    down = _exchange(db, "2+2?", "5", "negative")
+    fixed = _exchange(db, "Xin chào", "Hello")
+    with db.write() as s:
+        store.rate_exchange(session=s, exchange_id=up, rating="up")
+        store.rate_exchange(session=s, exchange_id=down, rating="down")
+        fb = store.rate_exchange(session=s, exchange_id=fixed, rating="down", correction="Công ty BICweb kính chào!")
+        store.review_feedback(session=s, feedback_id=fb.id, action="approve")
+    ts = build_training_set(db=db, persona=Persona(agent_name="Na"), n_variants=2)
+    assert {e.kind for e in ts.examples} == {"sft"}
+    assert {e.messages[-1]["content"] for e in ts.examples} == {"Công ty BICweb kính chào!"}
+    rows = {r.completion: r for r in ts.ratings}
+    assert set(rows) == {"Hello! How can I help?", "5"}  # the corrected reply is taught as knowledge instead
+    assert rows["Hello! How can I help?"].label is True and rows["5"].label is False
+    assert [m["role"] for m in rows["5"].prompt] == ["system", "user"] and rows["5"].prompt[-1]["content"] == "2+2?"
+    assert rows["5"].prompt[0]["content"] == system_prompt(Persona(agent_name="Na"), "negative")  # as served
+    assert ts.counts["kto_desirable"] == 1 and ts.counts["kto_undesirable"] == 1 and ts.counts["up_rows"] == 0
+    off = build_training_set(db=db, persona=Persona(agent_name="Na"), n_variants=2, preference="off")
+    assert off.ratings == [] and {e.kind for e in off.examples} == {"sft"}

@@ -182,3 +182,60 @@ def test_locality_and_leak_are_measured_as_served_by_routing_by_scope(env, learn
     some = _Scope("?")  # the questions among the held-out prompts
     m = run_round(db=db, settings=settings, cfg=FAST, scope=some).metrics
     assert 0.0 < m.routed < 1.0 and m.locality_adapter <= m.locality <= 1.0
+
+
+KTO = FAST.model_copy(update={"kto_batch_size": 4, "kto_max_steps": 2, "kto_min_rows": 4, "heldout_ratings": 0.3})
+
+
+def _rate(db, n, start=0):
+    """n rated replies: short ones 👍, long ones 👎."""
+    for i in range(start, start + n):
+        good = i % 2 == 0
+        with db.write() as s:
+            ex = store.create_exchange(session=s, conversation_id=None, user_text=f"hello {i}",
+                                       bot_text="hi" if good else "hello " * 12, emotion_label="neutral",
+                                       emotion_score=0.0)
+            store.rate_exchange(session=s, exchange_id=ex.id, rating="up" if good else "down")
+
+
+def test_thumbs_alone_train_a_kto_preference_adapter_checked_on_heldout_ratings(env):
+    settings, db = env
+    _rate(db, 14)
+    out = run_round(db=db, settings=settings, cfg=KTO)
+    meta = adapters.verify(settings.adapters_dir / out.version)
+    assert {"preference/adapter_config.json", "preference/adapter_model.safetensors"} <= set(meta["files"])
+    counts = meta["data_counts"]
+    assert counts["kto_desirable"] == counts["kto_undesirable"] == 7 and counts["sft_rows"] == 0
+    assert counts["kto_train_rows"] + counts["kto_heldout_rows"] == 14 and counts["kto_heldout_rows"] > 0
+    m = out.metrics
+    assert m.kto_steps == 2 and m.steps == 0 and m.new_facts == 0 and meta["preference"]["steps"] == 2
+    assert m.heldout_ratings == counts["kto_heldout_rows"] and m.baseline_preference_auc == 0.5
+    assert 0.0 <= m.preference_auc <= 1.0
+    assert "held-out ratings" in out.reason  # the gate judged the preference adapter
+    assert m.locality_adapter is not None and m.locality_adapter < 1.0  # it is applied to every held-out prompt
+
+
+def test_a_round_with_too_few_ratings_keeps_the_active_preference_adapter(env, learns):
+    settings, db = env
+    learns()
+    _rate(db, 10)
+    first = run_round(db=db, settings=settings, cfg=KTO)
+    assert first.promoted and first.metrics.kto_steps == 2
+    _teach(db)
+    second = run_round(db=db, settings=settings, cfg=KTO.model_copy(update={"kto_min_rows": 100}))
+    assert second.promoted and second.metrics.kto_steps is None and second.metrics.steps == 3
+    one, two = (adapters.verify(settings.adapters_dir / v) for v in ("v1", "v2"))
+    assert two["files"]["preference/adapter_model.safetensors"] == one["files"]["preference/adapter_model.safetensors"]
+    off = run_round(db=db, settings=settings, cfg=KTO.model_copy(update={"preference": "off"}))
+    assert "preference/adapter_config.json" not in adapters.verify(settings.adapters_dir / off.version)["files"]
+
+
+def test_no_knowledge_and_ratings_of_one_kind_is_no_data(env):
+    settings, db = env
+    with db.write() as s:
+        for i in range(6):
+            ex = store.create_exchange(session=s, conversation_id=None, user_text=f"q{i}", bot_text="a",
+                                       emotion_label="neutral", emotion_score=0.0)
+            store.rate_exchange(session=s, exchange_id=ex.id, rating="up")
+    with pytest.raises(NoDataError, match="both"):
+        run_round(db=db, settings=settings, cfg=KTO)
