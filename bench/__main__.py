@@ -2,7 +2,10 @@
 
     python -m bench                       everything (about 55 minutes on two cores, 40 of them the round sweep)
     python -m bench --quick               fewer repeats and smaller sizes
-    python -m bench --only chat,storage   some of: chat, concurrency, training, hotswap, storage, teach, round, learn
+    python -m bench --only chat,storage   some of: chat, concurrency, training, hotswap, storage, teach, round, learn,
+                                          simulate
+    python -m bench --only simulate       the study: simulated users drive a real server for days (about 1.5 hours;
+                                          bench/simulate.py, also `python -m bench.simulate` with its own options)
     python -m bench --model DIR           an already converted model directory (default: KAIZEN_MODEL or embedded)
 
 Scratch data goes to bench/out/ (git-ignored). The headline table and each benchmark's detail
@@ -43,6 +46,7 @@ BENCHMARKS = {
     "teach": "bench.teach",
     "round": "bench.round_scale",
     "learn": "bench.keep_learning",
+    "simulate": "bench.simulate",
 }
 RESULTS = ROOT / "bench" / "results.md"
 README = ROOT / "README.md"

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -232,9 +232,15 @@ def list_feedback(
     return [(fb, ex) for fb, ex in session.execute(q)]
 
 
+def _trainable_rating() -> ColumnElement[bool]:
+    """A rating a round learns from: an approved plain rating, or the 👎 of a correction the admin approved (the
+    reply was wrong, and an admin confirmed it). A pending or rejected correction's rating waits or is dropped."""
+    return and_(Feedback.status == "approved", or_(Feedback.correction.is_(None), Feedback.rating == "down"))
+
+
 def ratings_since(*, session: Session, since: dt.datetime | None) -> int:
-    """Approved plain ratings given or changed after `since` (all of them if None)."""
-    q = select(func.count()).select_from(Feedback).where(Feedback.status == "approved", Feedback.correction.is_(None))
+    """Trainable ratings (`_trainable_rating`) given or changed after `since` (all of them if None)."""
+    q = select(func.count()).select_from(Feedback).where(_trainable_rating())
     if since is not None:
         q = q.where(Feedback.updated_at > since)
     return session.scalar(q) or 0
@@ -242,12 +248,12 @@ def ratings_since(*, session: Session, since: dt.datetime | None) -> int:
 
 def rated_exchanges(*, session: Session, since: dt.datetime | None = None, ids: Iterable[int] | None = None,
                     limit: int | None = None, newest_first: bool = False) -> list[tuple[Feedback, Exchange]]:
-    """Approved ratings with their exchanges (training data for up/down), oldest first unless
+    """Trainable ratings (`_trainable_rating`) with their exchanges (KTO rows), oldest first unless
     `newest_first`; only those rated after `since`, or only the feedback ids in `ids`, if given."""
     q = (
         select(Feedback, Exchange)
         .join(Exchange, Feedback.exchange_id == Exchange.id)
-        .where(Feedback.status == "approved", Feedback.correction.is_(None))
+        .where(_trainable_rating())
         .order_by(Feedback.id.desc() if newest_first else Feedback.id)
     )
     if since is not None:
@@ -260,9 +266,9 @@ def rated_exchanges(*, session: Session, since: dt.datetime | None = None, ids: 
 
 
 def rated_feedback_ids(*, session: Session, until: dt.datetime | None = None) -> list[int]:
-    """Ids of the approved plain ratings given at or before `until` (all if None), oldest first: a cheap
+    """Ids of the trainable ratings given at or before `until` (all if None), oldest first: a cheap
     list to sample a round's replayed ratings from."""
-    q = select(Feedback.id).where(Feedback.status == "approved", Feedback.correction.is_(None)).order_by(Feedback.id)
+    q = select(Feedback.id).where(_trainable_rating()).order_by(Feedback.id)
     if until is not None:
         q = q.where(Feedback.updated_at <= until)
     return list(session.scalars(q))

@@ -37,10 +37,11 @@ def test_all_sources_become_rows_with_provenance(tmp_path):
     kinds = {}
     for e in ts.examples:
         kinds.setdefault(e.kind, []).append(e)
-    assert len(kinds["sft"]) == 10 and len(kinds["up"]) == 1 and len(kinds["down"]) == 1
+    assert len(kinds["sft"]) == 10 and len(kinds["up"]) == 1 and len(kinds["down"]) == 2
     assert {e.source for e in kinds["sft"]} == {f"knowledge:{k.id}", "knowledge:2"}
     assert kinds["up"][0].messages[-1]["content"] == "Hello! How can I help?"
-    assert kinds["down"][0].messages[-1]["content"] == "5"
+    # the corrected reply is rated down too (its approved correction is taught as knowledge)
+    assert [e.messages[-1]["content"] for e in kinds["down"]] == ["5", "Hello"]
     # the unapproved correction trains nothing
     assert not any("poison" in m["content"] for e in ts.examples for m in e.messages)
     # questions are cleaned, answers stay the same across variants, system prompt carries the persona
@@ -51,7 +52,7 @@ def test_all_sources_become_rows_with_provenance(tmp_path):
     assert all(e.messages[0]["content"].startswith("You are Na") for e in ts.examples)
     assert {f.answer for f in ts.facts} == {"Buổi họp giao ban sáng.", "Công ty BICweb kính chào!"}
     assert {k: ts.counts[k] for k in ("knowledge_items", "new_items", "sft_rows", "up_rows", "down_rows")} == {
-        "knowledge_items": 2, "new_items": 2, "sft_rows": 10, "up_rows": 1, "down_rows": 1}
+        "knowledge_items": 2, "new_items": 2, "sft_rows": 10, "up_rows": 1, "down_rows": 2}
 
 
 def test_newer_answer_to_the_same_question_wins(tmp_path):
@@ -187,10 +188,10 @@ def test_ratings_become_kto_rows_with_their_labels(tmp_path):
     assert {e.kind for e in ts.examples} == {"sft"}
     assert {e.messages[-1]["content"] for e in ts.examples} == {"Công ty BICweb kính chào!"}
     rows = {r.completion: r for r in ts.ratings}
-    assert set(rows) == {"Hello! How can I help?", "5"}  # the corrected reply is taught as knowledge instead
-    assert rows["Hello! How can I help?"].label is True and rows["5"].label is False
+    assert set(rows) == {"Hello! How can I help?", "5", "Hello"}  # an approved correction's 👎 counts
+    assert rows["Hello! How can I help?"].label is True and not rows["5"].label and not rows["Hello"].label
     assert [m["role"] for m in rows["5"].prompt] == ["system", "user"] and rows["5"].prompt[-1]["content"] == "2+2?"
     assert rows["5"].prompt[0]["content"] == system_prompt(Persona(agent_name="Na"), "negative")  # as served
-    assert ts.counts["kto_desirable"] == 1 and ts.counts["kto_undesirable"] == 1 and ts.counts["up_rows"] == 0
+    assert ts.counts["kto_desirable"] == 1 and ts.counts["kto_undesirable"] == 2 and ts.counts["up_rows"] == 0
     off = build_training_set(db=db, persona=Persona(agent_name="Na"), n_variants=2, preference="off")
     assert off.ratings == [] and {e.kind for e in off.examples} == {"sft"}
