@@ -48,6 +48,7 @@ class RoundMetrics:
     heldout_ratings: int = 0  # held-out rated replies the preference check used
     kto_steps: int | None = None  # KTO optimizer steps of the preference adapter (None: not trained this round)
     kto_seconds: float | None = None
+    preference_dropped: str | None = None  # why the round's new preference adapter was left out of the version
     eval_seconds: float | None = None
     steps: int | None = None  # optimizer steps taken
     train_seconds: float | None = None

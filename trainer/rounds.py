@@ -43,7 +43,7 @@ from trainer.anchors import build_anchors
 from trainer.config import lora_config
 from trainer.dataset import Fact, build_training_set
 from trainer.evaluate import answer_key, evaluate_adapter, has_preference, load_general_prompts
-from trainer.gate import decide, settle
+from trainer.gate import Verdict, decide, settle
 from trainer.lora import Progress, carry_adapter, train_round
 from trainer.preference import can_train, split_heldout, train_preference
 from trainer.progress import RunReporter
@@ -190,16 +190,31 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     elif init_dir is not None and has_preference(init_dir) and cfg.preference == "kto":
         shutil.copytree(init_dir / PREFERENCE_DIR, workdir / PREFERENCE_DIR)  # too few new ratings: keep it
 
-    reporter.phase("evaluate")
-    metrics = evaluate_adapter(model, tokenizer, model_path, settings.dtype, training, facts, workdir, cache,
-                               scope=scope, heldout_ratings=heldout_rows, active_dir=init_dir,
-                               max_len=cfg.kto_max_length)
-    metrics = dataclasses.replace(
-        metrics, baseline_retention=baseline_retention, steps=result.steps, train_seconds=round(result.seconds, 2),
-        train_tokens=result.train_tokens, tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),
-        stopped_early=result.stopped_early, lr=cfg.round_lr(round_index),
-        kto_steps=preference.steps if preference else None, kto_seconds=preference.seconds if preference else None)
-    verdict = decide(metrics, limits)
+    def judge() -> tuple[RoundMetrics, Verdict]:
+        reporter.phase("evaluate")
+        measured = evaluate_adapter(model, tokenizer, model_path, settings.dtype, training, facts, workdir, cache,
+                                    scope=scope, heldout_ratings=heldout_rows, active_dir=init_dir,
+                                    max_len=cfg.kto_max_length)
+        measured = dataclasses.replace(
+            measured, baseline_retention=baseline_retention, steps=result.steps,
+            train_seconds=round(result.seconds, 2), train_tokens=result.train_tokens,
+            tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),
+            stopped_early=result.stopped_early, lr=cfg.round_lr(round_index),
+            kto_steps=preference.steps if preference else None,
+            kto_seconds=preference.seconds if preference else None)
+        return measured, decide(measured, limits)
+
+    metrics, verdict = judge()
+    if not verdict.promote and preference is not None and training.examples:
+        # Knowledge must not wait for a preference adapter that hurts: judge the version again with the active
+        # version's preference adapter (or none) in place of the new one, and say so.
+        shutil.rmtree(workdir / PREFERENCE_DIR)
+        if init_dir is not None and has_preference(init_dir):
+            shutil.copytree(init_dir / PREFERENCE_DIR, workdir / PREFERENCE_DIR)
+        dropped = verdict.reason
+        metrics, verdict = judge()
+        metrics.preference_dropped = dropped
+        verdict = Verdict(verdict.promote, f"{verdict.reason}; the new preference adapter was left out ({dropped})")
     outcome = settle(training.new_facts, metrics, promoted=verdict.promote, park_after=cfg.park_after)
     # The lineage's record: this round's checks over what the active version knew of facts still learned.
     lineage = {k: v for k, v in known.items() if k in training.learned_ids}

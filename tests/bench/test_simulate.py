@@ -196,6 +196,10 @@ def test_one_simulated_day_on_a_real_server(tmp_path, tiny_model_dir, sheet):
     [run] = result.runs
     assert run["status"] in ("promoted", "rejected") and run["adapter_version"] == result.versions[0]["version"]
     assert [p.label for p in result.points] == ["base", "day 1"] and result.points[1].run_ids == [run["id"]]
+    # the round's KTO rows carry the users' labels: every 👍, and every 👎 but those whose correction was rejected
+    counts = run["data_counts"]
+    assert counts["kto_desirable"] == sum(r.up for r in result.ratings)
+    assert counts["kto_undesirable"] == sum(not r.up and not (r.correction and r.adversarial) for r in result.ratings)
     for p in result.points:
         assert p.scores["off/all"].n == 6 and p.scores["off/fact"].n == 4 and p.scores["off/style"].n == 2
         assert all(s.rate is not None and 0 <= s.rate <= 1 for s in p.scores.values())

@@ -48,8 +48,10 @@ ADMIN_PANELS = {"Dashboard": "#totals", "Feedback review": "#review-table", "Kno
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, embedded_model_dir):
     data = tmp_path_factory.mktemp("browser") / "data"
-    # Short replies keep the module quick; the behaviour under test does not depend on length.
-    env = {"KAIZEN_ADMIN_PASSWORD": PASSWORD, "KAIZEN_MAX_NEW_TOKENS": "48", "KAIZEN_TRAIN_THREADS": "2"}
+    # Short replies and short rounds keep the module quick; the behaviour under test (the pages, the progress
+    # bar, the memory) does not depend on length or on whether the weights learn the fact (tests/e2e/test_teach_real).
+    env = {"KAIZEN_ADMIN_PASSWORD": PASSWORD, "KAIZEN_MAX_NEW_TOKENS": "48", "KAIZEN_TRAIN_THREADS": "2",
+           "KAIZEN_TRAIN_MAX_STEPS": "6"}
     with ProcessServer(data, "--model", str(embedded_model_dir), "--no-schedule", env=env) as srv:
         yield srv
         children = descendants(srv.proc.pid)

@@ -239,3 +239,26 @@ def test_no_knowledge_and_ratings_of_one_kind_is_no_data(env):
             store.rate_exchange(session=s, exchange_id=ex.id, rating="up")
     with pytest.raises(NoDataError, match="both"):
         run_round(db=db, settings=settings, cfg=KTO)
+
+
+def test_a_preference_adapter_that_fails_the_gate_is_left_out_and_the_facts_still_promote(env, monkeypatch):
+    import dataclasses
+
+    from trainer.evaluate import has_preference
+
+    settings, db = env
+    scripted = scripted_evaluation(lambda fact: True)
+
+    def evaluate(*args, **kwargs):
+        metrics = scripted(*args, **kwargs)
+        if has_preference(args[6]):  # the new preference adapter disagrees with the held-out ratings
+            metrics = dataclasses.replace(metrics, preference_auc=0.2, baseline_preference_auc=0.5)
+        return metrics
+
+    monkeypatch.setattr(trainer.rounds, "evaluate_adapter", evaluate)
+    _teach(db)
+    _rate(db, 12)
+    out = run_round(db=db, settings=settings, cfg=KTO)
+    assert out.promoted and out.metrics.learned_ids == [1] and out.metrics.kto_steps == 2
+    assert "left out" in out.reason and "held-out ratings 0.20" in out.metrics.preference_dropped
+    assert not any(f.startswith("preference/") for f in adapters.verify(settings.adapters_dir / "v1")["files"])
