@@ -111,6 +111,7 @@ class KaizenExtras(BaseModel):
     memory_item_ids: list[int]
     adapter: str  # the version being served
     adapter_applied: bool = False  # whether its adapter produced this answer (routing by scope)
+    preference_applied: bool = False  # whether the version's preference adapter (KTO on ratings) was on for it
     emotion: str
 
 
@@ -262,7 +263,8 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                             total_tokens=prompt_tokens + completion_tokens),
                 kaizen=KaizenExtras(source=reply.source, memory_item_ids=reply.item_ids,
                                     adapter=reply.meta["adapter_version"],
-                                    adapter_applied=reply.meta["adapter_applied"], emotion=reply.emotion.label))
+                                    adapter_applied=reply.meta["adapter_applied"],
+                                    preference_applied=reply.meta["preference_applied"], emotion=reply.emotion.label))
 
         def events() -> Iterator[str]:
             yield _chunk(reply.exchange_id, model, created, ChunkDelta(role="assistant", content=""))

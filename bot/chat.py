@@ -71,6 +71,7 @@ class MemoryReplyStream:
         self._answer = answer
         self.adapter_version = adapter_version
         self.adapter_applied = False  # no model ran
+        self.preference_applied = False
         self.prompt_tokens = 0  # nothing was sent to the model
         self.completion_tokens = completion_tokens
 
@@ -209,6 +210,7 @@ class ChatService:
             )
             reply.conversation_id = ex.conversation_id
             reply.meta = {"adapter_version": ex.adapter_version, "adapter_applied": bool(ex.adapter_applied),
+                          "preference_applied": bool(stream.preference_applied),
                           "prompt_tokens": ex.prompt_tokens,
                           "completion_tokens": ex.completion_tokens}
             if reply.item_ids:

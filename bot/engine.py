@@ -70,6 +70,7 @@ class Generation:
         self.completion_tokens = 0
         self.adapter_version = engine.adapter_version
         self.adapter_applied = use_adapter and engine.adapter_version != BASE
+        self.preference_applied = engine.preference_loaded
         self.text = ""
         if not engine._slots.acquire(blocking=False):
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
@@ -88,6 +89,7 @@ class Generation:
             try:
                 self.adapter_version = engine.adapter_version
                 self.adapter_applied = self._use_adapter and engine.model is not engine.base_model
+                self.preference_applied = engine.preference_loaded
                 yield from self._run()
             finally:
                 engine._lock.release()

@@ -37,6 +37,7 @@ class ReplyStream(Protocol):
 
     adapter_version: str  # the version being served when this reply started
     adapter_applied: bool  # whether that version's adapter produced it (False: the base model, or no model)
+    preference_applied: bool  # whether that version's preference adapter (KTO on ratings) was on for it
     prompt_tokens: int
     completion_tokens: int
 

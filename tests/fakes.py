@@ -28,6 +28,7 @@ class FakeGeneration:
         self.adapter_version = engine.adapter_version
         self._use_adapter = use_adapter
         self.adapter_applied = use_adapter and engine.adapter_version != BASE
+        self.preference_applied = False  # the fake serves no preference adapter
         self.prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
         self.completion_tokens = 0
 

@@ -75,7 +75,8 @@ def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:
             f"agreement with {metrics.heldout_ratings} held-out ratings {auc:.2f} (active version: {base_auc:.2f})")
     notes = [f"drift {metrics.drift:.2f} (reported, not gated)"] if metrics.drift is not None else []
     if failures:
-        return Verdict(False, "rejected: " + "; ".join(failures + notes))
+        return Verdict(False, "rejected: " + "; ".join(failures + notes) + (
+            "; passed: " + "; ".join(passes) if passes else ""))
     return Verdict(True, "passed: " + "; ".join(passes + notes))
 
 

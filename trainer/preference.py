@@ -157,7 +157,7 @@ def train_preference(*, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     dropout = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
     args = KTOConfig(
         output_dir=str(scratch), use_cpu=True, bf16=False, gradient_checkpointing=False,
-        learning_rate=cfg.kto_lr, lr_scheduler_type="cosine", warmup_steps=min(2, steps - 1),
+        learning_rate=cfg.kto_lr, lr_scheduler_type="cosine", warmup_steps=steps // 10,  # a warmup step has lr 0
         per_device_train_batch_size=batch, max_steps=steps, beta=cfg.kto_beta,
         desirable_weight=w_d, undesirable_weight=w_u, max_length=cfg.kto_max_length,
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=cfg.seed,

@@ -21,7 +21,9 @@ class RunReporter:
         self._last = 0.0
 
     def phase(self, phase: str) -> None:
-        """Enter a named phase (dataset, anchors, train, evaluate, save) and renew the lock's heartbeat."""
+        """Enter a named phase (dataset, anchors, train, preference, evaluate, save) and renew the lock's
+        heartbeat. The live loss curve restarts: it is the curve of the phase in progress."""
+        self.curve = []
         with self.db.write() as s:
             store.update_run(session=s, run_id=self.run_id, phase=phase)
             store.heartbeat_lock(session=s, name=store.TRAINING_LOCK, owner=self.owner)

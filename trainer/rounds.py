@@ -239,8 +239,11 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         # A superseded answer is never trained; parked, it no longer counts as waiting in the queue.
         store.record_fact_outcomes(session=s, attempted=outcome.attempted, learned=outcome.learned, version=version,
                                    parked=[*outcome.parked, *training.superseded_ids])
+        # The run row ends with the knowledge training's figures (the preference phase's are in meta.json).
         store.update_run(session=s, run_id=run_id, status=verdict.label, adapter_version=version,
                          data_counts=training.counts, loss_curve=result.loss_curve, phase="done",
+                         step=result.steps, total_steps=cfg.max_steps if result.steps else 0,
+                         loss=result.loss_curve[-1] if result.loss_curve else None,
                          finished_at=store.utcnow(), error=None if verdict.promote else verdict.reason)
     return RoundOutcome(run_id=run_id, version=version, promoted=verdict.promote, reason=verdict.reason,
                         metrics=metrics, seconds=metrics.seconds)

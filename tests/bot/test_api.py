@@ -65,6 +65,7 @@ def test_the_json_of_every_answer_keeps_its_fields(http, kaizen, fake_engine):
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "one two"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": ex.prompt_tokens, "completion_tokens": 2, "total_tokens": ex.prompt_tokens + 2},
         "kaizen": {"source": "model", "memory_item_ids": [], "adapter": "base", "adapter_applied": False,
+                   "preference_applied": False,
                    "emotion": ex.emotion_label},
     }
     assert http.get("/v1/models").json() == \

@@ -103,14 +103,17 @@ def test_a_preference_adapter_is_served_on_every_reply_and_knowledge_only_in_sco
 
     engine.activate("v1", knowledge)
     assert engine.preference_loaded and isinstance(engine.model, PeftModel)
-    outside = "".join(engine.stream(prompt, params, use_adapter=False))
+    out_stream = engine.stream(prompt, params, use_adapter=False)
+    outside = "".join(out_stream)
     inside = engine.stream(prompt, params)
     inside_text = "".join(inside)
     assert outside == preference_alone != base
-    assert inside.adapter_applied and inside_text not in (outside, base)
+    assert out_stream.preference_applied and not out_stream.adapter_applied  # the API's kaizen field says both
+    assert inside.adapter_applied and inside.preference_applied and inside_text not in (outside, base)
     assert engine.model.active_adapters == ["default"]  # reset after each reply
 
     plain = random_adapter(tmp_path / "v2", tiny_model_dir, 1, lora=LoraConfig(**layout))
     engine.activate("v2", plain)  # same knowledge weights, no preference adapter
     assert not engine.preference_loaded
-    assert "".join(engine.stream(prompt, params, use_adapter=False)) == base
+    plain_stream = engine.stream(prompt, params, use_adapter=False)
+    assert "".join(plain_stream) == base and not plain_stream.preference_applied
