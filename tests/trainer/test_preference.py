@@ -113,6 +113,8 @@ def test_kto_trains_a_preference_adapter_with_the_base_as_reference(tiny, tmp_pa
             ref = sequence_logps(tuned, tok, rows, 64)
         assert ref == pytest.approx(base_logps, abs=1e-4)  # the reference is the base weights
         assert sequence_logps(tuned, tok, rows, 64) != pytest.approx(base_logps, abs=1e-4)
+        means = sequence_logps(tuned, tok, rows, 64, per_token=True)  # the AUC's length-normalised reward
+        assert all(m > s for m, s in zip(means, sequence_logps(tuned, tok, rows, 64), strict=True))
     finally:
         tuned.unload()
 
