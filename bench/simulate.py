@@ -91,7 +91,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ import httpx
 
 from bench.common import ADMIN, ROOT, Options, Result, Row, Table, kaizen_env, ratio
 from kaizen.text import fold
-from tests.harness import ProcessServer
+from tests.harness import ProcessServer, wait_until
 
 SHEET = Path(__file__).resolve().parent / "data" / "simulate_sheet.json"
 OUT = ROOT / "bench" / "out"
@@ -370,21 +370,11 @@ def review(kz: Kaizen, sheet: Sheet) -> tuple[int, int]:
     return approved, rejected
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
 def wait_idle(kz: Kaizen, timeout: float) -> None:
     """Until no round is queued or running, and the active version is the one served (hot-swapped)."""
-    wait_for(lambda: not any(r["status"] in UNFINISHED for r in kz.runs()), timeout, "the running round to finish", 2)
-    wait_for(lambda: (lambda a: a["active"] == a["serving"])(kz.adapters()), 120, "the hot-swap of the active version")
+    wait_until(lambda: not any(r["status"] in UNFINISHED for r in kz.runs()), timeout, "the running round to finish", 2)
+    wait_until(lambda: (lambda a: a["active"] == a["serving"])(kz.adapters()), 120,
+               "the hot-swap of the active version", 1)
 
 
 def last_run_id(kz: Kaizen) -> int:
@@ -399,7 +389,7 @@ def train_api(kz: Kaizen, timeout: float) -> None:
             break
         wait_idle(kz, timeout)
     run_id = r.raise_for_status().json()["run_id"]
-    wait_for(lambda: kz.get(f"/runs/{run_id}")["status"] not in UNFINISHED, timeout, f"round {run_id}", 2)
+    wait_until(lambda: kz.get(f"/runs/{run_id}")["status"] not in UNFINISHED, timeout, f"round {run_id}", 2)
     wait_idle(kz, timeout)
 
 
