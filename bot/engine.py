@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from bot.engine_api import BASE, GenParams, Message
 from bot.turns import TurnLock
-from kaizen.adapters import PREFERENCE_DIR
+from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, serving
 from kaizen.base_model import chat_text, generate, load_model
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
 
@@ -30,8 +30,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 MIN_TEMPERATURE = 0.01
-ADAPTER_SLOT = "default"  # the knowledge adapter's peft name; versions are swapped into it
-PREFERENCE_SLOT = "preference"  # a version's preference adapter (trainer/preference.py), served on every reply
+ADAPTER_SLOT = KNOWLEDGE_SLOT  # the knowledge adapter's peft name; versions are swapped into it
 
 
 def _strip_lora(model: torch.nn.Module) -> None:
@@ -255,24 +254,11 @@ class Engine:
     @contextlib.contextmanager
     def _adapters_for(self, knowledge: bool) -> Iterator[None]:
         """The LoRA layers active for one reply: knowledge (in scope) and/or preference; the base model if neither."""
-        model = self.model
-        if model is self.base_model:
+        if self.model is self.base_model:
             yield
             return
-        names = ([ADAPTER_SLOT] if knowledge else []) + ([PREFERENCE_SLOT] if self.preference_loaded else [])
-        if not names:
-            with model.disable_adapter():
-                yield
-            return
-        if names == [ADAPTER_SLOT]:
+        with serving(self.model, knowledge=knowledge, preference=self.preference_loaded):
             yield
-            return
-        tuner = model.base_model  # peft's LoraModel: several adapters may be active at once (their updates add up)
-        tuner.set_adapter(names, inference_mode=True)
-        try:
-            yield
-        finally:
-            tuner.set_adapter(ADAPTER_SLOT, inference_mode=True)
 
     def _load_preference(self, path: Path) -> None:
         """Serve the preference adapter in `path/preference` beside the knowledge adapter, or none if absent.

@@ -9,13 +9,16 @@ checksums, so a truncated or tampered file is refused with a clear error instead
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kaizen.errors import AdapterError, InputError
 
@@ -26,6 +29,30 @@ BASE = "base"
 
 PREFERENCE_DIR = "preference"  # a version's optional preference adapter (trainer/preference.py)
 SUBDIRS = (PREFERENCE_DIR,)  # checksummed like the files at the top
+KNOWLEDGE_SLOT = "default"  # the peft adapter names a served (or evaluated) version's adapters are loaded under
+PREFERENCE_SLOT = "preference"
+
+
+@contextlib.contextmanager
+def serving(model: Any, *, knowledge: bool, preference: bool) -> Iterator[None]:
+    """The LoRA layers of a peft `model` active for one reply, as Kaizen serves a version: the knowledge
+    adapter only in scope (`knowledge`), the preference adapter on every reply when there is one
+    (`preference`); their updates add up (peft's several active adapters). Neither: peft's
+    `disable_adapter()`, the base model. Afterwards the knowledge adapter is the active one again.
+    bot.engine serves through it and trainer.evaluate measures through it, so both agree."""
+    names = ([KNOWLEDGE_SLOT] if knowledge else []) + ([PREFERENCE_SLOT] if preference else [])
+    if not names:
+        with model.disable_adapter():
+            yield
+        return
+    if names == [KNOWLEDGE_SLOT]:  # the resting state
+        yield
+        return
+    model.base_model.set_adapter(names, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.base_model.set_adapter(KNOWLEDGE_SLOT, inference_mode=True)
 
 
 def check_version_name(version: str) -> str:

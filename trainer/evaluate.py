@@ -8,18 +8,17 @@ real model, a tiny random one, or lists of strings.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from kaizen.adapters import PREFERENCE_DIR
+from kaizen.adapters import PREFERENCE_DIR, serving
 from kaizen.base_model import chat_ids
 from kaizen.metrics import RoundMetrics
 from kaizen.text import normalize_answer
@@ -157,21 +156,6 @@ def answer_key(answer: str) -> str:
     return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
 
 
-@contextlib.contextmanager
-def _serving(model: PeftModel, knowledge: bool, preference: bool) -> Iterator[None]:
-    """The adapters active as bot.engine serves them: knowledge in scope, the preference adapter always."""
-    names = (["default"] if knowledge else []) + ([PREFERENCE_ADAPTER] if preference else [])
-    if not names:
-        with model.disable_adapter():
-            yield
-        return
-    model.base_model.set_adapter(names, inference_mode=True)
-    try:
-        yield
-    finally:
-        model.base_model.set_adapter("default", inference_mode=True)
-
-
 def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str, dtype: str,
                      training: TrainingSet, facts: list[Fact], adapter_dir: Path, cache_dir: Path,
                      scope: ScopeRouter | None = None, heldout_ratings: Sequence[Rated] = (),
@@ -204,20 +188,20 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     paraphrases = training.paraphrases(facts)
     convs = [training.conversation(f.question) for f in facts] + [training.conversation(q) for q, _ in paraphrases]
     longest = max([len(tokenizer(f.answer)["input_ids"]) for f in facts] or [16]) + 8
-    with _serving(tuned, True, pref):
+    with serving(tuned, knowledge=True, preference=pref):
         answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
         local = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
     fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
     routed = [scope.in_scope(p) for p in heldout] if scope is not None else [True] * len(heldout)
     outside = [1.0] * len(heldout)
     if pref and not all(routed):
-        with _serving(tuned, False, True):
+        with serving(tuned, knowledge=False, preference=True):
             outside = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
     served = [s if r else o for s, o, r in zip(local, outside, routed, strict=True)]
     # Free-running answers only where the knowledge adapter is served: the others never get a taught answer
     # (a third of a round's time went to decoding answers that no user would get).
     sent = [i for i, r in enumerate(routed) if r]
-    with _serving(tuned, True, pref):
+    with serving(tuned, knowledge=True, preference=pref):
         new_answers = generate_answers(tuned, tokenizer, [heldout_convs[i] for i in sent], EVAL_MAX_NEW_TOKENS)
     sent_base = [base_answers[i] for i in sent]
     preference_auc = baseline_auc = None

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kaizen.adapters import PREFERENCE_SLOT
 from kaizen.errors import InputError
 from kaizen.prompts import Message
 from kaizen.settings import TrainConfig
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-PREFERENCE_ADAPTER = "preference"  # its peft adapter name while evaluated (bot.engine serves it under the same)
+PREFERENCE_ADAPTER = PREFERENCE_SLOT  # its peft adapter name, evaluated and served
 
 
 @dataclass(frozen=True)
