@@ -5,7 +5,9 @@ bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
     GET    /admin/api/runs                           recent runs, newest first
     GET    /admin/api/runs/{id}                      status, step, total_steps, loss, lr, eta_s, phase, error, ...
     GET    /admin/api/adapters                       versions with metrics, verdict, reason, active flag
-    POST   /admin/api/adapters/{version}/activate    promote or roll back ("base"); 404 unknown, 422 bad or corrupt
+    POST   /admin/api/adapters/{version}/activate    promote or roll back ("base"), and pin it (?pin=false: don't);
+                                                     404 unknown, 422 bad or corrupt
+    DELETE /admin/api/adapters/pin                   release the pin: rounds that pass the gate activate again
     GET    /admin/api/stats                          the dashboard's totals
     GET    /admin/api/ratings/by-version             ratings, 👍 and 👍 rate per version, source and adapter_applied
     GET    /admin/api/settings                       auto_approve, schedule, persona (+ its token count)
@@ -148,8 +150,12 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
         return service.adapters()
 
     @router.post("/adapters/{version}/activate", response_model=ActivateResult)
-    def activate(version: str) -> ActivateResult:
-        return service.activate(version)
+    def activate(version: str, pin: bool = True) -> ActivateResult:
+        return service.activate(version, pin=pin)
+
+    @router.delete("/adapters/pin", response_model=AdaptersView)
+    def release_pin() -> AdaptersView:
+        return service.release_pin()
 
     @router.get("/stats", response_model=StatsView)
     def get_stats() -> StatsView:

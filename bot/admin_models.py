@@ -84,17 +84,20 @@ class AdapterVersionView(_View):
 
 class AdaptersView(_View):
     """Every stored version, oldest first; `active` is what the database says should be served,
-    `serving` what this process's engine serves, `follower_error` why they differ (or None)."""
+    `serving` what this process's engine serves, `follower_error` why they differ (or None),
+    `pinned` the version an admin activated by hand, which rounds do not replace (or None)."""
 
     active: str
     serving: str
     follower_error: str | None
     versions: list[AdapterVersionView]
+    pinned: str | None = None
 
 
 class ActivateResult(_View):
     active: str
     swap_seconds: float | None
+    pinned: str | None = None  # the pin after the call: activating by hand pins the version
 
 
 class StatsView(_View):

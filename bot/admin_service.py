@@ -141,6 +141,14 @@ class AdminService:
             raise ConflictError("Training cannot be started from this process (no training supervisor).")
         return self._kaizen.training.start(trigger="admin", force=True)
 
+    def panel_stamps(self) -> dict[str, str]:
+        """A string per admin panel ("feedback", "knowledge", "runs", "adapters") that changes when
+        the panel's data changes, whoever changed it (`store.admin_fingerprint`)."""
+        with self._kaizen.db.session() as s:
+            stamps = store.admin_fingerprint(session=s)
+        stamps["adapters"] += f" serving {self._kaizen.engine.adapter_version}"
+        return stamps
+
     def runs(self, limit: int = 50) -> RunsView:
         """The latest `limit` runs, newest first, and the run in progress here."""
         running = self.running_run()
@@ -175,12 +183,21 @@ class AdminService:
         """Every stored version with its metrics, and what is active and served."""
         with self._kaizen.db.session() as s:
             active = store.get_active_adapter(session=s)
+            pinned = store.get_pinned_adapter(session=s)
             versions = [_version_view(r, active) for r in store.list_adapters(session=s)]
         return AdaptersView(active=active, serving=self._kaizen.engine.adapter_version,
-                            follower_error=self._kaizen.follower.last_error, versions=versions)
+                            follower_error=self._kaizen.follower.last_error, versions=versions, pinned=pinned)
 
-    def activate(self, version: str) -> ActivateResult:
+    def release_pin(self) -> AdaptersView:
+        """Let rounds that pass the gate activate their version again."""
+        with self._kaizen.db.write() as s:
+            store.set_pinned_adapter(session=s, version=None)
+        return self.adapters()
+
+    def activate(self, version: str, *, pin: bool = True) -> ActivateResult:
         """Make `version` (or "base") the active adapter and swap it in now; returns what is served.
+        An admin's choice is pinned (`pin`): rounds that pass the gate no longer replace it until the
+        pin is released (`release_pin`).
 
         Raises InputError for a malformed name, store.NotFound for an unknown version,
         AdapterError for a corrupt one or one the engine refuses (the old version stays active).
@@ -201,7 +218,11 @@ class AdminService:
             with k.db.write() as s:
                 store.set_active_adapter(session=s, version=previous)
             raise AdapterError(k.follower.last_error or f"Could not activate {version}.")
-        return ActivateResult(active=served, swap_seconds=k.follower.last_swap_s)
+        with k.db.write() as s:
+            if pin:
+                store.set_pinned_adapter(session=s, version=version)
+            pinned = store.get_pinned_adapter(session=s)
+        return ActivateResult(active=served, swap_seconds=k.follower.last_swap_s, pinned=pinned)
 
     def zip_adapter(self, version: str) -> Path:
         """The verified adapter folder as a zip in the exports directory; returns its path.

@@ -24,6 +24,7 @@ from bot.admin_models import (
     ScheduleView,
 )
 from kaizen.knowledge_files import ImportFileError
+from kaizen.metrics import PHASE_LABELS, ROUND_PHASES
 
 FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correction", "updated"]
 KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits", "weights"]
@@ -66,22 +67,41 @@ def is_going(run: RunView | None) -> bool:
 
 
 def progress_html(run: RunView | None) -> str:
-    """The progress bar and the numbers of a run (the running one, else the latest)."""
+    """The progress bar and the numbers of a run (the running one, else the latest).
+
+    The bar covers the whole round: each phase of `ROUND_PHASES` is an equal share, and a phase that
+    counts steps (train, preference) fills its share step by step. Under the bar, the phases with the
+    current one marked, then the current phase's step, loss, lr and an ETA (an upper bound: a round
+    stops early once every taught answer is recalled)."""
     if run is None:
         return "<div class='kz-line'>No training run yet.</div>"
     total = run.total_steps or 0
     going = is_going(run)
-    pct = 100.0 * run.step / total if going and total else (0.0 if going else 100.0)
+    current = ROUND_PHASES.index(run.phase) if run.phase in ROUND_PHASES else -1
+    if not going:
+        pct = 100.0
+    elif current < 0:
+        pct = 0.0
+    else:
+        within = run.step / total if total else 0.0
+        pct = 100.0 * (current + min(within, 1.0)) / len(ROUND_PHASES)
     parts = [f"Run #{run.id}", html.escape(run.status)]
-    if run.phase:
+    if going and run.status == "queued":
+        parts.append("starting the training process")
+    if going and current >= 0:
+        marks = ["✓ " if i < current else "" for i in range(len(ROUND_PHASES))]
+        parts.append(" › ".join(f"<b>{PHASE_LABELS[p]}</b>" if i == current else marks[i] + PHASE_LABELS[p]
+                                for i, p in enumerate(ROUND_PHASES)))
+    elif run.phase:
         parts.append(f"phase {html.escape(run.phase)}")
-    parts.append(f"step {run.step}/{total or '?'}")
+    if total:
+        parts.append(f"step {run.step}/{total}")
     if run.loss is not None:
         parts.append(f"loss {run.loss:.4f}")
     if run.lr is not None:
         parts.append(f"lr {run.lr:.2e}")
     if going and run.eta_s is not None:
-        parts.append(f"ETA {run.eta_s:.0f} s")
+        parts.append(f"ETA ≤ {run.eta_s:.0f} s")
     if run.adapter_version:
         parts.append(f"adapter {html.escape(run.adapter_version)}")
     error = f"<div class='kz-error'>{html.escape(run.error)}</div>" if run.error else ""
@@ -217,6 +237,9 @@ def adapters_frame(view: AdaptersView) -> pd.DataFrame:
 def adapters_note(view: AdaptersView) -> str:
     """What is active and served, and the follower's error if there is one."""
     note = f"Active: **{view.active}** (serving {view.serving})."
+    if view.pinned:
+        note += (f"\n\n📌 **{view.pinned}** is pinned: you chose it by hand, so rounds that pass the gate keep "
+                 "their version as *passed* instead of activating it. Release the pin to let them.")
     if view.follower_error:
         note += f"\n\n⚠️ {view.follower_error}"
     return note

@@ -37,6 +37,7 @@ from bot.admin_views import (
     RUN_COLUMNS,
 )
 from bot.auth import ADMIN_USER, AdminAuth
+from bot.ui_errors import Refusal, refusals_as_warnings
 from kaizen.knowledge_files import ImportFileError, ImportLimits
 from kaizen.prompts import MAX_CORRECTION_CHARS, Persona
 from kaizen.settings import TrainConfig
@@ -52,6 +53,7 @@ RECENT_WIDTHS: list[str | int] = ["170px", "20%", "32%", "90px", "90px", "84px",
 RUN_WIDTHS: list[str | int] = ["56px", "100px", "90px", "72px", "80px", "100px", "90px", "170px", "35%"]
 ADAPTER_WIDTHS: list[str | int] = ["84px", "84px", "100px", "96px", "110px", "124px", "72px", "96px", "72px", "90px",
                                    "116px", "20%"]
+WATCH_SECONDS = 3.0  # how often the admin tab checks for changes made elsewhere
 STATUS_FILTERS = ["pending", "approved", "rejected", "all"]
 RATING_FILTERS = ["all", "up", "down"]
 CSS = """
@@ -76,7 +78,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as exc:
-        raise gr.Error(getattr(exc, "message", str(exc))) from exc
+        raise Refusal(getattr(exc, "message", str(exc))) from exc
 
 
 def _filter(value: str | None) -> str | None:
@@ -137,7 +139,7 @@ class AdminPanel:
                 rating: str | None, request: gr.Request) -> tuple[str, pd.DataFrame]:
         _require_admin(request)
         if feedback_id is None:
-            raise gr.Error("Choose a feedback row first (click it in the table or type its id).")
+            raise Refusal("Choose a feedback row first (click it in the table or type its id).")
         with _user_errors():
             fb = self.service.review(int(feedback_id), action, correction if (correction or "").strip() else None)
         return views.review_message(fb), self.feedback_table(status, rating, request)
@@ -171,10 +173,10 @@ class AdminPanel:
         """Import a file uploaded through this page; the outcome (or its bad lines) and the table."""
         _require_admin(request)
         if not path:
-            raise gr.Error("Choose a .csv, .jsonl or .txt file first.")
+            raise Refusal("Choose a .csv, .jsonl or .txt file first.")
         file = Path(path).resolve()
         if not file.is_relative_to(Path(get_upload_folder()).resolve()):
-            raise gr.Error("Only files uploaded through this page can be imported.")
+            raise Refusal("Only files uploaded through this page can be imported.")
         limit = ImportLimits().max_bytes
         with file.open("rb") as f:
             data = f.read(limit + 1)
@@ -193,7 +195,7 @@ class AdminPanel:
     def _knowledge_action(self, item_id: float | None, action: str, request: gr.Request) -> tuple[str, pd.DataFrame]:
         _require_admin(request)
         if item_id is None:
-            raise gr.Error("Choose a knowledge item first (click it in the table or type its id).")
+            raise Refusal("Choose a knowledge item first (click it in the table or type its id).")
         with _user_errors():
             if action == "delete":
                 self.service.delete_knowledge(int(item_id))
@@ -305,7 +307,7 @@ class AdminPanel:
         """Promote or roll back to `version`; the refreshed panel and how long the swap took."""
         _require_admin(request)
         if not version:
-            raise gr.Error("Choose a version first.")
+            raise Refusal("Choose a version first.")
         with _user_errors():
             result = self.service.activate(version)
         table, dropdown, note = self.adapters_table(request)
@@ -315,6 +317,13 @@ class AdminPanel:
     def rollback(self, request: gr.Request) -> AdaptersOut:
         """Serve the base model."""
         return self.activate("base", request)
+
+    def release_pin(self, request: gr.Request) -> AdaptersOut:
+        """Let rounds that pass the gate activate their version again."""
+        _require_admin(request)
+        self.service.release_pin()
+        table, dropdown, note = self.adapters_table(request)
+        return table, dropdown, f"Pin released: the next version that passes the gate will be served.\n\n{note}"
 
     def download_adapter(self, version: str, request: gr.Request) -> str:
         """The path of the version zipped, for the download box."""
@@ -332,6 +341,24 @@ class AdminPanel:
         return str(result.path), (f"Exported {result.rows} rows (SFT rows from knowledge and corrections, "
                                   "plus 👍 replies).")
 
+    def watch(self, seen: dict[str, str] | None, status: str | None, rating: str | None,
+              request: gr.Request) -> tuple[object, ...]:
+        """What the page's watch timer does every few seconds: refresh the panels whose data changed
+        elsewhere (another process, the scheduler, the API, another admin), and leave the others alone,
+        so nothing the admin is picking is reset. A run started elsewhere switches the progress timer on."""
+        _require_admin(request)
+        stamps = self.service.panel_stamps()
+        changed = {k for k, v in stamps.items() if (seen or {}).get(k) != v}
+        feedback = self.feedback_table(status, rating, request) if "feedback" in changed else gr.skip()
+        knowledge = self.knowledge_table(request) if "knowledge" in changed else gr.skip()
+        runs, timer = gr.skip(), gr.skip()
+        if "runs" in changed:
+            runs = self.runs_table(request)
+            if self._progress()[2]:
+                timer = gr.Timer(active=True)
+        adapters = self.adapters_table(request) if "adapters" in changed else (gr.skip(),) * 3
+        return stamps, feedback, knowledge, runs, timer, *adapters
+
     def load(self, status: str | None, rating: str | None, request: gr.Request) -> tuple[object, ...]:
         """Fill every panel when the page opens (the persona's preview too: filling its four boxes does
         not trigger their preview handlers, which run on the admin's own edits only)."""
@@ -341,12 +368,23 @@ class AdminPanel:
         return (*self.dashboard(request), self.feedback_table(status, rating, request), self.service.auto_approve(),
                 self.knowledge_table(request), *persona, *self.preview_persona(*persona, request),
                 html_, curve, gr.Timer(active=running),
-                self.runs_table(request), *self.training_settings(request), *self.adapters_table(request))
+                self.runs_table(request), *self.training_settings(request), *self.adapters_table(request),
+                self.service.panel_stamps())
+
+
+class _Wired:
+    """The panel's handlers as the page wires them: refusals become fading warnings (bot/ui_errors.py)."""
+
+    def __init__(self, panel: AdminPanel) -> None:
+        self._panel = panel
+
+    def __getattr__(self, name: str) -> Any:
+        return refusals_as_warnings(getattr(self._panel, name))
 
 
 def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top to bottom
     """The admin tab's layout and wiring over `service`; returns the Blocks (not yet queued or mounted)."""
-    h = AdminPanel(service)
+    h = _Wired(AdminPanel(service))
     private: dict[str, Any] = {"api_visibility": "private"}
     # Handlers that read or change what the page shows run one at a time, in the order they were
     # sent: otherwise a slow page load could land after an import and show the old table again.
@@ -450,6 +488,7 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
                 activate = gr.Button("Activate", variant="primary", elem_id="activate")
                 rollback = gr.Button("Roll back to base", elem_id="rollback")
                 download = gr.Button("Download (zip)", elem_id="adapter-download")
+                unpin = gr.Button("Release pin", elem_id="release-pin")
             adapter_msg = gr.Markdown(elem_id="adapter-message")
             adapter_file = gr.File(label="Adapter download", interactive=False, height=90, elem_id="adapter-file")
 
@@ -459,13 +498,19 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
             export_msg = gr.Markdown(elem_id="export-message")
             export_file = gr.File(label="Dataset download", interactive=False, height=90, elem_id="export-file")
 
+        # Panels follow changes made elsewhere without a reload (issue 13): the watch timer compares
+        # each panel's stamp with the one the page last showed.
+        stamps = gr.State({})
+        watch = gr.Timer(WATCH_SECONDS)
         dashboard_out = [totals, plot_day, plot_adapter, plot_version_source, plot_emotion, plot_sources, recent]
         training_out = [hyper, sched_on, sched_minutes, sched_items, sched_msg]
         adapters_out = [adapters_tbl, version, adapter_msg]
         ui.load(h.load, [status_filter, rating_filter],
                 [*dashboard_out, review_table, auto, knowledge, name, creator, company, style, prompt, prompt_info,
                  progress, loss, timer,
-                 runs, *training_out, *adapters_out], **ordered)
+                 runs, *training_out, *adapters_out, stamps], **ordered)
+        watch.tick(h.watch, [stamps, status_filter, rating_filter],
+                   [stamps, review_table, knowledge, runs, timer, *adapters_out], show_progress="hidden", **ordered)
         refresh.click(h.dashboard, None, dashboard_out, **ordered)
 
         for trigger in (status_filter.change, rating_filter.change):
@@ -498,6 +543,7 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
 
         activate.click(h.activate, version, adapters_out, **ordered)
         rollback.click(h.rollback, None, adapters_out, **ordered)
+        unpin.click(h.release_pin, None, adapters_out, **ordered)
         download.click(h.download_adapter, version, adapter_file, **private)
         export.click(h.export, None, [export_file, export_msg], **private)
     return ui

@@ -32,6 +32,7 @@ from feedback_db.models import (
 
 RATINGS = ("up", "down")
 REVIEW_ACTIONS = ("approve", "reject")
+PINNED_ADAPTER_KEY = "pinned_adapter"
 ACTIVE_ADAPTER_KEY = "active_adapter"
 BASE = "base"
 SOURCE_ORDER = ("memory", "rag", "model")  # where a reply came from (exchanges.source)
@@ -371,9 +372,13 @@ def list_training_queue(*, session: Session, limit: int | None = None) -> list[K
     return list(session.scalars(q))
 
 
-def count_training_queue(*, session: Session) -> int:
+def count_training_queue(*, session: Session, untried: bool = False) -> int:
+    """Facts waiting to be learned (enabled, not learned, not parked); with `untried`, only those no
+    round has trained yet."""
     q = select(func.count()).select_from(KnowledgeItem).where(
         KnowledgeItem.enabled.is_(True), KnowledgeItem.learned_version.is_(None), KnowledgeItem.parked.is_(False))
+    if untried:
+        q = q.where(KnowledgeItem.train_attempts == 0)
     return session.scalar(q) or 0
 
 
@@ -437,6 +442,22 @@ def knowledge_changed_since(*, session: Session, since: dt.datetime | None) -> i
     return session.scalar(q) or 0
 
 
+def admin_fingerprint(*, session: Session) -> dict[str, str]:
+    """One short string per admin panel that changes whenever what the panel shows changes, in this
+    process or another (a scheduled round, `kaizen import`, a rating over the API): the admin tab
+    polls it and refreshes only the panels whose string changed."""
+    fb = session.execute(select(func.count(), func.max(Feedback.id), func.max(Feedback.updated_at))).one()
+    run = session.execute(select(TrainingRun.id, TrainingRun.status, TrainingRun.finished_at)
+                          .order_by(TrainingRun.id.desc()).limit(1)).first()
+    versions = session.execute(select(func.count(), func.max(AdapterVersion.created_at))).one()
+    return {
+        "feedback": repr(tuple(fb)),
+        "knowledge": repr(knowledge_fingerprint(session=session)),
+        "runs": repr(tuple(run) if run else None),
+        "adapters": repr((tuple(versions), get_active_adapter(session=session), get_pinned_adapter(session=session))),
+    }
+
+
 def knowledge_fingerprint(*, session: Session) -> tuple[int, str | None]:
     """(count, newest update) of all items: a cheap way to tell if the memory must reload."""
     count, newest = session.execute(select(func.count(), func.max(KnowledgeItem.updated_at))).one()
@@ -469,6 +490,20 @@ def set_active_adapter(*, session: Session, version: str) -> None:
     if version != BASE:
         _get(session, AdapterVersion, version, "adapter version")
     set_setting(session=session, key=ACTIVE_ADAPTER_KEY, value=version)
+
+
+def get_pinned_adapter(*, session: Session) -> str | None:
+    """The version an admin activated by hand (or rolled back to) and pinned, or None.
+
+    While a version is pinned, a round that passes the gate records its version as "passed" but does
+    not activate it: nobody's manual choice is replaced behind their back (issue 13)."""
+    value = get_setting(session=session, key=PINNED_ADAPTER_KEY, default=None)
+    return str(value) if value else None
+
+
+def set_pinned_adapter(*, session: Session, version: str | None) -> None:
+    """Pin `version` (normally the one just activated by hand), or release the pin with None."""
+    set_setting(session=session, key=PINNED_ADAPTER_KEY, value=version)
 
 
 # --- training runs and adapter versions -------------------------------------------------------
@@ -505,18 +540,22 @@ def list_runs(*, session: Session, limit: int = 50) -> list[TrainingRun]:
 def last_finished_run(*, session: Session) -> TrainingRun | None:
     return session.scalar(
         select(TrainingRun)
-        .where(TrainingRun.status.in_(("promoted", "rejected")))
+        .where(TrainingRun.status.in_(("promoted", "passed", "rejected")))
         .order_by(TrainingRun.id.desc())
         .limit(1)
     )
 
 
 def count_new_since_last_round(*, session: Session) -> int:
-    """What a round could learn: facts still in the training queue (new, changed, or not yet learned and
-    not parked) plus ratings given since the last finished round started."""
+    """What is new for a round: queued facts no round has trained yet (new, or given a new answer,
+    which resets `train_attempts`) plus ratings given since the last finished round started.
+
+    A fact a round trained without learning it stays queued (until parked), but is not new: it is
+    trained again when something new starts a round, never as the only reason for one (issue 13: a
+    scheduled round retrained the same six items 40 s after the last one)."""
     last = last_finished_run(session=session)
     since = last.started_at if last else None
-    return count_training_queue(session=session) + ratings_since(session=session, since=since)
+    return count_training_queue(session=session, untried=True) + ratings_since(session=session, since=since)
 
 
 def completed_rounds(*, session: Session) -> int:

@@ -32,21 +32,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaizen import errors
-from kaizen.text import question_key
+from kaizen.text import fold, question_key
 
 FORMATS = (".csv", ".jsonl", ".txt")
 MAX_CATEGORY_CHARS = 100
 MAX_ERRORS_IN_MESSAGE = 20
 
-# Column names accepted in a CSV header row, by position (compared case-insensitively).
+# Column names accepted in a CSV header row, by position, compared folded (no diacritics), case-
+# insensitively and without surrounding punctuation ("Q:", "Câu hỏi?", a BOM): a header is never a fact.
 _HEADER_NAMES = (
-    {"question", "questions", "prompt", "câu hỏi", "cau hoi"},
-    {"answer", "answers", "completion", "câu trả lời", "cau tra loi", "trả lời", "tra loi"},
-    {"category", "danh mục", "danh muc", "chủ đề", "chu de"},
+    {"q", "ques", "question", "questions", "prompt", "prompts", "query", "input", "instruction", "user", "hoi",
+     "cau hoi", "cac cau hoi", "hoi dap", "faq", "faq question", "question text"},
+    {"a", "ans", "answer", "answers", "completion", "response", "reply", "output", "assistant", "dap", "tra loi",
+     "cau tra loi", "dap an", "answer text"},
+    {"c", "cat", "category", "categories", "topic", "tag", "tags", "type", "group", "danh muc", "chu de", "loai",
+     "nhom"},
 )
 # Control characters (Unicode category Cc) except \n and \t, which multi-line CSV/JSONL fields
 # may hold, and lone surrogates, which JSON escapes ("\\ud800") can produce and UTF-8 cannot store.
 _BAD_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_HEADER_PUNCT = " :?#*.\"'()[]"
 _ARROW = re.compile(r"->|→")
 _UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
@@ -262,9 +267,11 @@ def _parse_csv(text: str) -> _Parsed:
 
 
 def _is_header(cells: list[str]) -> bool:
+    def name(cell: str) -> str:
+        return " ".join(fold(cell.replace("\ufeff", "")).casefold().replace("_", " ").split()).strip(_HEADER_PUNCT)
+
     return len(cells) in (2, 3) and all(
-        " ".join(c.casefold().split()) in names
-        for c, names in zip(cells, _HEADER_NAMES, strict=False)
+        name(c) in names for c, names in zip(cells, _HEADER_NAMES, strict=False)
     )
 
 

@@ -21,6 +21,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# A round's phases in order (the `phase` of its run row): the admin tab shows where a round is, also
+# before its first training step (issue 13: "step 0/?" for 7 minutes of dataset, model and anchors).
+ROUND_PHASES = ("dataset", "model", "anchors", "train", "preference", "evaluate", "save")
+PHASE_LABELS = {"dataset": "dataset", "model": "load model", "anchors": "anchors", "train": "train",
+                "preference": "preference (KTO)", "evaluate": "evaluate", "save": "save"}
 
 @dataclass
 class RoundMetrics:

@@ -39,10 +39,19 @@ from trainer.dataset import Fact
 class Verdict:
     promote: bool
     reason: str
+    held: bool = False  # passed the gate, but not activated: the admin pinned another version
 
     @property
     def label(self) -> str:
-        return "promoted" if self.promote else "rejected"
+        """The run's status and the version's verdict: promoted, passed (held by a pin) or rejected."""
+        return "promoted" if self.promote else "passed" if self.held else "rejected"
+
+    def held_by(self, pinned: str | None) -> Verdict:
+        """This verdict, or, if it would promote while `pinned` is set, a held one that says why."""
+        if not self.promote or pinned is None:
+            return self
+        return Verdict(False, f"{self.reason}; passed the gate but not activated: the admin pinned {pinned} "
+                              "(release the pin to serve new versions again)", held=True)
 
 
 def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,7 +60,16 @@ class Progress:
     total_steps: int
     loss: float
     lr: float
-    eta_s: float
+    eta_s: float | None  # seconds left at most (the round may stop early), from recent steps; None: unknown yet
+
+
+def eta_seconds(step_times: list[float], total_steps: int, recent: int = 5) -> float | None:
+    """Seconds left for the remaining steps at the median of the last `recent` step times, or None
+    before two steps are done: the first step also warms the model up (issue 13: an "ETA 10337 s"
+    extrapolated from it, for a round that took a few minutes)."""
+    if len(step_times) < 2:
+        return None
+    return statistics.median(step_times[-recent:]) * max(0, total_steps - len(step_times))
 
 
 @dataclass
@@ -309,6 +319,7 @@ def _train(peft_model: PeftModel, *, rows: tuple[list[_Row], list[_Row], list[_R
     stopped_early = False
     exact_since: int | None = None
     start = time.monotonic()
+    step_times: list[float] = []
     bar = tqdm(total=max_steps, desc="LoRA round", unit="step", file=sys.stderr, leave=False)
     try:
         for step in range(max_steps):
@@ -329,9 +340,9 @@ def _train(peft_model: PeftModel, *, rows: tuple[list[_Row], list[_Row], list[_R
             optimizer.step()
             losses.append(step_loss)
             tokens += sum(len(r.ids) for r in batch)
-            elapsed = time.monotonic() - start
+            step_times.append(time.monotonic() - start - sum(step_times))
             if progress is not None:
-                progress(Progress(step + 1, max_steps, losses[-1], lr, elapsed / (step + 1) * (max_steps - step - 1)))
+                progress(Progress(step + 1, max_steps, losses[-1], lr, eta_seconds(step_times, max_steps)))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
             done = step + 1

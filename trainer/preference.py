@@ -42,7 +42,7 @@ from kaizen.adapters import PREFERENCE_SLOT
 from kaizen.errors import InputError
 from kaizen.prompts import Message
 from kaizen.settings import TrainConfig
-from trainer.lora import Progress, _batch, _encode, _reply_logits
+from trainer.lora import Progress, _batch, _encode, _reply_logits, eta_seconds
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
@@ -115,6 +115,7 @@ def _callback(total: int, progress: Callable[[Progress], None] | None) -> Any:
         def __init__(self) -> None:
             self.losses: list[float] = []
             self.start = time.monotonic()
+            self.step_times: list[float] = []
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if not logs or "loss" not in logs:
@@ -123,7 +124,9 @@ def _callback(total: int, progress: Callable[[Progress], None] | None) -> Any:
             self.losses.append(round(loss, 4))
             if progress is not None:
                 step = int(state.global_step)
-                eta = (time.monotonic() - self.start) / max(step, 1) * max(total - step, 0)
+                self.step_times.append(time.monotonic() - self.start - sum(self.step_times))
+                # Logged every step (logging_steps=1): one time per step.
+                eta = eta_seconds(self.step_times, total)
                 progress(Progress(step=step, total_steps=total, loss=loss, lr=float(logs.get("learning_rate", 0.0)),
                                   eta_s=eta))
 

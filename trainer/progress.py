@@ -21,11 +21,12 @@ class RunReporter:
         self._last = 0.0
 
     def phase(self, phase: str) -> None:
-        """Enter a named phase (dataset, anchors, train, preference, evaluate, save) and renew the lock's
+        """Enter a named phase (`kaizen.metrics.ROUND_PHASES`) and renew the lock's
         heartbeat. The live loss curve restarts: it is the curve of the phase in progress."""
         self.curve = []
-        with self.db.write() as s:
-            store.update_run(session=s, run_id=self.run_id, phase=phase)
+        with self.db.write() as s:  # the steps shown are the new phase's: none yet
+            store.update_run(session=s, run_id=self.run_id, phase=phase, step=0, total_steps=0, eta_s=None,
+                             loss_curve=[])
             store.heartbeat_lock(session=s, name=store.TRAINING_LOCK, owner=self.owner)
 
     def __call__(self, p: Progress) -> None:
@@ -34,8 +35,9 @@ class RunReporter:
         if now - self._last >= self.every_s or p.step >= p.total_steps:
             self._last = now
             with self.db.write() as s:
+                eta = None if p.eta_s is None else float(p.eta_s)
                 store.update_run(session=s, run_id=self.run_id, step=p.step, total_steps=p.total_steps,
-                                 loss=float(p.loss), lr=float(p.lr), eta_s=float(p.eta_s), loss_curve=list(self.curve))
+                                 loss=float(p.loss), lr=float(p.lr), eta_s=eta, loss_curve=list(self.curve))
                 store.heartbeat_lock(session=s, name=store.TRAINING_LOCK, owner=self.owner)
         if self.callback:
             self.callback(p)

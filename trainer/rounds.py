@@ -163,6 +163,7 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         init_dir = adapters.version_dir(settings.adapters_dir, active)
         adapters.verify(init_dir)
 
+    reporter.phase("model")
     model_path = resolve_model(settings.model, settings.data_dir)
     model, tokenizer = load_model(model_path, "float32")
     prompts = load_general_prompts()
@@ -215,6 +216,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         metrics, verdict = judge()
         metrics.preference_dropped = dropped
         verdict = Verdict(verdict.promote, f"{verdict.reason}; the new preference adapter was left out ({dropped})")
+    with db.session() as s:
+        verdict = verdict.held_by(store.get_pinned_adapter(session=s))
     outcome = settle(training.new_facts, metrics, promoted=verdict.promote, park_after=cfg.park_after)
     # The lineage's record: this round's checks over what the active version knew of facts still learned.
     lineage = {k: v for k, v in known.items() if k in training.learned_ids}
@@ -244,6 +247,6 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
                          data_counts=training.counts, loss_curve=result.loss_curve, phase="done",
                          step=result.steps, total_steps=cfg.max_steps if result.steps else 0,
                          loss=result.loss_curve[-1] if result.loss_curve else None,
-                         finished_at=store.utcnow(), error=None if verdict.promote else verdict.reason)
+                         finished_at=store.utcnow(), error=None if verdict.promote or verdict.held else verdict.reason)
     return RoundOutcome(run_id=run_id, version=version, promoted=verdict.promote, reason=verdict.reason,
                         metrics=metrics, seconds=metrics.seconds)

@@ -97,6 +97,7 @@ ENDPOINTS = [
     ("GET", "/adapters", {}),
     ("POST", "/adapters/base/activate", {}),
     ("POST", "/adapters/v1/activate", {}),
+    ("DELETE", "/adapters/pin", {}),
     ("GET", "/stats", {}),
     ("GET", "/ratings/by-version", {}),
     ("GET", "/settings", {}),
@@ -169,6 +170,18 @@ def test_adapters_listed_with_metrics_and_activated(api, kaizen, fake_engine):
     assert [v["active"] for v in api.get("/adapters", auth=RIGHT).json()["versions"]] == [True, False]
     assert api.post("/adapters/base/activate", auth=RIGHT).json()["active"] == "base"
     assert fake_engine.adapter_version == "base"
+
+
+def test_activating_by_hand_pins_the_version_until_the_pin_is_released(api, kaizen):
+    publish_fake_version(kaizen, "v1")
+    assert api.get("/adapters", auth=RIGHT).json()["pinned"] is None
+    assert api.post("/adapters/v1/activate", auth=RIGHT).json()["pinned"] == "v1"
+    with kaizen.db.session() as s:
+        assert store.get_pinned_adapter(session=s) == "v1"  # what a round reads before it activates
+    assert api.get("/adapters", auth=RIGHT).json()["pinned"] == "v1"
+    assert api.post("/adapters/base/activate", params={"pin": "false"}, auth=RIGHT).json()["pinned"] == "v1"
+    released = api.delete("/adapters/pin", auth=RIGHT)
+    assert released.status_code == 200 and released.json()["pinned"] is None
 
 
 @pytest.mark.parametrize(("version", "status"), [
@@ -409,11 +422,11 @@ def test_every_answer_keeps_its_json_fields(api, kaizen):
     run = api.get(f"/runs/{run_id}", auth=RIGHT).json()
     assert set(run) == run_fields and _is_utc_iso(run["started_at"]) and run["finished_at"] is None
     adapters = api.get("/adapters", auth=RIGHT).json()
-    assert set(adapters) == {"active", "serving", "follower_error", "versions"}
+    assert set(adapters) == {"active", "serving", "follower_error", "versions", "pinned"}
     assert set(adapters["versions"][0]) == {"version", "verdict", "reason", "metrics", "round_index", "run_id",
                                             "created_at", "active"}
     assert _is_utc_iso(adapters["versions"][0]["created_at"])
-    assert set(api.post("/adapters/v1/activate", auth=RIGHT).json()) == {"active", "swap_seconds"}
+    assert set(api.post("/adapters/v1/activate", auth=RIGHT).json()) == {"active", "swap_seconds", "pinned"}
     assert set(api.get("/stats", auth=RIGHT).json()) == {
         "conversations", "exchanges", "ratings", "thumbs_up", "thumbs_down", "pending_review", "knowledge_items",
         "adapters", "active_adapter", "serving", "running_run", "follower_error"}

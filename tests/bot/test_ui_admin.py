@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -296,7 +297,8 @@ def test_train_now_shows_live_progress_then_stops_the_timer(kaizen, panel):
         store.update_run(session=s, run_id=run_id, status="running", phase="train", step=3, total_steps=10,
                          loss=1.25, lr=1e-3, eta_s=7.0, loss_curve=[2.0, 1.5, 1.25])
     html, curve, timer, _runs, *adapters = panel.training_status(ADMIN)
-    assert "running" in html and "loss 1.2500" in html and "ETA 7 s" in html and "width:30.0%" in html
+    assert "running" in html and "loss 1.2500" in html and "ETA ≤ 7 s" in html
+    assert "width:47.1%" in html  # train is the 4th of 7 phases, 3 of its 10 steps done: (3 + 0.3) / 7
     assert timer.active is True and isinstance(curve, Figure) and len(curve.axes[0].lines[0].get_xdata()) == 3
     assert adapters == [gr.skip()] * 3  # a version being picked in the adapters panel stays picked
     publish_fake_version(kaizen, "v1", verdict="rejected")  # what the round records as it finishes
@@ -326,6 +328,19 @@ def _run(**values: Any) -> RunView:
            "total_steps": 0, "loss": None, "lr": None, "eta_s": None, "loss_curve": [], "data_counts": {},
            "adapter_version": None, "error": None, "started_at": None, "finished_at": None}
     return RunView(**{**row, **values})
+
+
+def test_the_phases_before_the_first_step_show_on_the_bar():
+    """Issue 13: "step 0/?" and an empty bar for the 7 minutes of dataset, model loading and anchors."""
+    seen = []
+    for phase in ("dataset", "model", "anchors"):
+        html = progress_html(_run(status="running", phase=phase))
+        assert "step" not in html and "ETA" not in html
+        seen.append(float(re.search(r"width:([\d.]+)%", html).group(1)))
+    assert seen == [0.0, 14.3, 28.6]
+    html = progress_html(_run(status="running", phase="model"))
+    assert "✓ dataset › <b>load model</b> › anchors › train" in html
+    assert "starting the training process" in progress_html(_run(status="queued"))
 
 
 def test_progress_html_escapes_error_text():
@@ -362,6 +377,60 @@ def test_adapters_activate_rollback_and_download(kaizen: Kaizen, panel: AdminPan
     assert "v1/meta.json" in zipfile.ZipFile(zipped).namelist()
     with pytest.raises(gr.Error, match="no adapter"):
         panel.download_adapter("base", ADMIN)
+
+
+def test_the_watch_refreshes_only_the_panels_changed_elsewhere(kaizen: Kaizen, panel: AdminPanel):
+    """Issue 13: the Adapters and Training tabs kept showing v1 and run #1, and a correction sent
+    over the API never reached Feedback review, until a full reload."""
+    def watch(seen):
+        stamps, feedback, knowledge, runs, timer, table, _, note = panel.watch(seen, "pending", "all", ADMIN)
+        fresh = {name for name, out in [("feedback", feedback), ("knowledge", knowledge), ("runs", runs),
+                                        ("adapters", table)] if isinstance(out, pd.DataFrame)}
+        return stamps, fresh, timer, note
+
+    seen, fresh, _, _ = watch(None)
+    assert fresh == {"feedback", "knowledge", "runs", "adapters"}  # a page that has seen nothing gets everything
+    assert watch(seen)[1] == set()  # nothing changed: nothing is redrawn, so no pick is reset
+    fb = _rated(kaizen, "Số điện thoại?", rating="down", correction="0243 123 456")  # over the API, say
+    seen, fresh, _, _ = watch(seen)
+    assert fresh == {"feedback"}
+    with kaizen.db.write() as s:  # `kaizen import` in another process
+        store.add_knowledge(session=s, question="Giờ mở cửa?", answer="8 giờ")
+    seen, fresh, _, _ = watch(seen)
+    assert fresh == {"knowledge"}
+    publish_fake_version(kaizen, "v1")  # a scheduled round's version, promoted
+    with kaizen.db.write() as s:
+        store.set_active_adapter(session=s, version="v1")
+        run_id = store.create_run(session=s, trigger="schedule", round_index=1).id  # the next round, running
+    seen, fresh, timer, note = watch(seen)
+    assert fresh == {"runs", "adapters"} and "Active: **v1**" in note
+    assert isinstance(timer, gr.Timer) and timer.active  # the progress bar follows the scheduler's round
+    with kaizen.db.write() as s:
+        store.review_feedback(session=s, feedback_id=fb, action="approve")
+        store.update_run(session=s, run_id=run_id, status="rejected", finished_at=store.utcnow())
+    assert watch(seen)[1] == {"feedback", "runs", "knowledge"}  # the approval also made a knowledge item
+
+
+def test_a_pinned_version_is_shown_and_the_pin_can_be_released(kaizen: Kaizen, panel: AdminPanel):
+    publish_fake_version(kaizen, "v1")
+    _, _, note = panel.activate("v1", ADMIN)
+    assert "📌 **v1** is pinned" in note
+    _, _, note = panel.release_pin(ADMIN)
+    assert "Pin released" in note and "📌" not in note
+
+
+def test_a_refusal_on_the_page_is_a_fading_warning_that_leaves_every_output_alone(kaizen):
+    """Issue 13: red "Error" pills stayed on the outputs after a handled refusal (a double-clicked
+    "Train now", an import with no file), and one covered the box being typed in."""
+    kaizen.training = RecordedTraining(kaizen.db)
+    wired = {f.fn.__name__: f.fn for f in build_admin_ui(AdminService(kaizen)).fns.values() if f.fn is not None}
+    with pytest.warns(UserWarning, match="Choose a .csv"):
+        assert wired["upload_knowledge"](None, False, False, request=ADMIN) == gr.skip()
+    assert wired["train_now"](request=ADMIN)[0].startswith("Started training run #")
+    with pytest.warns(UserWarning, match="still running"):
+        assert wired["train_now"](request=ADMIN) == gr.skip()  # the double click
+    with pytest.raises(gr.Error, match="Admin login required"):  # not a refusal: an error, as before
+        wired["train_now"](request=gr.Request(username="guest"))
 
 
 def test_export_writes_the_dataset_into_the_exports_dir(kaizen, panel):

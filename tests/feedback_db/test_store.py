@@ -165,6 +165,21 @@ def test_a_new_fact_is_queued_oldest_first_until_learned(db):
         assert store.count_new_since_last_round(session=s) == 1
 
 
+def test_a_fact_trained_without_being_learned_stays_queued_but_is_not_new(db):
+    """Issue 13: a scheduled round started by itself for the same six items the last round had trained."""
+    a, b = _facts(db, 2)
+    with db.write() as s:
+        store.record_fact_outcomes(session=s, attempted=[a, b], learned=[], version="v1")
+    with db.session() as s:
+        assert [i.id for i in store.list_training_queue(session=s)] == [a, b]  # trained again next round
+        assert store.count_training_queue(session=s) == 2
+        assert store.count_new_since_last_round(session=s) == 0  # but no reason for a round on their own
+    with db.write() as s:
+        store.set_knowledge_answer(session=s, item_id=a, answer="A new answer.")  # a new fact
+    with db.session() as s:
+        assert store.count_new_since_last_round(session=s) == 1
+
+
 def test_parked_facts_leave_the_queue_but_stay_enabled_for_the_memory(db):
     a, b = _facts(db, 2)
     with db.write() as s:

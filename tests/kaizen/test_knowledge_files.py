@@ -87,7 +87,10 @@ def test_csv_without_header_keeps_first_row():
 
 @pytest.mark.parametrize(
     "header",
-    ["question,answer", "QUESTION, Answer ,Category", "câu hỏi,câu trả lời", "prompt,completion"],
+    ["question,answer", "QUESTION, Answer ,Category", "câu hỏi,câu trả lời", "prompt,completion",
+     # issue 13: a file whose header is "Q,A" imported the header as a fact; other usual headers too
+     "Q,A", "q:,a:", "Câu Hỏi,Trả Lời", "Hỏi,Đáp", "input,output", "question_text,answer_text", "Q,A,Topic",
+     "\ufeffQuestion?,Answer", "cau hoi,dap an,danh muc"],
 )
 def test_csv_header_is_detected_case_insensitively(header):
     result = parse(f"{header}\nQ1,A1\n", "k.csv")

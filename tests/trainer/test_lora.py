@@ -18,7 +18,7 @@ from kaizen.settings import TrainConfig
 from tests.models import tiny_llama, tiny_tokenizer
 from trainer.config import lora_config
 from trainer.generation import generate_answers
-from trainer.lora import Example, _all_exact, _encode, train_round
+from trainer.lora import Example, _all_exact, _encode, eta_seconds, train_round
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -247,3 +247,10 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(tiny):
     assert one == pytest.approx(whole.item(), rel=1e-5) and three == pytest.approx(one, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g1, g3, strict=True))
     assert any(bool(g.abs().sum() > 0) for g in g1)
+
+
+def test_eta_comes_from_recent_steps_not_the_warm_up():
+    """Issue 13: "ETA 10337 s" extrapolated from a first step that also warmed the model up."""
+    assert eta_seconds([270.0], 40) is None
+    assert eta_seconds([270.0, 5.0, 6.0, 5.0], 40) == 5.5 * 36
+    assert eta_seconds([9.0] * 40, 40) == 0

@@ -81,6 +81,28 @@ def test_promotion_then_a_second_round_continues_with_a_lower_lr(env, learns):
         assert [r.round_index for r in store.list_runs(session=s)] == [1, 0]
 
 
+def test_a_version_pinned_by_the_admin_is_not_replaced_by_a_round_that_passes(env, learns):
+    """Issue 13: a scheduled round promoted v2 over the version the admin had just activated by hand."""
+    settings, db = env
+    learns()
+    _teach(db)
+    assert run_round(db=db, settings=settings, cfg=FAST).promoted
+    with db.write() as s:
+        store.set_active_adapter(session=s, version="base")  # a rollback by hand
+        store.set_pinned_adapter(session=s, version="base")
+    _teach(db, "CHOREI có nghĩa là gì?", "Buổi họp giao ban buổi sáng kiểu Nhật.")
+    held = run_round(db=db, settings=settings, cfg=FAST, force=False)  # the fact is new: the round runs
+    assert not held.promoted and "not activated: the admin pinned base" in held.reason
+    active, versions, runs, _ = _state(db)
+    assert active == "base" and versions == [("v1", "promoted"), ("v2", "passed")] and runs[0] == ("passed", "v2")
+    with db.session() as s:  # not served, so not learned: trained again after the pin is released
+        assert [i.learned_version for i in store.list_knowledge(session=s)] == ["v1", None]
+        assert store.count_new_since_last_round(session=s) == 0  # and no reason for a round on its own
+    with db.write() as s:
+        store.set_pinned_adapter(session=s, version=None)
+    assert run_round(db=db, settings=settings, cfg=FAST).promoted and _state(db)[0] == "v3"
+
+
 def test_no_data_says_so_and_creates_no_version(env):
     settings, db = env
     with pytest.raises(NoDataError, match="nothing to train"):
