@@ -1,13 +1,14 @@
 """Kaizen's command line: `kaizen COMMAND ...` (or `python launch.py COMMAND ...`).
 
     kaizen serve [--host H] [--port P] [--model M] [--no-schedule]   (the default command)
-    kaizen ask "QUESTION" [--no-memory]
+    kaizen ask "QUESTION" ... [--no-memory] [--json]   answer each question (one model load)
     kaizen teach "QUESTION" "ANSWER"     store it, train a round now, exit 0 only if promoted
     kaizen train [--force]               train a round on everything approved
     kaizen import FILE [--skip-invalid]  add knowledge from .csv, .jsonl or .txt
     kaizen export OUT.jsonl              write the training set as chat JSONL
     kaizen adapters                      list the adapter versions
-    kaizen activate VERSION              promote or roll back (VERSION or 'base')
+    kaizen activate VERSION [--no-pin]   promote or roll back (VERSION or 'base'), pinned against rounds
+    kaizen unpin                         let rounds that pass the gate activate their version again
 
 Every command takes --data-dir (default ./kaizen-data or KAIZEN_DATA_DIR). Other settings come
 from flags, then KAIZEN_* environment variables, then defaults (see kaizen/settings.py and the README).
@@ -17,6 +18,7 @@ Errors meant for the user are printed as one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -82,8 +84,10 @@ def parser() -> argparse.ArgumentParser:
     for name in ("host", "port", "schedule"):
         setting_flag(serve, name)
 
-    ask = sub.add_parser("ask", parents=[common], help="print one answer from the active adapter")
-    ask.add_argument("question")
+    ask = sub.add_parser("ask", parents=[common], help="print the answers to one or more questions")
+    ask.add_argument("question", nargs="+", help="each is answered on its own, with no history")
+    ask.add_argument("--json", action="store_true",
+                     help="one JSON object per question: question, answer, source, adapter, adapter_applied")
     setting_flag(ask, "memory")
 
     teach = sub.add_parser("teach", parents=[common], help="teach one answer and train a round now")
@@ -102,8 +106,11 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("out")
 
     sub.add_parser("adapters", parents=[common], help="list adapter versions")
-    act = sub.add_parser("activate", parents=[common], help="serve VERSION (or 'base')")
+    act = sub.add_parser("activate", parents=[common], help="serve VERSION (or 'base') and pin it")
     act.add_argument("version")
+    act.add_argument("--no-pin", dest="pin", action="store_false",
+                     help="let the next round that passes the gate replace it")
+    sub.add_parser("unpin", parents=[common], help="release the pin: rounds that pass the gate activate again")
     return p
 
 
@@ -189,8 +196,14 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     from bot.services import build_services
 
     kaizen = build_services(settings)
-    reply = kaizen.chat.answer(args.question, client="cli", use_memory=settings.memory)
-    print(reply.text)
+    for question in args.question:  # one model load for all of them
+        reply = kaizen.chat.answer(question, client="cli", use_memory=settings.memory)
+        if args.json:
+            print(json.dumps({"question": question, "answer": reply.text, "source": reply.source,
+                              "adapter": reply.meta["adapter_version"],
+                              "adapter_applied": reply.meta["adapter_applied"]}, ensure_ascii=False), flush=True)
+        else:
+            print(reply.text, flush=True)
     return 0
 
 
@@ -300,7 +313,20 @@ def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
     db = _open_db(settings)
     with db.write() as s:
         store.set_active_adapter(session=s, version=version)
-    print(f"active adapter: {version}")
+        if args.pin:
+            store.set_pinned_adapter(session=s, version=version)
+    print(f"active adapter: {version}" + (" (pinned: `kaizen unpin` lets rounds replace it)" if args.pin else ""))
+    return 0
+
+
+@command("unpin")
+def cmd_unpin(args: argparse.Namespace, settings: Settings) -> int:
+    from feedback_db import store
+
+    db = _open_db(settings)
+    with db.write() as s:
+        store.set_pinned_adapter(session=s, version=None)
+    print("pin released: the next round that passes the gate is activated")
     return 0
 
 

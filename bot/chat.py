@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.emotion import Emotion, EmotionAnalyzer
 from bot.engine_api import ChatEngine, GenParams, Message, ReplyStream
+from bot.fallback import CarriesFact, NoEcho
 from bot.recall import KnowledgeRecall
 from feedback_db import store
 from feedback_db.db import Database
@@ -33,6 +34,7 @@ from kaizen.prompts import (
     tone_instruction,
     with_context,
 )
+from kaizen.repetition import is_degenerate
 from kaizen.settings import Settings
 
 
@@ -51,10 +53,33 @@ def clean_message(message: object, max_chars: int) -> str:
     return text
 
 
+TEMPLATE_TOKENS = 16  # the chat template's role markers around the system prompt and the message
+
+
+def too_long(tokens: int, limit: int) -> str:
+    """The message for a message over the token limit, in the units that limit it."""
+    return (f"The message is {tokens:,} tokens; the limit is {limit:,} tokens (about {limit * 3 // 4:,} English "
+            "words, fewer in Vietnamese). Please shorten it.")
+
+
+def without_degenerate(history: list[Message]) -> list[Message]:
+    """`history` without the assistant turns that loop (`kaizen.repetition.is_degenerate`) and the
+    user turns they answered: a model shown its own loop copies it into the next reply (issue 13)."""
+    kept: list[Message] = []
+    for m in history:
+        if m["role"] == "assistant" and is_degenerate(m["content"]):
+            if kept and kept[-1]["role"] == "user":
+                kept.pop()
+            continue
+        kept.append(m)
+    return kept
+
+
 def params_from(settings: Settings, **overrides: Any) -> GenParams:
     """The settings' generation parameters, with any non-None override applied."""
     params = GenParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                       top_p=settings.top_p, repetition_penalty=settings.repetition_penalty)
+                       top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
+                       loop_guard=settings.loop_guard)
     return dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -143,6 +168,9 @@ class ChatService:
         repetition_penalty); None means the setting's value.
         """
         text = clean_message(message, self.settings.max_message_chars)
+        tokens, limit = self.message_budget(text)
+        if tokens > limit:
+            raise InputError(too_long(tokens, limit))
         emotion = self.emotions.analyze(text)
         use_memory = self.settings.memory if use_memory is None else use_memory
         # The memory's calibrated retrieval is also the scope test of routing: it runs with memory
@@ -157,15 +185,28 @@ class ChatService:
         else:
             facts = [h.item.answer for h in hits] if source == "rag" else []
             use_adapter = self.settings.adapter_routing == "always" or in_scope
-            stream = self._model_reply(text, emotion, facts, history or [], extra_system,
+            stream = self._model_reply(text, emotion, facts, without_degenerate(history or []), extra_system,
                                        params_from(self.settings, **gen_overrides), use_adapter)
-        item_ids = [h.item.id for h in hits]
+            if (self.settings.fact_check and source == "rag" and self.recall is not None
+                    and hits[0].score >= self.recall.memory.thresholds.fact):
+                stream = CarriesFact(stream, hits[0].item.answer, text)  # a strong match's fact is in the reply
+        item_ids = [h.item.id for h in hits if h.item.id > 0]  # identity answers (< 0) are not rows
 
         def finish(reply: Reply) -> None:
             self._store(reply, client=client, started=started, started_at=started_at)
 
         return Reply(exchange_id=new_id(), conversation_id=conversation_id, message=text, emotion=emotion,
                      source=source, item_ids=item_ids, _stream=stream, _finish=finish)
+
+    def message_budget(self, text: str) -> tuple[int, int]:
+        """(tokens in `text`, the most tokens a message may have): what the model reads at a time
+        (`context_tokens`), less the reply's `max_new_tokens`, the system prompt (persona and the
+        longest tone) and the chat template's markers. Tokens, not characters, are what limits: 4,000
+        Vietnamese characters are over 2,000 tokens (issue 13)."""
+        system = max(self.engine.count_tokens(build_system_prompt(load_persona(self.db), tone=tone_instruction(label)))
+                     for label in ("negative", "positive", "neutral"))
+        limit = self.engine.context_tokens - self.settings.max_new_tokens - system - TEMPLATE_TOKENS
+        return self.engine.count_tokens(text), max(1, limit)
 
     def _memory_reply(self, answer: str) -> ReplyStream:
         """The taught answer, word for word, as the version being served would be credited with it."""
@@ -182,7 +223,7 @@ class ChatService:
             system += "\n\n" + extra_system
         messages = [{"role": "system", "content": system}, *history,
                     {"role": "user", "content": with_context(text, facts)}]
-        return self.engine.stream(messages, params, use_adapter=use_adapter)
+        return NoEcho(self.engine.stream(messages, params, use_adapter=use_adapter), text)
 
     def _store(self, reply: Reply, *, client: str, started: float, started_at: dt.datetime) -> None:
         """Store the finished exchange once, and count the memory items it used."""

@@ -129,6 +129,11 @@ _EMOJI = MappingProxyType({"👍": 1.8, "👎": -1.8, "😡": -2.5, "🤬": -2.8
 _CONTRAST = frozenset({"nhưng", "nhung"})  # "but", for VADER's but-rule
 _PUNCTUATION = string.punctuation + "…“”‘’«»–—"
 _CLAUSE_END = tuple(",.;:!?…")
+# A clause that asks: it ends with "?", or (Vietnamese often drops the "?") with one of these words.
+# Its positive words name what is asked about, not how the user feels ("What can you help me with?",
+# "Đà Lạt có gì vui?", "Is it safe?" read as positive before, issue 13), so they do not count; its
+# negative words still do ("Sao giao hàng chậm thế?" is a complaint).
+_QUESTION_END = frozenset({"không", "chưa", "gì", "nào", "sao", "đâu", "nhỉ", "hả", "khong", "gi", "nao", "dau"})
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,8 @@ class EmotionAnalyzer:
             else:
                 self._vader.sentiment_valence(0.0, sentitext, word, i, sentiments)
 
+        asking = self._question_clauses(text.split(), keys, clause_end)
+        sentiments = [0.0 if asks and v > 0 else v for v, asks in zip(sentiments, asking, strict=True)]
         marked = ["but" if k in _CONTRAST else w for w, k in zip(words, keys, strict=True)]
         sentiments = self._vader._but_check(marked, sentiments)
         score = self._vader.score_valence(sentiments, text)["compound"]
@@ -213,6 +220,18 @@ class EmotionAnalyzer:
         else:
             label = "neutral"
         return Emotion(label=label, score=score)
+
+    @staticmethod
+    def _question_clauses(tokens: list[str], keys: list[str], clause_end: list[bool]) -> list[bool]:
+        """For each word, whether its clause asks a question (`_QUESTION_END`)."""
+        asking: list[bool] = []
+        start = 0
+        for i, end in enumerate(clause_end):
+            if end or i == len(tokens) - 1:
+                asks = tokens[i].endswith("?") or keys[i] in _QUESTION_END
+                asking += [asks] * (i + 1 - start)
+                start = i + 1
+        return asking
 
     def _find_spans(self, keys: list[str], folded: list[str]) -> list[_Span]:
         """Greedy left-to-right longest match of the Vietnamese vocabulary, exact before folded."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from bot.engine_api import BASE, GenParams, Message
 from bot.turns import TurnLock
 from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, serving
 from kaizen.base_model import chat_text, generate, load_model
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
+from kaizen.repetition import Loop, end_of_copy, find_loop, held_back
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -53,6 +56,48 @@ class _Cancel(StoppingCriteria):
         return self.cancelled.is_set()
 
 
+class _TokenQueue(BaseStreamer):
+    """The token ids `generate()` produces, one list per step, for the consumer thread to read
+    (the first `put`, the prompt, is skipped); ends after `end()`."""
+
+    def __init__(self, timeout: float = 300.0) -> None:
+        self._queue: queue.Queue[list[int] | None] = queue.Queue()
+        self._prompt_seen = False
+        self._timeout = timeout
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._timeout)
+            except queue.Empty:
+                raise ModelError(f"The model produced nothing for {self._timeout:.0f} s.") from None
+            if item is None:
+                return
+            yield item
+
+
+class _LoopGuard(StoppingCriteria):
+    """Ends the reply when its own tokens (never the prompt's) end in a loop (`kaizen.repetition`);
+    `loop` then says which generated tokens to keep: up to the end of the loop's first copy."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.loop: Loop | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
+        self.loop = find_loop(input_ids[0, self.prompt_tokens:].tolist())
+        return self.loop is not None
+
+
 class Generation:
     """One streamed reply. Iterate it for text chunks; afterwards the counts are set.
 
@@ -71,6 +116,7 @@ class Generation:
         self.adapter_applied = use_adapter and engine.adapter_version != BASE
         self.preference_applied = engine.preference_loaded
         self.text = ""
+        self.looped = False  # the reply was cut at the end of a loop's first copy
         if not engine._slots.acquire(blocking=False):
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
         self._reserved = True
@@ -97,14 +143,15 @@ class Generation:
 
     def _run(self) -> Iterator[str]:
         engine, params = self._engine, self._params
-        streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        tokens = _TokenQueue()
         cancel = _Cancel()
+        guard = _LoopGuard(self.prompt_tokens) if params.loop_guard else None
         kwargs: dict[str, Any] = {
             "input_ids": self.input_ids,
             "attention_mask": torch.ones_like(self.input_ids),
             "max_new_tokens": params.max_new_tokens,
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([cancel]),
+            "streamer": tokens,
+            "stopping_criteria": StoppingCriteriaList([cancel, *([guard] if guard else [])]),
             "pad_token_id": engine.tokenizer.pad_token_id,
             "repetition_penalty": params.repetition_penalty,
         }
@@ -127,21 +174,52 @@ class Generation:
                     result["ids"] = generate(model, **kwargs)
             except BaseException as exc:  # re-raised in the consumer thread below
                 result["error"] = exc
-                streamer.end()
+            finally:
+                tokens.end()
 
         worker = threading.Thread(target=work, name="kaizen-generate", daemon=True)
         worker.start()
+        ids: list[int] = []
         try:
-            for chunk in streamer:
+            for new in tokens:
+                ids.extend(new)
+                # What may repeat into a loop is held back, so a loop is cut before anyone reads it.
+                safe = len(ids) - held_back(ids) if guard else len(ids)
+                chunk = self._more(ids[:safe])
                 if chunk:
-                    self.text += chunk
                     yield chunk
+            worker.join()
+            if "error" in result:
+                raise ModelError(f"Generation failed: {result['error']}") from result["error"]
+            loop = guard.loop if guard is not None else None
+            if loop is not None:
+                self.looped = True
+                # The first copy, or up to the first sentence mark in the (held back) copy after it.
+                first = self._engine.tokenizer.decode(ids[:loop.keep], skip_special_tokens=True)
+                ids = ids[:loop.keep + loop.period - 1]
+            chunk = self._more(ids, first_copy=first if loop is not None else None)
+            if chunk:
+                yield chunk
         finally:
             cancel.cancelled.set()  # the consumer went away early: stop decoding
             worker.join()
-        if "error" in result:
-            raise ModelError(f"Generation failed: {result['error']}") from result["error"]
-        self.completion_tokens = int(result["ids"].shape[1] - self.prompt_tokens)
+        self.completion_tokens = len(ids)
+
+    def _more(self, ids: list[int], first_copy: str | None = None) -> str:
+        """The text of `ids` not yet given out (and add it to `self.text`). A character whose bytes
+        are still arriving waits (it decodes as U+FFFD until then). After a loop, `first_copy` is the
+        text of its first copy, and the text ends there or at the first sentence mark after it
+        (`kaizen.repetition.end_of_copy`)."""
+        # A character whose bytes never came right (the model emitted an invalid sequence) is dropped.
+        text = self._engine.tokenizer.decode(ids, skip_special_tokens=True)
+        if first_copy is not None:
+            text = end_of_copy(text, len(first_copy)) if text.startswith(first_copy) else first_copy
+        text = text.replace("\ufffd", "")
+        if not text.startswith(self.text):  # a merge changed earlier characters: keep what was given
+            return ""
+        chunk = text[len(self.text):]
+        self.text = text
+        return chunk
 
     def close(self) -> None:
         self._release()

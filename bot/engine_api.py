@@ -28,6 +28,7 @@ class GenParams:
     temperature: float = 0.0  # 0 (below 0.01): greedy decoding
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # 1.0: off
+    loop_guard: bool = True  # end the reply at the first copy of a loop (kaizen.repetition)
 
 
 @runtime_checkable
@@ -35,11 +36,26 @@ class ReplyStream(Protocol):
     """One reply being generated. Iterating yields text chunks; after the last one the counts are
     final. Creating it reserves a place in the engine's queue (BusyError when full)."""
 
-    adapter_version: str  # the version being served when this reply started
-    adapter_applied: bool  # whether that version's adapter produced it (False: the base model, or no model)
-    preference_applied: bool  # whether that version's preference adapter (KTO on ratings) was on for it
-    prompt_tokens: int
-    completion_tokens: int
+    @property
+    def adapter_version(self) -> str:
+        """The version being served when this reply started."""
+        ...
+
+    @property
+    def adapter_applied(self) -> bool:
+        """Whether that version's adapter produced it (False: the base model, or no model)."""
+        ...
+
+    @property
+    def preference_applied(self) -> bool:
+        """Whether that version's preference adapter (KTO on ratings) was on for it."""
+        ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
 
     def __iter__(self) -> Iterator[str]: ...
 

@@ -2,8 +2,10 @@
 
 Replies stream in. Every bot message has thumbs up/down (`feedback_options` and `.like`); the
 "better answer" box stores a correction for the selected answer (the last one rated, or else the
-newest). Each user turn shows a small emotion marker, and a bot turn answered from the
-retrieval memory or with retrieved facts shows a badge.
+newest). Under the chat, a line of metadata tells, for the newest answer (or the one just rated),
+which adapter version answered, whether its adapter was applied, where the answer came from (the
+retrieval memory, taught facts, or the model alone) and the emotion read in the message. It is
+not part of the messages, so copying an answer copies only the answer (issue 13).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from bot.chat import too_long
 from bot.engine_api import Message
+from bot.ui_errors import Refusal, refusals_as_warnings
 from feedback_db import store
 from kaizen.errors import KaizenError
 from kaizen.prompts import MAX_CORRECTION_CHARS, check_correction
@@ -35,6 +39,8 @@ class Turn:
     emotion: str
     source: str = "model"
     exchange_id: str | None = None
+    adapter: str = ""  # the version that answered
+    applied: bool = False  # whether its adapter produced the answer
 
 
 @dataclass
@@ -52,68 +58,78 @@ class ChatState:
 
 
 def render(state: ChatState) -> list[Message]:
-    """The chatbot's messages: two per turn, so message index // 2 is the turn index."""
+    """The chatbot's messages, exactly the texts (no badges): two per turn, so message index // 2 is
+    the turn index."""
     messages: list[Message] = []
     for t in state.turns:
-        marker = EMOTION_ICONS.get(t.emotion, "")
-        user = f"{t.user}\n\n<sub>{marker} {t.emotion}</sub>" if marker else t.user
-        messages.append({"role": "user", "content": user})
-        badge = SOURCE_BADGES.get(t.source)
-        bot = f"{t.bot}\n\n<sub>{badge}</sub>" if badge and t.exchange_id else t.bot
-        messages.append({"role": "assistant", "content": bot})
+        messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.bot}]
     return messages
 
 
+def reply_info(turn: Turn | None) -> str:
+    """The metadata line of one answer: version, adapter applied, source, the message's emotion."""
+    if turn is None or not turn.exchange_id:
+        return ""
+    parts = [f"Answered by **{turn.adapter}**" + (" (adapter applied)" if turn.applied else ""),
+             SOURCE_BADGES.get(turn.source, "🤖 the model alone"),
+             f"your message read as {EMOTION_ICONS.get(turn.emotion, '')} {turn.emotion}"]
+    return " · ".join(parts)
+
+
 def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
-    def respond(message: str, state: ChatState) -> Iterator[tuple[str | Update, list[Message], ChatState, Update]]:
+    def respond(message: str, state: ChatState) -> Iterator[tuple[str | Update, list[Message], ChatState, Update,
+                                                                  Update, str]]:
         if not (message or "").strip():
-            yield gr.update(), render(state), state, gr.update()
+            yield gr.update(), render(state), state, gr.update(), gr.update(), ""
             return
         try:
             reply = kaizen.chat.start(message=message, history=state.history(),
                                       conversation_id=state.conversation_id, client="ui")
-        except KaizenError as exc:
-            raise gr.Error(exc.message) from exc
+        except KaizenError as exc:  # refused before anything streamed: the message stays in the box
+            raise Refusal(exc.message) from exc
         turn = Turn(user=reply.message, bot="", emotion=reply.emotion.label, source=reply.source)
         state.turns.append(turn)
         try:
             for piece in reply:
                 turn.bot += piece
-                yield "", render(state), state, gr.update()
+                yield "", render(state), state, gr.update(), gr.update(), ""
         except KaizenError as exc:
             state.turns.pop()
             raise gr.Error(exc.message) from exc
         turn.bot = reply.text
         turn.exchange_id = reply.exchange_id
+        turn.adapter = str(reply.meta.get("adapter_version", ""))
+        turn.applied = bool(reply.meta.get("adapter_applied"))
         state.conversation_id = reply.conversation_id
-        yield "", render(state), state, gr.update(value="")
+        yield "", render(state), state, gr.update(value=""), gr.update(value=reply_info(turn)), ""
 
     def _exchange_id(state: ChatState, index: int | tuple[int, ...] | list[int]) -> str:
         """Select the turn of chatbot message `index`; returns its stored exchange's id."""
         i = (index[0] if isinstance(index, (list, tuple)) else index) // 2
         exchange_id = state.turns[i].exchange_id if 0 <= i < len(state.turns) else None
         if exchange_id is None:
-            raise gr.Error("That answer is not stored yet; wait for it to finish.")
+            raise Refusal("That answer is not stored yet; wait for it to finish.")
         state.selected = i
         return exchange_id
 
-    def on_like(state: ChatState, data: gr.LikeData) -> tuple[ChatState, str]:
+    def on_like(state: ChatState, data: gr.LikeData) -> tuple[ChatState, str, str]:
         exchange_id = _exchange_id(state, data.index)
         rating = "up" if data.liked is True or data.liked == "Like" else "down"
         with kaizen.db.write() as s:
             store.rate_exchange(session=s, exchange_id=exchange_id, rating=rating)
         hint = "Thanks!" if rating == "up" else "Thanks. You can type a better answer below."
-        return state, f"Rated 👍 — {hint}" if rating == "up" else f"Rated 👎 — {hint}"
+        rated = state.turns[state.selected] if state.selected is not None else None
+        return state, f"Rated 👍 — {hint}" if rating == "up" else f"Rated 👎 — {hint}", reply_info(rated)
 
     def on_correct(text: str, state: ChatState) -> tuple[str, ChatState, str]:
         if not (text or "").strip():
-            raise gr.Error("Type the answer you wanted first.")
+            raise Refusal("Type the answer you wanted first.")
         if not state.turns:
-            raise gr.Error("There is no answer to correct yet.")
+            raise Refusal("There is no answer to correct yet.")
         try:
             text = check_correction(text)
         except KaizenError as exc:
-            raise gr.Error(exc.message) from exc
+            raise Refusal(exc.message) from exc
         index = state.selected if state.selected is not None else len(state.turns) - 1
         exchange_id = _exchange_id(state, index * 2 + 1)
         try:
@@ -122,33 +138,50 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
                                          auto_approve=kaizen.auto_approve())
                 status = fb.status
         except (KaizenError, store.StoreError) as exc:
-            raise gr.Error(str(exc)) from exc
+            raise Refusal(str(exc)) from exc
         note = "It is used right away." if status == "approved" else "An admin will review it before the bot uses it."
         return "", state, f"Saved your better answer. {note}"
 
-    def new_conversation() -> tuple[ChatState, list[Message], str, str]:
-        return ChatState(), [], "", "Started a new conversation."
+    def message_count(message: str) -> str:
+        """The message's size against the limit, once it is over half of it; a warning when over."""
+        if len(message or "") > kaizen.settings.max_message_chars:
+            return f"⚠️ {len(message):,} characters: over the {kaizen.settings.max_message_chars:,}-character limit."
+        tokens, limit = kaizen.chat.message_budget(message or "")
+        if tokens > limit:
+            return f"⚠️ {too_long(tokens, limit)}"
+        return f"{tokens:,} / {limit:,} tokens" if tokens > limit // 2 else ""
+
+    def new_conversation() -> tuple[ChatState, list[Message], str, str, str]:
+        return ChatState(), [], "", "Started a new conversation.", ""
 
     with gr.Blocks(title="Kaizen") as ui:
         gr.Markdown("## Kaizen\nA chatbot that learns from you. Rate answers 👍/👎 and type the answer you wanted.")
         state = gr.State(ChatState())
         chatbot = gr.Chatbot(label="Chat", height=480, feedback_options=("Like", "Dislike"), elem_id="chatbot",
                              sanitize_html=True)
+        info = gr.Markdown("", elem_id="reply-info")  # metadata of the newest (or rated) answer, not its text
         with gr.Row():
+            # No max_length: the browser would cut a long paste silently. The count below says, before
+            # sending, how many tokens the message has against the limit (issue 13).
             box = gr.Textbox(placeholder="Type a message… / Nhập tin nhắn…", show_label=False, scale=5,
-                             max_length=kaizen.settings.max_message_chars, elem_id="message")
+                             elem_id="message")
             send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         with gr.Accordion("Better answer", open=True):
             better = gr.Textbox(label="The answer you wanted (for the answer you rated, or the last one)",
                                 lines=2, max_length=MAX_CORRECTION_CHARS, elem_id="better")
             submit_better = gr.Button("Submit better answer", elem_id="submit-better")
+        count = gr.Markdown("", elem_id="message-count")
         status = gr.Markdown("", elem_id="status")
         new = gr.Button("New conversation", size="sm", elem_id="new-conversation")
 
         for trigger in (box.submit, send.click):
-            trigger(respond, [box, state], [box, chatbot, state, status], concurrency_limit=None,
+            trigger(refusals_as_warnings(respond), [box, state], [box, chatbot, state, status, info, count],
+                    concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
-        chatbot.like(on_like, [state], [state, status], api_visibility="private")
-        submit_better.click(on_correct, [better, state], [better, state, status], api_visibility="private")
-        new.click(new_conversation, None, [state, chatbot, better, status], api_visibility="private")
+        box.input(message_count, box, count, trigger_mode="always_last", show_progress="hidden",
+                  api_visibility="private")
+        chatbot.like(refusals_as_warnings(on_like), [state], [state, status, info], api_visibility="private")
+        submit_better.click(refusals_as_warnings(on_correct), [better, state], [better, state, status],
+                            api_visibility="private")
+        new.click(new_conversation, None, [state, chatbot, better, status, info], api_visibility="private")
     return ui

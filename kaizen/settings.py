@@ -99,13 +99,21 @@ class Settings(_KaizenSettings):
     schedule: bool = Field(True, description="Run the scheduled training job.")
     admin_password: str = Field("", description=(
         "Admin password for /admin; empty: serve generates one and prints it once."))
-    max_message_chars: int = Field(4000, ge=1, description="Longest user message accepted, in characters.")
+    max_message_chars: int = Field(32_000, ge=1, description=(
+        "Largest user message read at all, in characters (a bound on the request); the limit that binds is "
+        "in tokens: what fits the context with the reply and the system prompt."))
     max_new_tokens: int = Field(256, ge=1, description="Most tokens generated for one reply.")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling cut-off, used when temperature > 0.")
     repetition_penalty: float = Field(1.0, gt=0.0, description=(
         "Penalty for repeating tokens (1.0: off; above 1 it also penalizes copying retrieved facts and taught "
         "answers)."))
+    fact_check: bool = Field(True, description=(
+        "A reply to a strongly matched taught fact is held until it carries the fact's numbers (or names); "
+        "if it ends without them, the taught text is the reply (bot/fallback.py)."))
+    loop_guard: bool = Field(True, description=(
+        "End a reply at the first copy of a loop in its own tokens (kaizen/repetition.py); unlike "
+        "repetition_penalty it never penalizes copying the prompt's facts."))
     context_tokens: int = Field(2048, ge=64, description=(
         "Token budget for the prompt and the reply (system + history + message + max_new_tokens); "
         "older turns are dropped first. Must be larger than max_new_tokens."))

@@ -2,6 +2,7 @@
 
 import pytest
 
+from bot.fallback import NO_ANSWER
 from feedback_db import store
 from kaizen.errors import BusyError, InputError, ModelError
 from kaizen.prompts import Persona
@@ -59,8 +60,36 @@ def test_history_is_passed_and_conversation_kept(kaizen, fake_engine):
     assert len(exs) == 2 and exs[0].conversation_id == exs[1].conversation_id
 
 
+def test_a_looping_reply_and_its_question_are_kept_out_of_the_history_sent_back(kaizen, fake_engine):
+    """Issue 13: one looping reply poisoned the next three messages, which copied the loop."""
+    history = [{"role": "user", "content": "Xin chào, bạn là ai?"},
+               {"role": "assistant", "content": "Xin chào, bạn là ai" + ", bạn là ai" * 40},
+               {"role": "user", "content": "My name is An."},
+               {"role": "assistant", "content": "Nice to meet you, An."}]
+    kaizen.chat.answer("What is my name?", history=history)
+    sent = fake_engine.history[-1]["messages"]
+    assert [m["content"] for m in sent[1:]] == ["My name is An.", "Nice to meet you, An.", "What is my name?"]
+
+
+@pytest.mark.parametrize(("message", "model_reply", "shown"), [
+    ("Bạn tên gì?", "Bạn tên gì?", NO_ANSWER["vi"]),  # the question given back (issue 13)
+    ("Bạn tên gì?", "bạn tên gì", NO_ANSWER["vi"]),
+    ("What is your name?", "", NO_ANSWER["en"]),  # nothing at all
+    ("Xin chào, bạn là ai?", "Xin chào", "Xin chào"),  # a part of the question is a reply of its own
+    ("What is your name?", "What is your name? My name is Mai.", "My name is Mai."),  # the echo is dropped
+    ("Đà Lạt có gì vui?", "Đà Lạt có gì vui?  Bạn có thể đi hồ Xuân Hương.", "Bạn có thể đi hồ Xuân Hương."),
+])
+def test_an_empty_or_echoed_reply_says_briefly_that_there_is_no_good_answer(kaizen, fake_engine, message,
+                                                                            model_reply, shown):
+    fake_engine.enqueue(model_reply)
+    reply = kaizen.chat.start(message=message)
+    assert "".join(reply) == shown
+    assert _exchanges(kaizen)[0].bot_text == shown
+
+
 @pytest.mark.parametrize(("message", "match"), [
-    ("", "empty"), ("   \n\t ", "empty"), ("x" * 4001, "limit is 4,000"), ("a\x00b", "control"), (123, "text"),
+    ("", "empty"), ("   \n\t ", "empty"), ("x" * 32_001, "limit is 32,000"),
+    ("word " * 3000, r"3,000 tokens; the limit is [\d,]+ tokens"), ("a\x00b", "control"), (123, "text"),
 ])
 def test_bad_messages_are_refused_and_nothing_is_stored(kaizen, fake_engine, message, match):
     with pytest.raises(InputError, match=match):

@@ -8,6 +8,7 @@ import pytest
 from bot.engine import Engine
 from bot.engine_api import GenParams
 from kaizen.errors import BusyError, InputError, ModelError
+from kaizen.repetition import is_degenerate
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,20 @@ def test_abandoned_stream_stops_and_frees_the_lock(engine):
 def test_missing_model_gives_clear_error(tmp_path):
     with pytest.raises(ModelError, match="--model"):
         Engine.from_path(str(tmp_path / "nothing-here"))
+
+
+@pytest.mark.parametrize("question", ["Xin chào, bạn là ai?", "What is your name?", "Đà Lạt có gì vui?"])
+def test_the_loop_guard_ends_a_looping_reply_at_its_first_copy(engine, question):
+    """The tiny random model loops on these (as SmolLM2-135M did in issue 13); the guard cuts the
+    reply where the loop starts repeating, before any repeat is streamed."""
+    messages = [{"role": "user", "content": question}]
+    unguarded = engine.stream(messages, GenParams(max_new_tokens=96, loop_guard=False))
+    full = "".join(unguarded)
+    assert unguarded.completion_tokens == 96 and not unguarded.looped
+    assert is_degenerate(full)
+
+    guarded = engine.stream(messages, GenParams(max_new_tokens=96))
+    chunks = list(guarded)
+    assert guarded.looped and guarded.completion_tokens < 96
+    assert "".join(chunks) == guarded.text and full.startswith(guarded.text)  # streamed = kept: nothing retracted
+    assert not is_degenerate(guarded.text)

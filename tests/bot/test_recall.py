@@ -76,3 +76,34 @@ def test_a_question_without_words_does_not_break_the_memory(kz, fake_engine):
     _correct(kz, "???", "Hm?", "Please ask a question.")
     _correct(kz, "Xin chào", "Hello", "Công ty BICweb kính chào quý khách!")
     assert kz.chat.answer("Xin chào").text == "Công ty BICweb kính chào quý khách!"
+
+
+PHONE = ("Số điện thoại của Sương Mai Travel là gì?", "Số điện thoại của Sương Mai Travel là 0243 826 1234.")
+
+
+def _import(kz, question, answer):
+    with kz.db.write() as s:
+        store.add_knowledge(session=s, question=question, answer=answer)  # default: not word for word
+
+
+def test_a_strongly_matched_fact_missing_from_the_reply_is_given_from_the_item(kz, fake_engine):
+    """Issue 13: "Số điện thoại Sương Mai Travel?" showed the 📚 badge and answered "Số điện thố línềm
+    Sương Mai Travel." with no number. The reply is held until it carries the number; it never did."""
+    _import(kz, *PHONE)
+    fake_engine.enqueue("Số điện thố línềm Sương Mai Travel.")
+    reply = kz.chat.start(message="Số điện thoại của Sương Mai Travel là gì vậy?")
+    assert reply.source == "rag" and reply.read() == PHONE[1]
+    assert _last_exchange(kz).bot_text == PHONE[1]
+
+
+@pytest.mark.parametrize("model_says", ["Bạn gọi số 0243.826.1234 nhé!", "Hotline: 0243 826 1234, 8h-17h."])
+def test_a_reply_that_carries_the_fact_is_the_models_own(kz, fake_engine, model_says):
+    _import(kz, *PHONE)
+    fake_engine.enqueue(model_says)
+    assert kz.chat.start(message="Số điện thoại của Sương Mai Travel là gì vậy?").read() == model_says
+
+
+def test_a_fact_with_nothing_checkable_leaves_the_reply_alone(kz, fake_engine):
+    _import(kz, "CHOREI là gì?", "CHOREI là buổi họp giao ban buổi sáng.")  # no number, no name
+    fake_engine.enqueue("Đó là một cuộc họp.")
+    assert kz.chat.start(message="CHOREI là gì vậy?").read() == "Đó là một cuộc họp."

@@ -25,12 +25,18 @@ def ui(kaizen: Kaizen) -> Handlers:
     return fns
 
 
+def refused(match: str) -> pytest.WarningsRecorder:
+    """A refusal shows a fading warning and changes no output (bot/ui_errors.py); outside a page
+    Gradio issues it as a UserWarning."""
+    return pytest.warns(UserWarning, match=match)
+
+
 def send(ui: Handlers, state: ChatState, message: str) -> list[tuple]:
     """Every update `respond` streams for one message."""
     return list(ui["respond"](message, state))
 
 
-def like(ui: Handlers, state: ChatState, message_index: int, liked: bool | str) -> tuple[ChatState, str]:
+def like(ui: Handlers, state: ChatState, message_index: int, liked: bool | str) -> tuple[ChatState, str, str]:
     return ui["on_like"](state, gr.LikeData(None, {"index": message_index, "value": "", "liked": liked}))
 
 
@@ -46,10 +52,13 @@ def test_a_reply_streams_in_and_then_is_stored(kaizen: Kaizen, ui: Handlers, fak
     updates = send(ui, state, "Mấy giờ mở cửa?")
     shown = [u[1][-1]["content"] for u in updates[:-1]]
     assert len(shown) > 2 and shown == sorted(shown, key=len)  # the answer grows a piece at a time
-    box, messages, state, better = updates[-1]
+    box, messages, state, better, info, count = updates[-1]
     assert box == "" and better == {"__type__": "update", "value": ""}
-    assert messages[0]["role"] == "user" and messages[0]["content"].startswith("Mấy giờ mở cửa?")
-    assert messages[1] == {"role": "assistant", "content": "Công ty mở cửa lúc tám giờ sáng."}
+    # The messages are exactly the texts: version, source and emotion are metadata beside them (issue 13),
+    # so copying an answer copies only the answer.
+    assert messages == [{"role": "user", "content": "Mấy giờ mở cửa?"},
+                        {"role": "assistant", "content": "Công ty mở cửa lúc tám giờ sáng."}]
+    assert info["value"] == "Answered by **base** · 🤖 the model alone · your message read as 😐\ufe0f neutral"
     [turn] = state.turns
     with kaizen.db.session() as s:
         stored = store.get_exchange(session=s, exchange_id=turn.exchange_id)
@@ -68,14 +77,14 @@ def test_the_history_goes_with_the_next_message_in_one_conversation(kaizen: Kaiz
         assert {e.conversation_id for e in store.list_exchanges(session=s)} == {state.conversation_id}
 
 
-def test_an_empty_message_does_nothing_and_a_bad_one_is_a_gradio_error(kaizen: Kaizen, ui: Handlers,
+def test_an_empty_message_does_nothing_and_a_bad_one_is_refused_with_a_warning(kaizen: Kaizen, ui: Handlers,
                                                                        fake_engine: FakeEngine) -> None:
     state = ChatState()
     assert len(send(ui, state, "   ")) == 1 and state.turns == []
-    with pytest.raises(gr.Error, match="control"):
+    with refused(match="control"):
         send(ui, state, "a\x00b")
     fake_engine.busy = True
-    with pytest.raises(gr.Error, match="too many people"):
+    with refused(match="too many people"):
         send(ui, state, "hello")
     assert state.turns == []
     with kaizen.db.session() as s:
@@ -98,13 +107,13 @@ def test_thumbs_up_and_down_rate_the_answer_they_are_on(kaizen: Kaizen, ui: Hand
     state = ChatState()
     send(ui, state, "first question")
     send(ui, state, "second question")
-    state, note = like(ui, state, 1, "Like")  # message 1: the first answer
-    assert note.startswith("Rated 👍") and state.selected == 0
-    state, note = like(ui, state, 3, False)  # message 3: the second answer
+    state, note, info = like(ui, state, 1, "Like")  # message 1: the first answer
+    assert note.startswith("Rated 👍") and state.selected == 0 and info.startswith("Answered by **base**")
+    state, note, _ = like(ui, state, 3, False)  # message 3: the second answer
     assert note.startswith("Rated 👎") and "better answer" in note and state.selected == 1
     assert sorted(feedback(kaizen)) == [("first question", "up", None, "approved"),
                                         ("second question", "down", None, "approved")]
-    state, _ = like(ui, state, 1, "Dislike")  # rating again replaces the rating
+    state, *_ = like(ui, state, 1, "Dislike")  # rating again replaces the rating
     assert ("first question", "down", None, "approved") in feedback(kaizen) and len(feedback(kaizen)) == 2
 
 
@@ -112,9 +121,9 @@ def test_an_answer_still_streaming_cannot_be_rated(kaizen: Kaizen, ui: Handlers)
     state = ChatState()
     stream = ui["respond"]("hello there", state)
     next(stream)  # the first piece is shown; the exchange is not stored yet
-    with pytest.raises(gr.Error, match="not stored yet"):
+    with refused(match="not stored yet"):
         like(ui, state, 1, True)
-    with pytest.raises(gr.Error, match="not stored yet"):
+    with refused(match="not stored yet"):
         like(ui, state, 7, True)
     list(stream)
     assert feedback(kaizen) == []
@@ -146,10 +155,10 @@ def test_with_auto_approve_a_better_answer_is_used_at_once(kaizen: Kaizen, ui: H
 
 def test_a_better_answer_needs_text_and_an_answer(kaizen: Kaizen, ui: Handlers) -> None:
     state = ChatState()
-    with pytest.raises(gr.Error, match="no answer to correct"):
+    with refused(match="no answer to correct"):
         ui["on_correct"]("Something.", state)
     send(ui, state, "hello")
-    with pytest.raises(gr.Error, match="Type the answer"):
+    with refused(match="Type the answer"):
         ui["on_correct"]("  ", state)
     assert feedback(kaizen) == []
 
@@ -158,7 +167,7 @@ def test_a_better_answer_needs_text_and_an_answer(kaizen: Kaizen, ui: Handlers) 
 def test_a_better_answer_is_checked_as_the_api_checks_it(kaizen: Kaizen, ui: Handlers, text: str) -> None:
     state = ChatState()
     send(ui, state, "hello")
-    with pytest.raises(gr.Error, match="limit is 4,000|control characters"):
+    with refused(match="limit is 4,000|control characters"):
         ui["on_correct"](text, state)
     assert feedback(kaizen) == []  # nothing stored
 
@@ -166,9 +175,26 @@ def test_a_better_answer_is_checked_as_the_api_checks_it(kaizen: Kaizen, ui: Han
 def test_a_new_conversation_starts_empty(kaizen: Kaizen, ui: Handlers, fake_engine: FakeEngine) -> None:
     state = ChatState()
     send(ui, state, "My name is An.")
-    state, messages, better, note = ui["new_conversation"]()
-    assert state == ChatState() and messages == [] and better == "" and "new conversation" in note
+    state, messages, better, note, info = ui["new_conversation"]()
+    assert state == ChatState() and messages == [] and better == "" and "new conversation" in note and info == ""
     send(ui, state, "What is my name?")
     assert [m["role"] for m in fake_engine.history[-1]["messages"]] == ["system", "user"]
     with kaizen.db.session() as s:
         assert len({e.conversation_id for e in store.list_exchanges(session=s)}) == 2
+
+
+def test_the_size_of_a_long_message_is_shown_in_tokens_before_it_is_sent(kaizen: Kaizen, ui: Handlers) -> None:
+    """Issue 13: a 20,000-character paste was cut to 4,000 characters by the box, then refused for the
+    context. The box cuts nothing; the count says where the limit is, in tokens, before sending."""
+    [box] = [b for b in build_chat_ui(kaizen).blocks.values() if getattr(b, "elem_id", None) == "message"]
+    assert box.max_length is None
+    assert ui["message_count"]("Xin chào") == ""  # short: nothing to say
+    _, limit = kaizen.chat.message_budget("x")
+    near = ui["message_count"]("word " * (limit - 10))
+    assert near == f"{limit - 10:,} / {limit:,} tokens"
+    over = ui["message_count"]("từ " * 5_000)
+    assert over.startswith("⚠️ The message is 5,000 tokens; the limit is") and f"{limit:,} tokens" in over
+    state = ChatState()
+    with refused(match="5,000 tokens"):
+        send(ui, state, "từ " * 5_000)
+    assert state.turns == []

@@ -1,4 +1,4 @@
-"""The real server in a real browser: chat, rate, correct, review, train, and the memory badges.
+"""The real server in a real browser: chat, rate, correct, review, train, and each answer's metadata.
 
 One `kaizen serve` with the embedded model and a temporary data directory is shared by the
 module (loading the model and MiniLM takes ~20 s). Each test makes the data it needs, so any
@@ -201,8 +201,10 @@ def test_admin_approves_a_correction_trains_and_the_chat_answers_from_memory(ser
     chat.send(question, lambda: exchange_count(db))
     again = newest_exchange(db)
     assert (again.source, again.bot_text) == ("memory", better)
-    expect(chat.bot_messages.last).to_contain_text(better)
-    expect(chat.bot_messages.last).to_contain_text("🧠 from memory")
+    expect(chat.bot_messages.last).to_have_text(better)  # the answer alone: its metadata is beside it
+    expect(page.locator("#reply-info")).to_contain_text("🧠 from memory")
+    served = version.version if outcome == "promoted" else "base"
+    expect(page.locator("#reply-info")).to_contain_text(f"Answered by {served}")
     screenshot(page, "chat-memory")
 
 
@@ -224,12 +226,43 @@ def test_an_answer_using_uploaded_knowledge_shows_the_taught_facts_badge(server,
     chat.send("What is CHOREI?", lambda: exchange_count(db))
     ex = newest_exchange(db)
     assert ex.source == "rag", ex.bot_text
-    expect(chat.bot_messages.last).to_contain_text("📚 used taught facts")
+    expect(page.locator("#reply-info")).to_contain_text("📚 used taught facts")
+    expect(chat.bot_messages.last).not_to_contain_text("📚")  # metadata, not part of the answer's text
     chat.send("What is the capital of France?", lambda: exchange_count(db))
     assert newest_exchange(db).source == "model"
-    expect(chat.bot_messages.last).not_to_contain_text("📚")
-    expect(chat.bot_messages.last).not_to_contain_text("🧠")
+    expect(page.locator("#reply-info")).to_contain_text("the model alone")
+    expect(page.locator("#reply-info")).not_to_contain_text("📚")
     screenshot(page, "chat-badges")
+
+
+def test_admin_panels_follow_changes_made_elsewhere_and_show_the_pin(server, db, page):
+    """Issue 13: a correction sent over the API never appeared in Feedback review, and the Adapters tab
+    kept showing the old version, until a full reload."""
+    admin = AdminPage(page, server.url)
+    admin.login(PASSWORD)
+    admin.tab("Feedback review")
+    better = "Số điện thoại của BICweb là 0243 123 456."
+    reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": "kaizen", "max_tokens": 8, "messages": [{"role": "user", "content": "Số điện thoại BICweb?"}]})
+    rated = httpx.post(server.url + "/v1/feedback", json={"id": reply.json()["id"], "rating": "down",
+                                                          "correction": better})
+    assert rated.status_code == 200, rated.text
+    expect(page.locator("#review-table")).to_contain_text(better, timeout=20_000)  # no reload
+
+    admin.tab("Knowledge")
+    with db.write() as s:  # another process (`kaizen import`) adds an item
+        store.add_knowledge(session=s, question="Giá thuê xe máy?", answer="150.000 VND một ngày.")
+    expect(page.locator("#knowledge-table")).to_contain_text("Giá thuê xe máy?", timeout=20_000)
+
+    admin.tab("Adapters")
+    page.locator("#rollback").click()  # by hand: pinned
+    expect(page.locator("#adapter-message")).to_contain_text("base is pinned")
+    screenshot(page, "admin-adapters-pinned")
+    page.locator("#release-pin").click()
+    expect(page.locator("#adapter-message")).to_contain_text("Pin released")
+    expect(page.locator("#adapter-message")).not_to_contain_text("is pinned")
+    with db.session() as s:
+        assert store.get_pinned_adapter(session=s) is None
 
 
 def test_every_admin_panel_renders_for_the_admin(server, page):

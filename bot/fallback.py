@@ -1,0 +1,184 @@
+"""Fallbacks for replies the model gets wrong in ways that can be checked as they stream.
+
+- `NoEcho`: a 135M model that has no answer often gives the question back ("Bạn tên gì?" →
+  "Bạn tên gì?"), and a reply cut at a loop's first copy (`kaizen.repetition`) is often just that
+  echo. While the reply's letters are still a prefix of the question's the chunks are held back (so
+  an echo is never shown); if the whole reply is empty or the question itself, it says briefly, in
+  the user's language, that it has no good answer.
+- `CarriesFact`: a 135M model does not copy facts reliably from its prompt (issue 13: "Số điện thoại
+  Sương Mai Travel?" → "Số điện thoại thố línềm Sương Mai Travel." with no number). When the memory
+  matched a taught item strongly, the reply must carry that item's checkable facts (`fact_keys`:
+  numbers, times, prices, phone numbers, names); the reply is held back until it has them, and if
+  it ends without them the item's own text is the reply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from bot.engine_api import ReplyStream
+from kaizen.text import fold
+
+NO_ANSWER = {
+    "vi": "Xin lỗi, mình chưa có câu trả lời tốt cho câu hỏi này.",
+    "en": "Sorry, I don't have a good answer to that yet.",
+}
+
+
+def letters(text: str) -> str:
+    """The letters and digits of `text`, folded and lower-cased: "Bạn tên gì?" -> "bantengi"."""
+    return "".join(ch for ch in fold(text).casefold() if ch.isalnum())
+
+
+def language(text: str) -> str:
+    """"vi" if `text` carries Vietnamese diacritics (or đ), else "en"."""
+    return "vi" if fold(text) != text else "en"
+
+
+class _Wrapper:
+    """A `ReplyStream` over another one: the same version, flags and counts; subclasses change the text."""
+
+    def __init__(self, stream: ReplyStream) -> None:
+        self._stream = stream
+
+    @property
+    def adapter_version(self) -> str:
+        return self._stream.adapter_version
+
+    @property
+    def adapter_applied(self) -> bool:
+        return self._stream.adapter_applied
+
+    @property
+    def preference_applied(self) -> bool:
+        return self._stream.preference_applied
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._stream.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._stream.completion_tokens
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class NoEcho(_Wrapper):
+    """A `ReplyStream` that replaces an empty or echoed reply with `NO_ANSWER` (see the module)."""
+
+    def __init__(self, stream: ReplyStream, question: str) -> None:
+        super().__init__(stream)
+        # A greeting given back ("Xin chào" -> "Xin chào!") is a reply; a question given back is not.
+        asks = question.rstrip().endswith("?") or len(question.split()) >= 3
+        self._question = letters(question) if asks else ""
+        self._language = language(question)
+        self.replaced = False  # the model's reply was empty or the question: NO_ANSWER was given
+
+    def __iter__(self) -> Iterator[str]:
+        held: list[str] | None = []
+        text = ""
+        for chunk in self._stream:
+            if held is None:
+                yield chunk
+                continue
+            held.append(chunk)
+            text += chunk
+            if not self._question.startswith(letters(text)):  # no echo: give out what was held
+                rest = self._after_echo(text)
+                if rest is None:
+                    yield from held
+                else:  # the whole question given back, then a reply: the reply alone
+                    yield rest
+                held = None
+        if held is None:
+            return
+        if not letters(text) or (self._question and letters(text) == self._question):
+            self.replaced = True
+            yield NO_ANSWER[self._language]
+        else:  # a part of the question only ("Xin chào" to "Xin chào, bạn là ai?"): a reply of its own
+            yield from held
+
+    def _after_echo(self, text: str) -> str | None:
+        """What follows a complete echo of the question at the start of `text` ("Đà Lạt có gì vui?
+        Bien sûr, ..." -> "Bien sûr, ..."), or None if `text` does not start with one."""
+        if not self._question:
+            return None
+        seen = ""
+        for i, ch in enumerate(text):
+            seen += letters(ch)
+            if seen == self._question:
+                rest = text[i + 1:].lstrip(" \t\n?!.,:;")
+                return rest or None
+            if not self._question.startswith(seen):
+                return None
+        return None
+
+
+
+_NUMBER = re.compile(r"\d(?:[\d.,:/ -]*\d)?")
+_SENTENCE_START = re.compile(r"(?:^|[.!?]\s+)(\w+)")
+
+
+def _digits(text: str) -> str:
+    """`text` with the separators inside numbers removed: "150.000 VND, 0243 826 1234" -> "150000 VND, 02438261234"."""
+    return _NUMBER.sub(lambda m: re.sub(r"\D", "", m.group()), text)
+
+
+def fact_keys(fact: str, question: str) -> list[str]:
+    """What a reply must contain to carry `fact`: each number, as digits only ("150.000" -> "150000",
+    "8:00" -> "800"); a fact without numbers, each name the question does not already contain (a
+    capitalized word, not the first of a sentence, not an all-caps unit like VND, not hyphenated),
+    folded and lower-cased. No keys: nothing to check."""
+    numbers = [re.sub(r"\D", "", m.group()) for m in _NUMBER.finditer(fact)]
+    if numbers:
+        return list(dict.fromkeys(numbers))
+    asked = set(letters_words(question))
+    starts = {m.group(1) for m in _SENTENCE_START.finditer(fact)}
+    names = [letters(w) for w in re.findall(r"[\w-]+", fact)
+             if w[:1].isupper() and w not in starts and not w.isupper() and "-" not in w]
+    return list(dict.fromkeys(n for n in names if n and n not in asked))
+
+
+def letters_words(text: str) -> list[str]:
+    return [letters(w) for w in text.split() if letters(w)]
+
+
+def carries(reply: str, keys: list[str]) -> bool:
+    """Whether `reply` contains every key of `fact_keys` (numbers compared as digits)."""
+    digits, words = _digits(reply), set(letters_words(reply))
+    found = set(re.findall(r"\d+", digits))
+    return all((k in found or k in digits) if k.isdigit() else k in words for k in keys)
+
+
+class CarriesFact(_Wrapper):
+    """A `ReplyStream` that holds the model's reply back until it carries `fact_keys(fact, question)`,
+    and replaces it with `fact` (the matched item's text) if it ends without them (see the module)."""
+
+    def __init__(self, stream: ReplyStream, fact: str, question: str) -> None:
+        super().__init__(stream)
+        self._fact = fact
+        self._keys = fact_keys(fact, question)
+        self.replaced = False  # the reply lacked the fact: the item's text was given instead
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._keys:  # nothing checkable: the model's reply as it comes
+            yield from self._stream
+            return
+        held: list[str] | None = []
+        text = ""
+        for chunk in self._stream:
+            if held is None:
+                yield chunk
+                continue
+            held.append(chunk)
+            text += chunk
+            if carries(text, self._keys):
+                yield from held
+                held = None
+        if held is not None:
+            self.replaced = True
+            yield self._fact
+

@@ -1,0 +1,132 @@
+"""Loops in generated text: find them while a reply is generated, and in replies already written.
+
+A small model under greedy decoding falls into loops ("bạn là ai, bạn là ai, bạn là ai, …" until
+the token limit; Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", §3).
+Penalties that push down every token already seen (`repetition_penalty`, Keskar et al. 2019) also
+push down the words of a retrieved fact the reply should copy, so Kaizen does not change the
+distribution; it watches the reply's own tokens (never the prompt's) and ends the reply at the end
+of the first copy of a loop.
+
+A sequence `s` of length n has a *periodic tail* of period p and run r when its last r items all
+equal the item p places earlier, plus the first copy: s[n-r+p:] == s[n-r:n-p] with r >= p. The
+tail is a *loop* when
+
+    r >= LoopRule.min_copies * p  and  r >= LoopRule.min_span        (a short unit repeated), or
+    p >= LoopRule.long_period    and  r >= 2 * p                       (a long unit said twice),
+
+and the reply keeps s[:n - r + p], its first copy, or a little more (`end_of_copy`): up to the
+first sentence mark within the next p - 1 items, since the first copy of "Mai, a lễn. I am a lễn.
+I am a lễn." is "a lễn. I am" (any rotation of the unit starts the periodic tail). Checking every
+period up to `max_period` costs O(max_period + run) list comparisons per new token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = ["SEPARATORS", "Loop", "LoopRule", "end_of_copy", "find_loop", "held_back", "is_degenerate", "text_units",
+           "trim_loop"]
+
+
+@dataclass(frozen=True)
+class LoopRule:
+    """When a periodic tail counts as a loop (see the module docstring). Units are the sequence's
+    items: model tokens while generating, `text_units` in written text."""
+
+    min_copies: int = 3
+    min_span: int = 12
+    long_period: int = 8
+    max_period: int = 64
+
+
+TOKENS = LoopRule()
+# Words and punctuation marks of written text: a Vietnamese syllable is one unit where it is
+# about two model tokens, so the spans are shorter.
+WORDS = LoopRule(min_copies=3, min_span=6, long_period=5, max_period=48)
+
+
+class Loop(NamedTuple):
+    period: int  # items in one copy of the repeated unit
+    run: int  # items in the periodic tail, the first copy included
+    keep: int  # the sequence up to the end of the first copy: s[:keep]
+
+
+def _run(seq: Sequence[Hashable], p: int) -> int:
+    """The run of the periodic tail of period p (0 if the last item does not repeat)."""
+    n = len(seq)
+    i = n - 1
+    while i - p >= 0 and seq[i] == seq[i - p]:
+        i -= 1
+    matched = n - 1 - i
+    return matched + p if matched else 0
+
+
+def find_loop(seq: Sequence[Hashable], rule: LoopRule = TOKENS) -> Loop | None:
+    """The loop `seq` ends in, with the shortest period, or None."""
+    n = len(seq)
+    for p in range(1, min(rule.max_period, n // 2) + 1):
+        r = _run(seq, p)
+        if not r:
+            continue
+        if (r >= rule.min_copies * p and r >= rule.min_span) or (p >= rule.long_period and r >= 2 * p):
+            return Loop(p, r, n - r + p)
+    return None
+
+
+def held_back(seq: Sequence[Hashable], rule: LoopRule = TOKENS) -> int:
+    """How many items at the end of `seq` to hold back from the reader: those past the first copy
+    of any periodic tail. If the tail turns into a loop they are cut; if it breaks off, they are
+    ordinary text and go out with the next item. Normal text holds back 0-2 items."""
+    n = len(seq)
+    held = 0
+    for p in range(1, min(rule.max_period, n - 1) + 1):
+        r = _run(seq, p)
+        if r > p:
+            held = max(held, r - p)
+    return held
+
+
+_UNIT = re.compile(r"\w+|[^\w\s]")
+_SENTENCE_END = re.compile(r"[.!?…\n]")
+SEPARATORS = " ,;:-–—\n\t"  # dropped from the end of a reply cut at a loop
+
+
+def end_of_copy(text: str, end: int) -> str:
+    """`text` (the kept first copy of a loop, `end` characters, followed by at most one copy less
+    one item of the loop) cut at the first sentence mark from the copy's last character on, or at
+    `end` if there is none, but never inside a word (a token can be part of a word: "Bạn làm, b"
+    becomes "Bạn làm"); trailing separators dropped."""
+    mark = _SENTENCE_END.search(text, max(0, end - 1))
+    if mark:
+        end = mark.end()
+    elif 0 < end < len(text) and text[end - 1].isalnum() and text[end].isalnum():
+        space = text.rfind(" ", 0, end)
+        end = space if space > 0 else end
+    return text[:end].rstrip(SEPARATORS)
+
+
+def text_units(text: str) -> list[str]:
+    """Written text as units for the `WORDS` rule: lower-cased words and single punctuation marks."""
+    return _UNIT.findall(text.lower())
+
+
+def trim_loop(text: str, rule: LoopRule = WORDS) -> str:
+    """`text` without the loop it ends in (cut after the first copy, trailing separators dropped);
+    unchanged if it does not end in one."""
+    units = list(_UNIT.finditer(text.lower()))
+    loop = find_loop([m.group() for m in units], rule)
+    if loop is None:
+        return text
+    more = units[loop.keep + loop.period - 2].end()
+    return end_of_copy(text[:more], units[loop.keep - 1].end())
+
+
+def is_degenerate(text: str, rule: LoopRule = WORDS) -> bool:
+    """True if `text` ends in a loop, or some span of it repeats in a row as a loop would: such a
+    reply is kept out of the history the model sees again, which it would otherwise copy."""
+    units = text_units(text)
+    # A loop cut at the token limit ends in it; one cut by an earlier guard may sit mid-text.
+    return any(find_loop(units[:end], rule) is not None for end in range(len(units), rule.min_span - 1, -1))
