@@ -16,6 +16,7 @@ bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
     POST   /admin/api/feedback/{id}/approve|reject   {"correction": "edited text"?}
     GET    /admin/api/knowledge                      knowledge items (limit, offset)
     POST   /admin/api/knowledge                      multipart `file` (+ skip_invalid, verbatim): 422 lists bad lines
+    PATCH  /admin/api/knowledge/{id}                 {"answer"?, "verbatim"?}: edit an item
     DELETE /admin/api/knowledge/{id}
     POST   /admin/api/knowledge/{id}/disable|enable
     GET    /admin/api/export                         the JSONL training set as a download
@@ -71,6 +72,12 @@ class AdminAuthRequired(AuthError):
 class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     correction: str | None = Field(default=None, max_length=MAX_CORRECTION_CHARS)
+
+
+class KnowledgeEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer: str | None = Field(default=None, max_length=MAX_CORRECTION_CHARS)
+    verbatim: bool | None = None
 
 
 class ScheduleBody(BaseModel):
@@ -212,6 +219,10 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
                                            skip_invalid=skip_invalid, verbatim=verbatim)
         except ImportFileError as exc:
             return _import_error(exc)
+
+    @router.patch("/knowledge/{item_id}", response_model=KnowledgeView)
+    def edit_knowledge(item_id: int, body: KnowledgeEdit) -> KnowledgeView:
+        return service.edit_knowledge(item_id, answer=body.answer, verbatim=body.verbatim)
 
     @router.delete("/knowledge/{item_id}", response_model=KnowledgeDeleted)
     def delete_knowledge(item_id: int) -> KnowledgeDeleted:

@@ -348,6 +348,18 @@ class AdminService:
             store.delete_knowledge(session=s, item_id=item_id)
         return KnowledgeDeleted(deleted=item_id)
 
+    def edit_knowledge(self, item_id: int, *, answer: str | None = None, verbatim: bool | None = None) -> KnowledgeView:
+        """Change an item's answer (checked as corrections are; a new answer is a new fact to learn)
+        and/or whether it is served word for word; returns it. Raises InputError for a bad answer,
+        store.NotFound for an unknown id."""
+        with self._kaizen.db.write() as s:
+            item = store.get_knowledge(session=s, item_id=item_id)
+            if answer is not None and answer.strip() != item.answer:
+                item = store.set_knowledge_answer(session=s, item_id=item_id, answer=check_correction(answer))
+            if verbatim is not None and verbatim != item.verbatim:
+                item = store.set_knowledge_verbatim(session=s, item_id=item_id, verbatim=verbatim)
+            return _knowledge_view(item)
+
     def set_knowledge_enabled(self, item_id: int, enabled: bool) -> KnowledgeView:
         """Enable or disable one item; returns it. Raises store.NotFound for an unknown id."""
         with self._kaizen.db.write() as s:

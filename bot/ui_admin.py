@@ -187,10 +187,38 @@ class AdminPanel:
             return views.import_error_message(file.name, exc), self.knowledge_table(request)
         return views.import_message(file.name, result), self.knowledge_table(request)
 
-    def select_knowledge(self, table: pd.DataFrame, evt: gr.SelectData, request: gr.Request) -> int:
-        """A click on a knowledge row: its id."""
+    def select_knowledge(self, table: pd.DataFrame, evt: gr.SelectData,
+                         request: gr.Request) -> tuple[int, str, bool, gr.Button]:
+        """A click on a knowledge row: its id, its answer and word-for-word flag to edit (and any
+        pending delete confirmation withdrawn)."""
         _require_admin(request)
-        return int(table.iloc[evt.index[0]]["id"])
+        item_id = int(table.iloc[evt.index[0]]["id"])
+        item = next((k for k in self.service.knowledge_list().items if k.id == item_id), None)
+        if item is None:
+            raise Refusal(f"Knowledge item #{item_id} is gone; the table is refreshed every few seconds.")
+        return item_id, item.answer, item.verbatim, gr.Button(visible=False)
+
+    def save_knowledge(self, item_id: float | None, answer: str | None, verbatim: bool,
+                       request: gr.Request) -> tuple[str, pd.DataFrame]:
+        """Store an item's edited answer and word-for-word flag; the message and the refreshed table."""
+        _require_admin(request)
+        if item_id is None:
+            raise Refusal("Choose a knowledge item first (click it in the table or type its id).")
+        with _user_errors():
+            item = self.service.edit_knowledge(int(item_id), answer=answer, verbatim=bool(verbatim))
+        how = "word for word" if item.verbatim else "as context for the model"
+        return f"Knowledge item #{item.id} saved; served {how}.", self.knowledge_table(request)
+
+    def ask_delete_knowledge(self, item_id: float | None, request: gr.Request) -> tuple[str, gr.Button]:
+        """The first step of a delete: say what would go, and show the confirm button."""
+        _require_admin(request)
+        if item_id is None:
+            raise Refusal("Choose a knowledge item first (click it in the table or type its id).")
+        item = next((k for k in self.service.knowledge_list().items if k.id == int(item_id)), None)
+        if item is None:
+            raise Refusal(f"There is no knowledge item #{int(item_id)}.")
+        return (f"Delete item #{item.id} \"{views.short(item.question, 80)}\"? This cannot be undone; the "
+                "memory stops serving it at once.", gr.Button(f"Confirm: delete #{item.id}", visible=True))
 
     def _knowledge_action(self, item_id: float | None, action: str, request: gr.Request) -> tuple[str, pd.DataFrame]:
         _require_admin(request)
@@ -211,9 +239,9 @@ class AdminPanel:
         """Disable an item; the message and the refreshed table."""
         return self._knowledge_action(item_id, "disable", request)
 
-    def delete_knowledge(self, item_id: float | None, request: gr.Request) -> tuple[str, pd.DataFrame]:
-        """Delete an item; the message and the refreshed table."""
-        return self._knowledge_action(item_id, "delete", request)
+    def delete_knowledge(self, item_id: float | None, request: gr.Request) -> tuple[str, pd.DataFrame, gr.Button]:
+        """Delete an item (the confirm button); the message, the refreshed table, the button hidden."""
+        return *self._knowledge_action(item_id, "delete", request), gr.Button(visible=False)
 
     # --- persona ------------------------------------------------------------------------------
 
@@ -441,7 +469,13 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
                 item_id = gr.Number(label="Item id", precision=0, elem_id="knowledge-id")
                 enable = gr.Button("Enable", elem_id="knowledge-enable")
                 disable = gr.Button("Disable", elem_id="knowledge-disable")
-                delete = gr.Button("Delete", variant="stop", elem_id="knowledge-delete")
+                delete = gr.Button("Delete…", variant="stop", elem_id="knowledge-delete")
+                confirm_delete = gr.Button("Confirm delete", variant="stop", visible=False,
+                                           elem_id="knowledge-confirm-delete")
+            with gr.Row():
+                item_answer = gr.Textbox(label="Answer (edit, then Save)", lines=2, elem_id="knowledge-answer")
+                item_verbatim = gr.Checkbox(label="Serve word for word", elem_id="knowledge-verbatim")
+                save_item = gr.Button("Save", elem_id="knowledge-save")
             knowledge_msg = gr.Markdown(elem_id="knowledge-message")
 
         with gr.Tab("Persona", elem_id="tab-persona"):
@@ -523,10 +557,13 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         auto.input(h.set_auto_approve, auto, auto_note, **private)
 
         import_btn.click(h.upload_knowledge, [upload, skip_invalid, verbatim], [import_msg, knowledge], **ordered)
-        knowledge.select(h.select_knowledge, knowledge, item_id, **private)
+        knowledge.select(h.select_knowledge, knowledge, [item_id, item_answer, item_verbatim, confirm_delete],
+                         **private)
         enable.click(h.enable_knowledge, item_id, [knowledge_msg, knowledge], **ordered)
         disable.click(h.disable_knowledge, item_id, [knowledge_msg, knowledge], **ordered)
-        delete.click(h.delete_knowledge, item_id, [knowledge_msg, knowledge], **ordered)
+        save_item.click(h.save_knowledge, [item_id, item_answer, item_verbatim], [knowledge_msg, knowledge], **ordered)
+        delete.click(h.ask_delete_knowledge, item_id, [knowledge_msg, confirm_delete], **private)
+        confirm_delete.click(h.delete_knowledge, item_id, [knowledge_msg, knowledge, confirm_delete], **ordered)
 
         persona_in = [name, creator, company, style]
         # .input, not .change: filling the boxes at page load fired four previews at once, and the one

@@ -358,6 +358,16 @@ def set_knowledge_answer(*, session: Session, item_id: int, answer: str) -> Know
     return item
 
 
+def set_knowledge_verbatim(*, session: Session, item_id: int, verbatim: bool) -> KnowledgeItem:
+    """Serve an item's answer word for word (or let the model phrase it with the answer as context).
+    How it is served is not a new fact: the learning state is kept."""
+    item = get_knowledge(session=session, item_id=item_id)
+    item.verbatim = verbatim
+    item.updated_at = utcnow()  # the memory re-indexes it
+    session.flush()
+    return item
+
+
 def list_training_queue(*, session: Session, limit: int | None = None) -> list[KnowledgeItem]:
     """Enabled items not learned yet and not parked, oldest first: the facts rounds still have to learn.
 

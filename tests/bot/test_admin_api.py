@@ -108,6 +108,7 @@ ENDPOINTS = [
     ("GET", "/knowledge", {}),
     ("POST", "/knowledge", {"files": {"file": ("k.txt", b"Q -> A\n")}}),
     ("DELETE", "/knowledge/1", {}),
+    ("PATCH", "/knowledge/1", {"json": {"answer": "poison"}}),
     ("POST", "/knowledge/1/disable", {}),
     ("POST", "/knowledge/1/enable", {}),
     ("GET", "/export", {}),
@@ -446,3 +447,19 @@ def test_every_answer_keeps_its_json_fields(api, kaizen):
     assert [set(skipped) for skipped in r.json()["skipped"]] == [{"line", "reason"}]
     r = api.post("/knowledge", files={"file": ("k.txt", b"bad\n")}, auth=RIGHT)
     assert set(r.json()["error"]) == {"message", "type", "lines"} and r.json()["error"]["type"] == "ImportFileError"
+
+
+def test_a_knowledge_item_can_be_edited_and_served_word_for_word(api, kaizen):
+    """Issue 13: imported items could not be edited, nor set to be served word for word."""
+    with kaizen.db.write() as s:
+        item = store.add_knowledge(session=s, question="Giá thuê xe máy?", answer="150.000 VND.")
+        store.record_fact_outcomes(session=s, attempted=[], learned=[item.id], version="v1")
+        item_id = item.id
+    r = api.patch(f"/knowledge/{item_id}", json={"verbatim": True}, auth=RIGHT)
+    assert r.status_code == 200 and r.json()["verbatim"] is True
+    assert r.json()["learned_version"] == "v1"  # how it is served is not a new fact
+    r = api.patch(f"/knowledge/{item_id}", json={"answer": "  Giá thuê xe máy là 150.000 VND một ngày. "}, auth=RIGHT)
+    assert r.json()["answer"] == "Giá thuê xe máy là 150.000 VND một ngày." and r.json()["learned_version"] is None
+    assert api.patch(f"/knowledge/{item_id}", json={"answer": " "}, auth=RIGHT).status_code == 422
+    assert api.patch(f"/knowledge/{item_id}", json={"answr": "x"}, auth=RIGHT).status_code == 422
+    assert api.patch("/knowledge/999", json={"verbatim": True}, auth=RIGHT).status_code == 404

@@ -433,6 +433,25 @@ def test_a_refusal_on_the_page_is_a_fading_warning_that_leaves_every_output_alon
         wired["train_now"](request=gr.Request(username="guest"))
 
 
+def test_a_knowledge_item_is_edited_in_the_tab_and_deleted_only_after_a_confirmation(kaizen, panel):
+    with kaizen.db.write() as s:
+        item_id = store.add_knowledge(session=s, question="Số điện thoại?", answer="0243 826 1234").id
+    table = panel.knowledge_table(ADMIN)
+    picked, answer, verbatim, confirm = panel.select_knowledge(table, SimpleNamespace(index=[0, 0]), ADMIN)
+    assert (picked, answer, verbatim, confirm.visible) == (item_id, "0243 826 1234", False, False)
+    message, table = panel.save_knowledge(item_id, "Gọi 0243 826 1234.", True, ADMIN)
+    assert "saved; served word for word" in message
+    with kaizen.db.session() as s:
+        item = store.get_knowledge(session=s, item_id=item_id)
+        assert (item.answer, item.verbatim) == ("Gọi 0243 826 1234.", True)
+    message, confirm = panel.ask_delete_knowledge(item_id, ADMIN)
+    assert "cannot be undone" in message and confirm.visible
+    with kaizen.db.session() as s:  # asking deletes nothing
+        assert store.get_knowledge(session=s, item_id=item_id)
+    message, table, confirm = panel.delete_knowledge(item_id, ADMIN)
+    assert "deleted" in message and confirm.visible is False and list(table["id"]) == []
+
+
 def test_export_writes_the_dataset_into_the_exports_dir(kaizen, panel):
     with kaizen.db.write() as s:
         store.add_knowledge(session=s, question="Giờ mở cửa?", answer="8 giờ sáng")
