@@ -175,16 +175,21 @@ def test_admin_approves_a_correction_trains_and_the_chat_answers_from_memory(ser
     bar = page.locator("#progress [role=progressbar]")
     line = page.locator("#progress .kz-line")
     values: list[str] = []
+    lines: list[str] = []
 
     def finished() -> str | None:
         value, text = bar.get_attribute("aria-valuenow"), line.inner_text()
         if not values or values[-1] != value:
             values.append(value)
+        lines.append(text)
         return next((s for s in ("promoted", "rejected", "failed", "nodata") if f" {s} " in f" {text} "), None)
 
     outcome = wait_until(finished, TRAIN_TIMEOUT_S, "the training run to finish", interval_s=0.5)
     assert outcome in ("promoted", "rejected"), page.locator("#progress").inner_text()
     assert values[-1] == "100" and len(values) >= 2, values  # the bar moved, and filled up at the end
+    # Every phase shows, also before the first step (issue 13: "step 0/?" for minutes).
+    assert any("✓ dataset › load model" in t or "✓ load model" in t for t in lines), lines[:5]
+    assert any("✓ train" in t for t in lines), lines[-5:]
     with db.session() as s:
         [run] = store.list_runs(session=s)
         [version] = store.list_adapters(session=s)
@@ -263,6 +268,22 @@ def test_admin_panels_follow_changes_made_elsewhere_and_show_the_pin(server, db,
     expect(page.locator("#adapter-message")).not_to_contain_text("is pinned")
     with db.session() as s:
         assert store.get_pinned_adapter(session=s) is None
+
+
+def test_a_long_paste_is_not_cut_and_its_size_in_tokens_shows_before_sending(server, db, page):
+    """Issue 13: a 20,000-character paste was cut to 4,000 characters without a word, then refused
+    because 4,000 Vietnamese characters exceed the model's context."""
+    ChatPage(page, server.url)
+    box = page.locator("#message textarea")
+    paste = "Đây là một đoạn văn rất dài. " * 700  # about 20,000 characters
+    box.fill(paste)
+    expect(page.locator("#message-count")).to_contain_text("tokens; the limit is")
+    assert box.input_value() == paste  # nothing cut
+    before = exchange_count(db)
+    page.locator("#send").click()
+    expect(page.get_by_text(re.compile(r"The message is [\d,]+ tokens; the limit is")).first).to_be_visible()
+    assert box.input_value() == paste and exchange_count(db) == before  # refused, and nothing lost
+    screenshot(page, "chat-too-long")
 
 
 def test_every_admin_panel_renders_for_the_admin(server, page):

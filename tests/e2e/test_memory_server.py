@@ -10,13 +10,14 @@ from tests.harness import ProcessServer, kaizen_cli
 
 pytestmark = pytest.mark.slow
 
+PASSWORD = "memory-server-admin"
 FIX = "Công ty mở cửa lúc 8 giờ sáng, từ thứ Hai đến thứ Sáu."
 
 
 def test_correction_and_import_are_served_at_once_without_training(tmp_path, embedded_model_dir):
     data = tmp_path / "data"
     with ProcessServer(data, "--model", str(embedded_model_dir), "--no-schedule",
-                       env={"KAIZEN_AUTO_APPROVE": "true"}) as server:
+                       env={"KAIZEN_AUTO_APPROVE": "true", "KAIZEN_ADMIN_PASSWORD": PASSWORD}) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
         def ask(text, **kw):
@@ -49,11 +50,21 @@ def test_correction_and_import_are_served_at_once_without_training(tmp_path, emb
         assert meta["source"] == "model"
         _, meta = ask("Công ty mở cửa lúc mấy giờ?", extra_body={"memory": False})
         assert meta["source"] == "model"
+
+        # The persona answers who the bot is, word for word, in both languages (issue 13), and follows edits.
+        persona = {"agent_name": "Mai", "creator": "BICweb", "company": "BICweb là công ty phần mềm ở Hà Nội."}
+        assert httpx.put(server.url + "/admin/api/settings", json={"persona": persona},
+                         auth=("admin", PASSWORD)).status_code == 200
+        for question, answer in (("What is your name?", "I'm Mai, an assistant created by BICweb."),
+                                 ("Bạn tên gì vậy?", "Mình là Mai, trợ lý ảo do BICweb tạo ra."),
+                                 ("Ai đã tạo ra bạn?", "Mình được BICweb tạo ra.")):
+            reply, meta = ask(question)
+            assert (reply.choices[0].message.content, meta["source"]) == (answer, "memory"), question
     db = Database(f"sqlite:///{data / 'kaizen.db'}")
     with db.session() as s:
         assert store.list_runs(session=s) == []  # no training happened
         sources = [e.source for e in reversed(store.list_exchanges(session=s))]
-        assert sources == ["model", "memory", "memory", "memory", "memory", "rag", "model", "model"]
+        assert sources == ["model", "memory", "memory", "memory", "memory", "rag", "model", "model", *["memory"] * 3]
         [fix_item] = [k for k in store.list_knowledge(session=s) if k.origin == "correction"]
         assert fix_item.hit_count == 4 and fix_item.verbatim
     db.close()
