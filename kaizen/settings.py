@@ -109,8 +109,8 @@ class Settings(_KaizenSettings):
         "Penalty for repeating tokens (1.0: off; above 1 it also penalizes copying retrieved facts and taught "
         "answers)."))
     fact_check: bool = Field(True, description=(
-        "A reply to a question the memory matched to a taught fact is held until it carries the fact's numbers (or names); "
-        "if it ends without them, the taught text is the reply (bot/fallback.py)."))
+        "A reply to a question the memory matched to a taught fact is held until it carries the fact's numbers "
+        "(or names); if it ends without them, the taught text is the reply (bot/fallback.py)."))
     loop_guard: bool = Field(True, description=(
         "End a reply at the first copy of a loop in its own tokens (kaizen/repetition.py); unlike "
         "repetition_penalty it never penalizes copying the prompt's facts."))
