@@ -161,7 +161,8 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
                              sanitize_html=True)
         info = gr.Markdown("", elem_id="reply-info")  # metadata of the newest (or rated) answer, not its text
         with gr.Row():
-            # No max_length: the browser would cut a long paste silently. The count below says, before
+            # No max_length: the browser would cut a long paste silently. The count below (on every change,
+            # typed or pasted) says, before
             # sending, how many tokens the message has against the limit (issue 13).
             box = gr.Textbox(placeholder="Type a message… / Nhập tin nhắn…", show_label=False, scale=5,
                              elem_id="message")
@@ -178,7 +179,7 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
             trigger(refusals_as_warnings(respond), [box, state], [box, chatbot, state, status, info, count],
                     concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
-        box.input(message_count, box, count, trigger_mode="always_last", show_progress="hidden",
+        box.change(message_count, box, count, trigger_mode="always_last", show_progress="hidden",
                   api_visibility="private")
         chatbot.like(refusals_as_warnings(on_like), [state], [state, status, info], api_visibility="private")
         submit_better.click(refusals_as_warnings(on_correct), [better, state], [better, state, status],
