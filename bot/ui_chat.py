@@ -162,8 +162,7 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
         info = gr.Markdown("", elem_id="reply-info")  # metadata of the newest (or rated) answer, not its text
         with gr.Row():
             # No max_length: the browser would cut a long paste silently. The count below (on every change,
-            # typed or pasted) says, before
-            # sending, how many tokens the message has against the limit (issue 13).
+            # typed or pasted) says, before sending, how many tokens the message has against the limit.
             box = gr.Textbox(placeholder="Type a message… / Nhập tin nhắn…", show_label=False, scale=5,
                              elem_id="message")
             send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
