@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bot.engine_api import FinishReason
 from feedback_db import store
 from kaizen.errors import KaizenError
 from kaizen.prompts import INVALID_CHARS, MAX_CORRECTION_CHARS
@@ -95,7 +96,7 @@ class AssistantMessage(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop"] = "stop"
+    finish_reason: FinishReason = "stop"  # "length": the reply ran into max_tokens
 
 
 class Usage(BaseModel):
@@ -141,7 +142,7 @@ class ChunkDelta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta
-    finish_reason: Literal["stop"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -220,7 +221,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, "Invalid request: " + "; ".join(parts), "invalid_request_error")
 
 
-def _chunk(reply_id: str, model: str, created: int, delta: ChunkDelta, finish: Literal["stop"] | None = None) -> str:
+def _chunk(reply_id: str, model: str, created: int, delta: ChunkDelta, finish: FinishReason | None = None) -> str:
     body = ChatCompletionChunk(id=reply_id, created=created, model=model,
                                choices=[ChunkChoice(delta=delta, finish_reason=finish)])
     return f"data: {json.dumps(body.model_dump(), ensure_ascii=False)}\n\n"
@@ -258,7 +259,8 @@ def build_router(kaizen: Kaizen) -> APIRouter:
             prompt_tokens, completion_tokens = reply.meta["prompt_tokens"], reply.meta["completion_tokens"]
             return ChatCompletion(
                 id=reply.exchange_id, created=created, model=model,
-                choices=[CompletionChoice(message=AssistantMessage(content=text))],
+                choices=[CompletionChoice(message=AssistantMessage(content=text),
+                                          finish_reason=reply.meta["finish_reason"])],
                 usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                             total_tokens=prompt_tokens + completion_tokens),
                 kaizen=KaizenExtras(source=reply.source, memory_item_ids=reply.item_ids,
@@ -275,7 +277,7 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                 error = ErrorResponse(error=ErrorDetail(message=exc.message, type=type(exc).__name__))
                 yield f"data: {json.dumps(error.model_dump())}\n\n"
                 return
-            yield _chunk(reply.exchange_id, model, created, ChunkDelta(), "stop")
+            yield _chunk(reply.exchange_id, model, created, ChunkDelta(), reply.meta["finish_reason"])
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",

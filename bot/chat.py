@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.emotion import Emotion, EmotionAnalyzer
-from bot.engine_api import ChatEngine, GenParams, Message, ReplyStream
+from bot.engine_api import ChatEngine, FinishReason, GenParams, Message, ReplyStream
 from bot.fallback import CarriesFact, NoEcho
 from bot.recall import KnowledgeRecall
 from feedback_db import store
@@ -99,6 +99,7 @@ class MemoryReplyStream:
         self.preference_applied = False
         self.prompt_tokens = 0  # nothing was sent to the model
         self.completion_tokens = completion_tokens
+        self.finish_reason: FinishReason = "stop"
 
     def __iter__(self) -> Iterator[str]:
         yield from _word_chunks(self._answer)
@@ -252,6 +253,7 @@ class ChatService:
             reply.conversation_id = ex.conversation_id
             reply.meta = {"adapter_version": ex.adapter_version, "adapter_applied": bool(ex.adapter_applied),
                           "preference_applied": bool(stream.preference_applied),
+                          "finish_reason": stream.finish_reason,
                           "prompt_tokens": ex.prompt_tokens,
                           "completion_tokens": ex.completion_tokens}
             if reply.item_ids:

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from bot.engine_api import BASE, GenParams, Message
+from bot.engine_api import BASE, FinishReason, GenParams, Message
 from bot.turns import TurnLock
 from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, serving
 from kaizen.base_model import chat_text, generate, load_model
@@ -117,6 +117,7 @@ class Generation:
         self.preference_applied = engine.preference_loaded
         self.text = ""
         self.looped = False  # the reply was cut at the end of a loop's first copy
+        self.finish_reason: FinishReason = "stop"
         if not engine._slots.acquire(blocking=False):
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
         self._reserved = True
@@ -192,6 +193,10 @@ class Generation:
             if "error" in result:
                 raise ModelError(f"Generation failed: {result['error']}") from result["error"]
             loop = guard.loop if guard is not None else None
+            eos = engine.model.generation_config.eos_token_id
+            ended = bool(ids) and ids[-1] in (eos if isinstance(eos, list) else [eos, engine.tokenizer.eos_token_id])
+            if loop is None and not ended and len(ids) >= params.max_new_tokens:
+                self.finish_reason = "length"
             if loop is not None:
                 self.looped = True
                 # The first copy, or up to the first sentence mark in the (held back) copy after it.

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from kaizen.prompts import Message
 
-__all__ = ["BASE", "ChatEngine", "GenParams", "Message", "ReplyStream"]
+__all__ = ["BASE", "ChatEngine", "FinishReason", "GenParams", "Message", "ReplyStream"]
 
 BASE = "base"  # the adapter version name of the model without an adapter
+FinishReason = Literal["stop", "length"]  # OpenAI's finish_reason values that Kaizen produces
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class ReplyStream(Protocol):
 
     @property
     def prompt_tokens(self) -> int: ...
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        """How the reply ended, once read: "length" if it ran into max_new_tokens, else "stop" (the
+        model ended it, the loop guard cut it, or it is a taught or fallback text)."""
+        ...
 
     @property
     def completion_tokens(self) -> int: ...

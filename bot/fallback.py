@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from bot.engine_api import ReplyStream
+from bot.engine_api import FinishReason, ReplyStream
 from kaizen.text import fold
 
 NO_ANSWER = {
@@ -41,6 +41,7 @@ class _Wrapper:
 
     def __init__(self, stream: ReplyStream) -> None:
         self._stream = stream
+        self.replaced = False  # the text is the wrapper's own (a fallback or the taught fact), not the model's
 
     @property
     def adapter_version(self) -> str:
@@ -62,6 +63,10 @@ class _Wrapper:
     def completion_tokens(self) -> int:
         return self._stream.completion_tokens
 
+    @property
+    def finish_reason(self) -> FinishReason:
+        return "stop" if self.replaced else self._stream.finish_reason
+
     def close(self) -> None:
         self._stream.close()
 
@@ -75,7 +80,6 @@ class NoEcho(_Wrapper):
         asks = question.rstrip().endswith("?") or len(question.split()) >= 3
         self._question = letters(question) if asks else ""
         self._language = language(question)
-        self.replaced = False  # the model's reply was empty or the question: NO_ANSWER was given
 
     def __iter__(self) -> Iterator[str]:
         held: list[str] | None = []
@@ -161,7 +165,6 @@ class CarriesFact(_Wrapper):
         super().__init__(stream)
         self._fact = fact
         self._keys = fact_keys(fact, question)
-        self.replaced = False  # the reply lacked the fact: the item's text was given instead
 
     def __iter__(self) -> Iterator[str]:
         if not self._keys:  # nothing checkable: the model's reply as it comes

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from bot.engine_api import BASE, GenParams, Message
+from bot.engine_api import BASE, FinishReason, GenParams, Message
 from kaizen.errors import BusyError, InputError, ModelError
 
 
@@ -18,7 +18,8 @@ class FakeGeneration:
     """One scripted reply, a word per chunk (`bot.engine_api.ReplyStream`). Like the real one,
     creating it takes a place in the engine's queue, and reading it to the end or `close()` frees it."""
 
-    def __init__(self, engine: FakeEngine, text: str, messages: list[Message], use_adapter: bool = True) -> None:
+    def __init__(self, engine: FakeEngine, text: str, messages: list[Message], use_adapter: bool = True,
+                 max_tokens: int | None = None) -> None:
         if engine.busy or engine.in_queue >= engine.max_queue:
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
         self._engine = engine
@@ -31,6 +32,8 @@ class FakeGeneration:
         self.preference_applied = False  # the fake serves no preference adapter
         self.prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
         self.completion_tokens = 0
+        self.finish_reason: FinishReason = "stop"
+        self._max_tokens = max_tokens
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -39,6 +42,9 @@ class FakeGeneration:
             for i, word in enumerate(self._words):
                 if self._engine.fail_midway and i > 0:
                     raise ModelError("Generation failed: the model crashed")
+                if self._max_tokens is not None and i >= self._max_tokens:  # as the real one: cut at the limit
+                    self.finish_reason = "length"
+                    break
                 self.completion_tokens += 1
                 yield word + " " if i < len(self._words) - 1 else word
             self._engine.completed += 1
@@ -85,7 +91,7 @@ class FakeEngine:
                              "tokens). Please shorten it.")
         self.history.append({"messages": messages, "params": params, "use_adapter": use_adapter})
         text = self.queue.pop(0) if self.queue else f"Echo: {messages[-1]['content']}"
-        return FakeGeneration(self, text, messages, use_adapter)
+        return FakeGeneration(self, text, messages, use_adapter, max_tokens=params.max_new_tokens)
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
         return "".join(self.stream(messages, params))

@@ -175,3 +175,18 @@ def test_chat_errors_through_the_openai_client(client, kaizen, fake_engine):
     assert err.value.status_code == 503
     with kaizen.db.session() as s:
         assert store.totals(session=s)["exchanges"] == 0
+
+
+def test_finish_reason_is_length_when_max_tokens_cut_the_answer(client, fake_engine):
+    """Issue 14: `max_tokens=5` on a long story ended with finish_reason "stop"."""
+    story = "once upon a time there was a robot who wanted to paint"
+    fake_engine.enqueue(story)
+    r = client.chat.completions.create(model="kaizen", max_tokens=5, messages=[{"role": "user", "content": "A story"}])
+    assert r.choices[0].finish_reason == "length" and r.choices[0].message.content.split() == story.split()[:5]
+    fake_engine.enqueue(story)
+    chunks = list(client.chat.completions.create(model="kaizen", max_tokens=5, stream=True,
+                                                 messages=[{"role": "user", "content": "A story"}]))
+    assert chunks[-1].choices[0].finish_reason == "length"
+    fake_engine.enqueue("short")
+    assert client.chat.completions.create(model="kaizen", max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
+                                          ).choices[0].finish_reason == "stop"

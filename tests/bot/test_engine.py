@@ -132,3 +132,15 @@ def test_the_loop_guard_ends_a_looping_reply_at_its_first_copy(engine, question)
     assert guarded.looped and guarded.completion_tokens < 96
     assert "".join(chunks) == guarded.text and full.startswith(guarded.text)  # streamed = kept: nothing retracted
     assert not is_degenerate(guarded.text)
+
+
+def test_finish_reason_says_length_when_the_limit_cut_the_reply_and_no_broken_character_is_given(engine):
+    """Issue 14, kind 2 (the part the engine owns): a reply cut by max_new_tokens says "length", and a
+    character whose bytes did not all arrive never reaches the reader (the tiny model emits such bytes)."""
+    cut = engine.stream(_chat(0), GenParams(max_new_tokens=8, loop_guard=False))
+    text = "".join(cut)
+    assert cut.finish_reason == "length" and cut.completion_tokens == 8
+    looped = engine.stream([{"role": "user", "content": "Xin chào, bạn là ai?"}], GenParams(max_new_tokens=96))
+    texts = [text, "".join(looped)]
+    assert looped.looped and looped.finish_reason == "stop"  # the guard ended it, not the limit
+    assert not any("\ufffd" in t for t in texts), texts
