@@ -200,9 +200,10 @@ class Generation:
             if loop is not None:
                 self.looped = True
                 # The first copy, or up to the first sentence mark in the (held back) copy after it.
+                before = self._engine.tokenizer.decode(ids[:loop.keep - loop.period], skip_special_tokens=True)
                 first = self._engine.tokenizer.decode(ids[:loop.keep], skip_special_tokens=True)
                 ids = ids[:loop.keep + loop.period - 1]
-            chunk = self._more(ids, first_copy=first if loop is not None else None)
+            chunk = self._more(ids, first_copy=(before, first) if loop is not None else None)
             if chunk:
                 yield chunk
         finally:
@@ -210,15 +211,17 @@ class Generation:
             worker.join()
         self.completion_tokens = len(ids)
 
-    def _more(self, ids: list[int], first_copy: str | None = None) -> str:
+    def _more(self, ids: list[int], first_copy: tuple[str, str] | None = None) -> str:
         """The text of `ids` not yet given out (and add it to `self.text`). A character whose bytes
         are still arriving waits (it decodes as U+FFFD until then). After a loop, `first_copy` is the
-        text of its first copy, and the text ends there or at the first sentence mark after it
+        (text before its first copy, text up to its end), and the text ends where a sentence ends
         (`kaizen.repetition.end_of_copy`)."""
         # A character whose bytes never came right (the model emitted an invalid sequence) is dropped.
         text = self._engine.tokenizer.decode(ids, skip_special_tokens=True)
         if first_copy is not None:
-            text = end_of_copy(text, len(first_copy)) if text.startswith(first_copy) else first_copy
+            before, first = first_copy
+            start = len(before) if first.startswith(before) else 0
+            text = end_of_copy(text, len(first), start) if text.startswith(first) else first
         text = text.replace("\ufffd", "")
         if not text.startswith(self.text):  # a merge changed earlier characters: keep what was given
             return ""

@@ -14,9 +14,11 @@ tail is a *loop* when
     r >= LoopRule.min_copies * p  and  r >= LoopRule.min_span        (a short unit repeated), or
     p >= LoopRule.long_period    and  r >= 2 * p                       (a long unit said twice),
 
-and the reply keeps s[:n - r + p], its first copy, or a little more (`end_of_copy`): up to the
-first sentence mark within the next p - 1 items, since the first copy of "Mai, a lễn. I am a lễn.
-I am a lễn." is "a lễn. I am" (any rotation of the unit starts the periodic tail). Checking every
+and the reply keeps s[:n - r + p], its first copy, cut where a sentence ends (`end_of_copy`): at
+the last sentence mark inside the first copy, or else at the first one within the next p - 1
+items (any rotation of the unit can start the periodic tail: the first copy of "Mai, a lễn. I am
+a lễn. I am a lễn." is "a lễn. I am"). A streamed reply cannot take back what it showed, so there
+the cut is never before the end of the text already given out. Checking every
 period up to `max_period` costs O(max_period + run) list comparisons per new token.
 """
 
@@ -94,12 +96,14 @@ _SENTENCE_END = re.compile(r"[.!?…\n]")
 SEPARATORS = " ,;:-–—\n\t"  # dropped from the end of a reply cut at a loop
 
 
-def end_of_copy(text: str, end: int) -> str:
-    """`text` (the kept first copy of a loop, `end` characters, followed by at most one copy less
-    one item of the loop) cut at the first sentence mark from the copy's last character on, or at
-    `end` if there is none, but never inside a word (a token can be part of a word: "Bạn làm, b"
-    becomes "Bạn làm"); trailing separators dropped."""
-    mark = _SENTENCE_END.search(text, max(0, end - 1))
+def end_of_copy(text: str, end: int, start: int = 0) -> str:
+    """`text` up to the end of a loop's first copy (`text[start:end]`; what follows is at most one
+    copy less one item of the loop), cut where a sentence ends: at the last sentence mark inside the
+    first copy ("Bien sûr, it's a beautiful day, and I'm happy to help. It's" -> "... to help."), else
+    at the first one after it, else at `end`, but never inside a word (a token can be part of a word:
+    "Bạn làm, b" becomes "Bạn làm"); trailing separators dropped."""
+    inside = list(_SENTENCE_END.finditer(text, start, end))
+    mark = inside[-1] if inside else _SENTENCE_END.search(text, max(0, end - 1))
     if mark:
         end = mark.end()
     elif 0 < end < len(text) and text[end - 1].isalnum() and text[end].isalnum():
@@ -121,7 +125,8 @@ def trim_loop(text: str, rule: LoopRule = WORDS) -> str:
     if loop is None:
         return text
     more = units[loop.keep + loop.period - 2].end()
-    return end_of_copy(text[:more], units[loop.keep - 1].end())
+    start = units[loop.keep - loop.period].start()
+    return end_of_copy(text[:more], units[loop.keep - 1].end(), start)
 
 
 def is_degenerate(text: str, rule: LoopRule = WORDS) -> bool:

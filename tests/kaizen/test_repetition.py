@@ -18,7 +18,10 @@ LOOPED = [
     ("Xin chào, bạn là ai, bạn là ai, bạn là ai, bạn là ai, bạn là ai", "Xin chào, bạn là ai"),
     ("Đà Lạt có gì vui? " * 12, "Đà Lạt có gì vui?"),
     ("I'm sorry. " * 60, "I'm sorry."),
-    ("Mai, a lễn. I am a lễn. I am a lễn. I am a lễn. I am a lễn.", "Mai, a lễn. I am a lễn."),
+    ("Mai, a lễn. I am a lễn. I am a lễn. I am a lễn. I am a lễn.", "Mai, a lễn."),
+    # the bench's one loop left (period starting mid-sentence): cut at the sentence inside the first copy
+    ("Bien sûr, it's a beautiful day, and I'm happy to help. It's a beautiful day, and I'm happy to help. It's a "
+     "beautiful day, and I'm happy to help.", "Bien sûr, it's a beautiful day, and I'm happy to help."),
     ("BICweb, I am a professional, a professional, a professional, a professional, a professional",
      "BICweb, I am a professional"),
     ("Wow!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!", "Wow!"),
@@ -90,3 +93,4 @@ def test_a_cut_never_ends_inside_a_word():
     """The token loop "[ạn][ làm][,][ b]" has its first copy end inside "bạn" (bench, issue 13)."""
     assert end_of_copy("Bạn làm, bạn làm, bạn", len("Bạn làm, b")) == "Bạn làm"
     assert end_of_copy("Yes. Yes. Yes.", len("Yes.")) == "Yes."
+    assert end_of_copy("Hi. It is fine. It", len("Hi. It is fine. It"), start=len("Hi. ")) == "Hi. It is fine."
