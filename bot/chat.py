@@ -29,6 +29,7 @@ from feedback_db.models import new_id, utcnow
 from kaizen.errors import InputError
 from kaizen.prompts import (
     INVALID_CHARS,
+    Persona,
     build_system_prompt,
     load_persona,
     tone_instruction,
@@ -151,6 +152,7 @@ class ChatService:
         self.emotions = emotions
         self.settings = settings
         self.recall = recall
+        self._system_tokens: dict[Persona, int] = {}  # the longest system prompt's tokens, for the current persona
 
     def start(
         self,
@@ -204,8 +206,12 @@ class ChatService:
         (`context_tokens`), less the reply's `max_new_tokens`, the system prompt (persona and the
         longest tone) and the chat template's markers. Tokens, not characters, are what limits: 4,000
         Vietnamese characters are over 2,000 tokens (issue 13)."""
-        system = max(self.engine.count_tokens(build_system_prompt(load_persona(self.db), tone=tone_instruction(label)))
-                     for label in ("negative", "positive", "neutral"))
+        persona = load_persona(self.db)
+        if persona not in self._system_tokens:  # the same for every message until the persona changes
+            self._system_tokens = {persona: max(
+                self.engine.count_tokens(build_system_prompt(persona, tone=tone_instruction(label)))
+                for label in ("negative", "positive", "neutral"))}
+        system = self._system_tokens[persona]
         limit = self.engine.context_tokens - self.settings.max_new_tokens - system - TEMPLATE_TOKENS
         return self.engine.count_tokens(text), max(1, limit)
 

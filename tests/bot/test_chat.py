@@ -112,3 +112,12 @@ def test_busy_engine_refuses_before_streaming(kaizen, fake_engine):
     with pytest.raises(BusyError):
         kaizen.chat.start(message="hello")
     assert _exchanges(kaizen) == []
+
+
+def test_the_message_limit_follows_the_persona(kaizen):
+    """The limit leaves room for the system prompt, so a longer persona leaves less for the message."""
+    _, before = kaizen.chat.message_budget("hi")
+    with kaizen.db.write() as s:
+        store.set_setting(session=s, key="persona", value=Persona(company="word " * 100).to_dict())
+    _, after = kaizen.chat.message_budget("hi")
+    assert before - after >= 100
