@@ -32,7 +32,8 @@ class KnowledgeRecall:
     def __init__(self, *, db: Database, memory: Memory, identity: bool = True):
         self.db = db
         self.memory = memory
-        self.identity = Memory(memory.embedder, cross=None) if identity else None
+        # Identity questions are all question frame ("Who are you?"): every word counts in full.
+        self.identity = Memory(memory.embedder, cross=None, frame_weight=1.0) if identity else None
         self._lock = threading.Lock()
         self._fingerprint: tuple | None = None
         self._persona: Persona | None = None

@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,15 +345,15 @@ def _found_rate(memory: Memory, eval_set: dict, field: str, vi: bool) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("field", "vi", "minimum"),
-    # measured: 0.93, 0.98, 0.68, 0.74
-    [("variants", True, 0.9), ("variants", False, 0.93), ("paraphrases", True, 0.6), ("paraphrases", False, 0.65)],
+    # measured: 0.93, 1.00, 0.84, 0.77 (VI paraphrases 0.68 before e5 scored Vietnamese pairs)
+    [("variants", True, 0.9), ("variants", False, 0.95), ("paraphrases", True, 0.8), ("paraphrases", False, 0.7)],
 )
 def test_minilm_finds_taught_items(minilm_memory, eval_set, field, vi, minimum):
     assert _found_rate(minilm_memory, eval_set, field, vi) >= minimum
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("vi", "minimum"), [(True, 0.8), (False, 0.9)])  # measured: 0.84, 0.96
+@pytest.mark.parametrize(("vi", "minimum"), [(True, 0.8), (False, 0.9)])  # measured: 0.80, 0.96
 def test_minilm_rejects_untaught_questions(minilm_memory, eval_set, vi, minimum):
     untaught = [q for q in eval_set["untaught"] if _is_vi(q) == vi]
     rejected = [minilm_memory.recall(q).source == "model" for q in untaught]
@@ -430,3 +431,47 @@ def test_crosslingual_out_of_scope_questions_go_to_the_model(minilm_memory, eval
 def test_related_question_about_a_taught_place_is_not_answered_verbatim(minilm_memory):
     assert minilm_memory.recall("Đà Lạt có gì vui?").source != "memory"
     assert minilm_memory.recall("What's fun to do in Da Lat?").source == "model"
+
+
+# ---- imported facts asked in other words (bench/data/travel_facts.json, issue 13 section 6) ----
+
+
+@pytest.fixture(scope="module")
+def travel(minilm_memory) -> tuple[Memory, list[tuple[int, int, str]]]:
+    data = json.loads((Path(__file__).parents[2] / "bench" / "data" / "travel_facts.json").read_text("utf-8"))
+    m = Memory(minilm_memory.embedder, cross=minilm_memory.cross)
+    m.replace_all(MemoryItem(n, f["question"], f["answer"], False, 0.0) for n, f in enumerate(data["facts"], 1))
+    return m, [(n, i, q) for n, f in enumerate(data["facts"], 1) for i, q in enumerate(f["asked"])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("english", "minimum"), [(False, 0.9), (True, 0.6)])  # measured: 23/24, 11/16
+def test_imported_facts_asked_in_other_words_are_found(travel, english, minimum):
+    memory, asked = travel
+    found = [(r := memory.recall(q)).source == "rag" and r.hits[0].item.id == n
+             for n, i, q in asked if (i >= 3) == english]  # the first three wordings of each fact are Vietnamese
+    assert sum(found) / len(found) >= minimum
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("question", "want"),
+    [
+        ("Khi nào có tour Sa Pa?", 6),  # question frame ("khi nào có") unexplained: costs little
+        ("Tour Sa Pa xuất phát lúc mấy giờ?", 6),  # "xuất phát" for "khởi hành": e5 scores the pair
+        ("Đặt tour phải cọc bao nhiêu phần trăm?", 7),
+        ("Đi Hạ Long 2 ngày 1 đêm hết bao nhiêu tiền?", 5),  # "2 ngày 1 đêm" is in the answer, not the question
+        ("Cho mình xin địa chỉ văn phòng", 1),
+        ("Chính sách hoàn tiền khi hủy tour?", 8),
+    ],
+)
+def test_imported_fact_examples(travel, question, want):
+    r = travel[0].recall(question)
+    assert r.source == "rag" and r.hits[0].item.id == want, r
+
+
+@pytest.mark.slow
+def test_a_topic_word_no_item_explains_still_keeps_the_message_out(minilm_memory):
+    # The frame words weigh less, a missing topic word never does ("siêu thị" / "bệnh viện" are in no item).
+    assert minilm_memory.recall("Siêu thị đóng cửa lúc mấy giờ?").source == "model"
+    assert minilm_memory.recall("Địa chỉ bệnh viện gần nhất ở đâu?").source == "model"
