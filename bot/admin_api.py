@@ -13,7 +13,7 @@ bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
     GET    /admin/api/settings                       auto_approve, schedule, persona (+ its token count)
     PUT    /admin/api/settings                       change any of them
     GET    /admin/api/feedback?status=&rating=       ratings and corrections (status: pending|approved|rejected)
-    POST   /admin/api/feedback/{id}/approve|reject   {"correction": "edited text"?}
+    POST   /admin/api/feedback/{id}/approve|reject   {"correction": "edited text"?}; 409 if it has no correction
     GET    /admin/api/knowledge                      knowledge items (limit, offset)
     POST   /admin/api/knowledge                      multipart `file` (+ skip_invalid, verbatim): 422 lists bad lines
     PATCH  /admin/api/knowledge/{id}                 {"answer"?, "verbatim"?}: edit an item

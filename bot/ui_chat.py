@@ -114,11 +114,16 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
 
     def on_like(state: ChatState, data: gr.LikeData) -> tuple[ChatState, str, str]:
         exchange_id = _exchange_id(state, data.index)
+        rated = state.turns[state.selected] if state.selected is not None else None
+        # Gradio sends True/"Like", False/"Dislike", or "" when the selected button is clicked again.
+        if data.liked in ("", None):
+            with kaizen.db.write() as s:
+                store.withdraw_rating(session=s, exchange_id=exchange_id)
+            return state, "Rating withdrawn (with any better answer you typed for it).", reply_info(rated)
         rating = "up" if data.liked is True or data.liked == "Like" else "down"
         with kaizen.db.write() as s:
             store.rate_exchange(session=s, exchange_id=exchange_id, rating=rating)
         hint = "Thanks!" if rating == "up" else "Thanks. You can type a better answer below."
-        rated = state.turns[state.selected] if state.selected is not None else None
         return state, f"Rated 👍 — {hint}" if rating == "up" else f"Rated 👎 — {hint}", reply_info(rated)
 
     def on_correct(text: str, state: ChatState) -> tuple[str, ChatState, str]:

@@ -50,6 +50,10 @@ class Invalid(StoreError):
     pass
 
 
+class Conflict(StoreError):
+    """The request no longer fits the stored state (a correction already reviewed or withdrawn)."""
+
+
 def _get(session: Session, model: type, key: Any, what: str) -> Any:
     try:
         row = session.get(model, key)
@@ -148,6 +152,8 @@ def rate_exchange(
     if rating not in RATINGS:
         raise Invalid(f"rating must be 'up' or 'down', not {rating!r}")
     correction = (correction or "").strip() or None
+    if correction is not None and rating != "down":
+        raise Invalid("A correction goes with a 'down' rating: it is the answer the user wanted instead.")
     ex = get_exchange(session=session, exchange_id=exchange_id)
     fb = session.scalar(select(Feedback).where(Feedback.exchange_id == ex.id))
     if fb is None:
@@ -166,6 +172,23 @@ def rate_exchange(
     session.flush()
     _sync_correction_item(session, fb, ex)
     return fb
+
+
+def withdraw_rating(*, session: Session, exchange_id: str) -> bool:
+    """Take back the rating of an exchange (a 👍 or 👎 clicked again): the rating and its correction
+    are deleted, with the knowledge item the correction became, so no round trains on them.
+    Returns whether there was a rating; raises NotFound for an unknown exchange."""
+    ex = get_exchange(session=session, exchange_id=exchange_id)
+    fb = session.scalar(select(Feedback).where(Feedback.exchange_id == ex.id))
+    if fb is None:
+        return False
+    item = session.scalar(select(KnowledgeItem).where(KnowledgeItem.feedback_id == fb.id))
+    if item is not None:
+        session.delete(item)
+        session.flush()  # the item refers to the rating: it goes first
+    session.delete(fb)
+    session.flush()
+    return True
 
 
 def _sync_correction_item(session: Session, fb: Feedback, ex: Exchange) -> KnowledgeItem | None:
@@ -191,10 +214,13 @@ def _sync_correction_item(session: Session, fb: Feedback, ex: Exchange) -> Knowl
 def review_feedback(
     *, session: Session, feedback_id: int, action: str, correction: str | None = None
 ) -> Feedback:
-    """Approve or reject a correction, optionally editing its text first."""
+    """Approve or reject a correction, optionally editing its text first. Raises Conflict when the
+    rating has no correction (any more): a 👎 switched to 👍 or taken back leaves none to approve."""
     if action not in REVIEW_ACTIONS:
         raise Invalid(f"action must be 'approve' or 'reject', not {action!r}")
     fb = _get(session, Feedback, feedback_id, "feedback")
+    if fb.correction is None:
+        raise Conflict(f"Rating {feedback_id} has no correction to review: it was rated without one, or taken back.")
     if correction is not None and correction.strip():
         fb.correction = correction.strip()
     fb.status = "approved" if action == "approve" else "rejected"

@@ -6,7 +6,8 @@ Three formats, chosen by the file's extension:
   (``question,answer[,category]`` or ``câu hỏi,câu trả lời[,danh mục]``). Quoted fields may hold
   commas and line breaks.
 - ``.jsonl``: one object per line, either chat style
-  ``{"messages": [{"role": "system", ...}?, {"role": "user", ...}, {"role": "assistant", ...}]}``
+  ``{"messages": [{"role": "system", ...}?, {"role": "user", ...}, {"role": "assistant", ...}, ...]}``
+  (every user/assistant pair of the line is a row; an unanswered question refuses the line)
   or ``{"prompt": ..., "completion": ...}`` / ``{"question": ..., "answer": ...}``, with an
   optional ``"category"``.
 - ``.txt``: ``question -> answer`` (or ``→``) per line; blank lines and ``#`` comments are skipped.
@@ -285,12 +286,16 @@ def _parse_jsonl(text: str) -> _Parsed:
             reason = "too deeply nested" if isinstance(e, RecursionError) else getattr(e, "msg", e)
             yield number, LineError(number, f"invalid JSON: {reason}")
             continue
-        fields = _json_fields(obj)
-        yield number, LineError(number, fields) if isinstance(fields, str) else fields
+        rows = _json_rows(obj)
+        if isinstance(rows, str):
+            yield number, LineError(number, rows)
+        else:
+            for row in rows:  # a chat line holds one row per user/assistant pair
+                yield number, row
 
 
-def _json_fields(obj: object) -> tuple[str, str, str] | str:
-    """The (question, answer, category) of one JSONL object, or the reason it has none."""
+def _json_rows(obj: object) -> list[tuple[str, str, str]] | str:
+    """The (question, answer, category) rows of one JSONL object, or the reason it has none."""
     if not isinstance(obj, dict):
         return "expected a JSON object"
     category = obj.get("category")
@@ -299,19 +304,20 @@ def _json_fields(obj: object) -> tuple[str, str, str] | str:
     if not isinstance(category, str):
         return '"category" must be a string'
     if "messages" in obj:
-        pair = _chat_pair(obj["messages"])
-        return pair if isinstance(pair, str) else (*pair, category)
+        pairs = _chat_pairs(obj["messages"])
+        return pairs if isinstance(pairs, str) else [(q, a, category) for q, a in pairs]
     for q_key, a_key in (("prompt", "completion"), ("question", "answer")):
         if q_key in obj or a_key in obj:
             q, a = obj.get(q_key), obj.get(a_key)
             if not isinstance(q, str) or not isinstance(a, str):
                 return f'"{q_key}" and "{a_key}" must both be strings'
-            return q, a, category
+            return [(q, a, category)]
     return 'expected "messages", "prompt"/"completion" or "question"/"answer"'
 
 
-def _chat_pair(messages: object) -> tuple[str, str] | str:
-    """The last user message and the assistant message after it."""
+def _chat_pairs(messages: object) -> list[tuple[str, str]] | str:
+    """Every user message with the assistant message right after it; a user message without an
+    answer, or an answer without a question, refuses the line rather than being dropped."""
     if not isinstance(messages, list):
         return '"messages" must be a list'
     for m in messages:
@@ -323,13 +329,19 @@ def _chat_pair(messages: object) -> tuple[str, str] | str:
             return 'every message must be an object with string "role" and "content"'
         if m["role"] not in ("system", "user", "assistant"):
             return f"unsupported message role {m['role']!r}"
-    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-    if not users:
+    if not any(m["role"] == "user" for m in messages):
         return "no user message"
-    last = users[-1]
-    if last + 1 >= len(messages) or messages[last + 1]["role"] != "assistant":
-        return "no assistant message after the last user message"
-    return messages[last]["content"], messages[last + 1]["content"]
+    pairs = []
+    for i, m in enumerate(messages):
+        after = messages[i + 1]["role"] if i + 1 < len(messages) else None
+        before = messages[i - 1]["role"] if i > 0 else None
+        if m["role"] == "user" and after != "assistant":
+            return f"message {i + 1} (user) has no assistant message right after it"
+        if m["role"] == "assistant" and before != "user":
+            return f"message {i + 1} (assistant) does not answer a user message"
+        if m["role"] == "user":
+            pairs.append((m["content"], messages[i + 1]["content"]))
+    return pairs
 
 
 def _check_row(

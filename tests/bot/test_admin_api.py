@@ -249,6 +249,10 @@ def test_feedback_review_approve_with_edit_and_reject(api, kaizen):
     assert api.post("/feedback/999/approve", auth=RIGHT).status_code == 404
     assert api.post(f"/feedback/{fb_id}/maybe", auth=RIGHT).status_code in (404, 422)
     assert api.get("/feedback", params={"status": "weird"}, auth=RIGHT).status_code == 422
+    # A rating without a correction (the user switched 👎 to 👍, or never typed one) has nothing to approve.
+    _, up = _exchange(kaizen, "Cảm ơn", rating="up")
+    r = api.post(f"/feedback/{up}/approve", auth=RIGHT)
+    assert r.status_code == 409 and "no correction" in r.json()["error"]["message"]
 
 
 def test_upload_valid_file_imports_it(api, kaizen):

@@ -198,3 +198,14 @@ def test_the_size_of_a_long_message_is_shown_in_tokens_before_it_is_sent(kaizen:
     with refused(match="5,000 tokens"):
         send(ui, state, "từ " * 5_000)
     assert state.turns == []
+
+
+@pytest.mark.parametrize("first", ["Like", "Dislike"])
+def test_clicking_the_chosen_thumb_again_withdraws_the_rating(kaizen: Kaizen, ui: Handlers, first: str) -> None:
+    # Gradio 6 sends liked="" when the selected 👍/👎 is clicked again (issue 14: it was stored as 👎).
+    state = ChatState()
+    send(ui, state, "Mấy giờ mở cửa?")
+    state, *_ = like(ui, state, 1, first)
+    assert [r[1] for r in feedback(kaizen)] == ["up" if first == "Like" else "down"]
+    state, note, _ = like(ui, state, 1, "")
+    assert "withdrawn" in note and feedback(kaizen) == []

@@ -278,3 +278,46 @@ def test_ratings_by_version_and_source_with_no_ratings_is_empty(db):
     _served(db, "base", "model", False)
     with db.session() as s:
         assert store.ratings_by_version_and_source(session=s) == []
+
+
+def test_a_correction_belongs_to_a_down_rating(db):
+    ex = _exchange(db)
+    with pytest.raises(store.Invalid, match="'down'"), db.write() as s:
+        store.rate_exchange(session=s, exchange_id=ex.id, rating="up", correction="a better answer")
+    with db.session() as s:
+        assert store.list_feedback(session=s) == []  # nothing half-stored
+
+
+def test_switching_a_down_with_correction_to_up_leaves_nothing_to_approve(db):
+    ex = _exchange(db)
+    with db.write() as s:
+        fb = store.rate_exchange(session=s, exchange_id=ex.id, rating="down", correction="Mở cửa lúc 8 giờ.")
+    with db.write() as s:
+        store.rate_exchange(session=s, exchange_id=ex.id, rating="up")
+    with pytest.raises(store.Conflict, match="no correction"), db.write() as s:
+        store.review_feedback(session=s, feedback_id=fb.id, action="approve")
+    with db.session() as s:
+        assert store.list_knowledge(session=s) == []
+        [(rating, _)] = store.list_feedback(session=s)
+        assert (rating.rating, rating.correction) == ("up", None)
+
+
+@pytest.mark.parametrize("approved", [False, True])
+def test_a_withdrawn_rating_is_gone_with_its_correction(db, approved):
+    ex = _exchange(db)
+    with db.write() as s:
+        fb = store.rate_exchange(session=s, exchange_id=ex.id, rating="down", correction="Mở cửa lúc 8 giờ.",
+                                 auto_approve=approved)
+    with db.session() as s:
+        assert len(store.list_knowledge(session=s, enabled_only=True)) == int(approved)
+    with db.write() as s:
+        assert store.withdraw_rating(session=s, exchange_id=ex.id) is True
+    with db.write() as s:
+        assert store.withdraw_rating(session=s, exchange_id=ex.id) is False  # nothing left to take back
+    with db.session() as s:
+        assert store.list_feedback(session=s) == [] and store.list_knowledge(session=s) == []
+        assert store.totals(session=s)["thumbs_down"] == 0
+    with pytest.raises(store.NotFound), db.write() as s:
+        store.review_feedback(session=s, feedback_id=fb.id, action="approve")
+    with pytest.raises(store.NotFound), db.write() as s:
+        store.withdraw_rating(session=s, exchange_id="nope")

@@ -165,13 +165,6 @@ def chat(*turns: tuple[str, str]) -> dict:
     return {"messages": [{"role": role, "content": content} for role, content in turns]}
 
 
-def test_jsonl_uses_last_user_message_and_the_assistant_reply_after_it():
-    text = jsonl(
-        chat(("user", "old q"), ("assistant", "old a"), ("user", "new q"), ("assistant", "new a"))
-    )
-    assert pairs(parse(text, "k.jsonl")) == [("new q", "new a", "", 1)]
-
-
 def test_jsonl_category_and_null_category():
     text = jsonl(
         {"prompt": "P", "completion": "C", "category": "  faq "},
@@ -197,11 +190,16 @@ def test_jsonl_category_and_null_category():
         ),
         ('{"messages": [{"role": "tool", "content": "x"}]}', "unsupported message role 'tool'"),
         ('{"messages": [{"role": "assistant", "content": "x"}]}', "no user message"),
-        (json.dumps(chat(("user", "Q"))), "no assistant message after the last user message"),
+        (json.dumps(chat(("user", "Q"))), "message 1 (user) has no assistant message right after it"),
         (
             json.dumps(chat(("user", "Q"), ("system", "S"), ("assistant", "A"))),
-            "no assistant message after the last user message",
+            "message 1 (user) has no assistant message right after it",
         ),
+        # issue 14, kind 6: nothing in a line is dropped without a word
+        (json.dumps(chat(("user", "Q1"), ("assistant", "A1"), ("user", "Q2"))),
+         "message 3 (user) has no assistant message right after it"),
+        (json.dumps(chat(("assistant", "Hi! How can I help?"), ("user", "Q"), ("assistant", "A"))),
+         "message 1 (assistant) does not answer a user message"),
         ("[" * 100_000, "invalid JSON: too deeply nested"),
         ('{"n": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit"),
         (
@@ -566,3 +564,12 @@ def test_property_written_files(fmt, rows):
 def as_imported(field: str) -> str:
     nfc = unicodedata.normalize("NFC", field)
     return nfc.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def test_a_chat_line_with_several_pairs_imports_every_pair():
+    # issue 14, kind 6: two user/assistant pairs on one line imported as one item ("imported 1 item(s)")
+    line = chat(("system", "Be kind."), ("user", "Mấy giờ mở cửa?"), ("assistant", "8 giờ sáng."),
+                ("user", "Số điện thoại?"), ("assistant", "0243 826 1234."))
+    result = parse(jsonl(line), "k.jsonl")
+    assert result.errors == []
+    assert pairs(result) == [("Mấy giờ mở cửa?", "8 giờ sáng.", "", 1), ("Số điện thoại?", "0243 826 1234.", "", 1)]
