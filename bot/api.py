@@ -1,8 +1,12 @@
 """The public HTTP API: OpenAI-compatible chat, feedback, models and health.
 
-    POST /v1/chat/completions   stream true/false; the response id is the stored exchange id
+    POST /v1/chat/completions   stream true/false; the response id is the stored exchange id. Every
+                                field the openai client sends is honoured or refused with 400 and
+                                `error.param` (ChatRequest.check_supported)
     GET  /v1/models
-    POST /v1/feedback           {"id", "rating": "up"|"down", "correction"?}: 200, 404, 422
+    POST /v1/feedback           {"id", "rating": "up"|"down", "correction"?}: 200, 404, 422 (a correction
+                                needs "down")
+    DELETE /v1/feedback/{id}    take a rating back (with its correction): 200 {"id", "withdrawn"}, 404
     GET  /healthz               {"status": "ok", "adapter": "<active version or base>"}
 
 Errors come back as {"error": {"message", "type"}} with a 4xx or 503 status, never as a 5xx
@@ -43,25 +47,136 @@ def _refuse(pattern: re.Pattern[str], what: str) -> Callable[[str | None], str |
     return check
 
 
+_LONE_SURROGATE = _refuse(re.compile("[\ud800-\udfff]"), "a lone surrogate")
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content given as a list (OpenAI's content parts): only "text" parts
+    are answered; another type is refused by name."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[ContentPart]
+
+    def text(self, index: int) -> str:
+        """The content as text: text parts joined with newlines. Raises KaizenError (400) for another part type."""
+        if isinstance(self.content, str):
+            return self.content
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise KaizenError(f"messages[{index}].content: a part of type {part.type!r} cannot be answered; "
+                                  "this model reads text parts only.")
+        return "\n".join(part.text or "" for part in self.content)
 
     # Lone surrogates (JSON allows "\ud800") break the tokenizer. Control characters are refused
     # only in the new user message (clean_message): the bot's own earlier replies may hold them.
-    _check_content = field_validator("content")(_refuse(re.compile("[\ud800-\udfff]"), "a lone surrogate"))
+    @field_validator("content")
+    @classmethod
+    def _no_lone_surrogate(cls, value: str | list[ContentPart]) -> str | list[ContentPart]:
+        texts = [value] if isinstance(value, str) else [p.text or "" for p in value]
+        for text in texts:
+            _LONE_SURROGATE(text)
+        return value
+
+
+class StreamOptions(BaseModel):
+    """`include_usage`: a last chunk before [DONE] with `choices: []` and the request's usage."""
+
+    include_usage: bool = False
+
+
+class FieldError(KaizenError):
+    """A request field Kaizen cannot honour as OpenAI documents it: 400, naming the field (`param`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# What each request field may hold when Kaizen cannot do what another value asks. A field not
+# listed here and not declared on ChatRequest is unknown and refused.
+_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
+    "audio": ((None,), "audio output is not supported: this model writes text"),
+    "frequency_penalty": ((None, 0, 0.0), "frequency_penalty is not supported (Kaizen's loop guard ends repeats)"),
+    "presence_penalty": ((None, 0, 0.0), "presence_penalty is not supported (Kaizen's loop guard ends repeats)"),
+    "function_call": ((None, "none"), "function calling is not supported by this model"),
+    "functions": ((None, []), "function calling is not supported by this model"),
+    "tools": ((None, []), "tool calling is not supported by this model"),
+    "tool_choice": ((None, "none", "auto"), "tool calling is not supported by this model"),
+    "parallel_tool_calls": ((None, True, False), ""),
+    "logit_bias": ((None, {}), "logit_bias is not supported"),
+    "logprobs": ((None, False), "logprobs are not returned by this server"),
+    "top_logprobs": ((None, 0), "logprobs are not returned by this server"),
+    "modalities": ((None, ["text"]), "only the text modality is supported"),
+    "n": ((None, 1), "n must be 1: each reply is one stored exchange that users rate"),
+    "prediction": ((None,), "predicted outputs are not supported"),
+    "reasoning_effort": ((None,), "reasoning_effort is not supported: this is not a reasoning model"),
+    "verbosity": ((None,), "verbosity is not supported"),
+    "web_search_options": ((None,), "web search is not supported"),
+    "moderation": ((None,), "moderation is not supported"),
+    "audio_output": ((None,), "audio output is not supported"),
+    "store": ((None, True), "store=false is not possible: Kaizen keeps every exchange to learn from its ratings"),
+    "metadata": ((None, {}), "metadata is not kept by this server"),
+    "service_tier": ((None, "auto", "default"), "this server has one service tier"),
+}
+# Hints that change nothing Kaizen does and are safe to accept.
+_ACCEPTED = {"user", "safety_identifier", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention"}
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """OpenAI's Chat Completions request. Every field the `openai` client can send is honoured or
+    refused with a 400 naming it (`unsupported`); Kaizen's own fields are `conversation_id` and `memory`."""
+
+    model_config = ConfigDict(extra="allow")
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
+    # A long conversation is trimmed to the context by tokens (oldest turns first), not refused;
+    # the cap only bounds the request body.
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     stream: bool = False
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
+    stream_options: StreamOptions | None = None
     conversation_id: str | None = Field(default=None, max_length=32, pattern=r"^[0-9a-zA-Z_-]+$")
     memory: bool | None = None
+
+    def check_supported(self) -> None:
+        """Raise FieldError for the first field whose value Kaizen cannot honour."""
+        for name, value in (self.model_extra or {}).items():
+            if name in _ACCEPTED:
+                continue
+            if name not in _ONLY:
+                raise FieldError(name, f"Unrecognized request argument supplied: {name}")
+            allowed, why = _ONLY[name]
+            if not any(value == ok and type(value) is type(ok) or value is ok for ok in allowed):
+                raise FieldError(name, f"{why} ({name}={json.dumps(value)[:80]}).")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise FieldError("response_format", "Only response_format {\"type\": \"text\"} is supported: this "
+                             "model cannot guarantee JSON output.")
+        if self.max_tokens is not None and self.max_completion_tokens not in (None, self.max_tokens):
+            raise FieldError("max_completion_tokens", "max_tokens and max_completion_tokens differ; give one.")
+        stops = self.stops
+        if len(stops) > 4 or any(not s for s in stops):
+            raise FieldError("stop", "stop takes up to 4 non-empty strings.")
+        if self.stream_options is not None and not self.stream:
+            raise FieldError("stream_options", "stream_options is only allowed when stream is true.")
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def reply_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
 
 class FeedbackRequest(BaseModel):
@@ -80,6 +195,14 @@ class FeedbackRequest(BaseModel):
 class ErrorDetail(BaseModel):
     message: str
     type: str
+    param: str | None = None  # the request field at fault, when one is
+
+    @model_serializer(mode="wrap")
+    def _param_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if body.get("param") is None:
+            body.pop("param", None)
+        return body
 
 
 class ErrorResponse(BaseModel):
@@ -153,11 +276,20 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
+    usage: Usage | None = None  # only in the stream_options.include_usage chunk, which has no choices
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if body.get("usage") is None:
+            body.pop("usage", None)
+        return body
 
 
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
+    created: int  # Unix seconds: when this server loaded the model (OpenAI's field, which strict clients require)
     owned_by: str = "kaizen"
     adapter: str  # the adapter version being served
 
@@ -177,13 +309,20 @@ class FeedbackAnswer(BaseModel):
     correction: str | None
 
 
+class Withdrawn(BaseModel):
+    """`withdrawn` is false when the exchange had no rating to take back."""
+
+    id: str
+    withdrawn: bool
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     adapter: str  # the active version, or "base"
 
 
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=kind))
+def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param))
     return JSONResponse(body.model_dump(), status_code=status,
                         headers={"Retry-After": "2"} if status in (429, 503) else None)
 
@@ -193,11 +332,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(KaizenError)
     async def _kaizen(_req: Request, exc: KaizenError) -> JSONResponse:
+        if isinstance(exc, FieldError):
+            return _error(exc.status, exc.message, "invalid_request_error", param=exc.param)
         return _error(exc.status, exc.message, type(exc).__name__)
 
     @app.exception_handler(store.NotFound)
     async def _not_found(_req: Request, exc: store.NotFound) -> JSONResponse:
         return _error(404, str(exc), "NotFound")
+
+    @app.exception_handler(store.Conflict)
+    async def _conflict(_req: Request, exc: store.Conflict) -> JSONResponse:
+        return _error(409, str(exc), "Conflict")
 
     @app.exception_handler(store.Invalid)
     async def _invalid(_req: Request, exc: store.Invalid) -> JSONResponse:
@@ -230,27 +375,32 @@ def _chunk(reply_id: str, model: str, created: int, delta: ChunkDelta, finish: F
 def build_router(kaizen: Kaizen) -> APIRouter:
     """The /v1 routes and /healthz over one running Kaizen."""
     router = APIRouter()
+    loaded = int(time.time())
 
     def _start(req: ChatRequest) -> Reply:
+        texts = [m.text(i) for i, m in enumerate(req.messages)]
         *history, last = req.messages
         if last.role != "user":
             raise KaizenError("The last message must come from the user.")
-        system = "\n".join(m.content for m in history if m.role == "system")
-        turns = [{"role": m.role, "content": m.content} for m in history if m.role != "system"]
+        system = "\n".join(t for m, t in zip(history, texts, strict=False) if m.role == "system")
+        turns = [{"role": m.role, "content": t} for m, t in zip(history, texts, strict=False) if m.role != "system"]
         return kaizen.chat.start(
-            message=last.content,
+            message=texts[-1],
             history=turns,
             conversation_id=req.conversation_id,
             client="api",
             use_memory=req.memory,
             extra_system=system,
-            max_new_tokens=req.max_tokens,
+            max_new_tokens=req.reply_limit,
+            stop=tuple(req.stops) or None,
+            seed=req.seed,
             temperature=req.temperature,
             top_p=req.top_p,
         )
 
     @router.post("/v1/chat/completions", response_model=ChatCompletion)
     def chat_completions(req: ChatRequest) -> ChatCompletion | Response:
+        req.check_supported()
         reply = _start(req)
         model = kaizen.model_name
         created = int(time.time())
@@ -278,6 +428,12 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                 yield f"data: {json.dumps(error.model_dump())}\n\n"
                 return
             yield _chunk(reply.exchange_id, model, created, ChunkDelta(), reply.meta["finish_reason"])
+            if req.stream_options is not None and req.stream_options.include_usage:
+                prompt_tokens, completion_tokens = reply.meta["prompt_tokens"], reply.meta["completion_tokens"]
+                usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                              total_tokens=prompt_tokens + completion_tokens)
+                last = ChatCompletionChunk(id=reply.exchange_id, created=created, model=model, choices=[], usage=usage)
+                yield f"data: {json.dumps(last.model_dump(), ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -285,7 +441,7 @@ def build_router(kaizen: Kaizen) -> APIRouter:
 
     @router.get("/v1/models", response_model=ModelList)
     def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=kaizen.model_name, adapter=kaizen.engine.adapter_version)])
+        return ModelList(data=[ModelCard(id=kaizen.model_name, created=loaded, adapter=kaizen.engine.adapter_version)])
 
     @router.post("/v1/feedback", response_model=FeedbackAnswer)
     def feedback(req: FeedbackRequest) -> FeedbackAnswer:
@@ -294,6 +450,11 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                                      auto_approve=kaizen.auto_approve())
             return FeedbackAnswer(id=req.id, feedback_id=fb.id, rating=fb.rating, status=fb.status,
                                   correction=fb.correction)
+
+    @router.delete("/v1/feedback/{exchange_id}", response_model=Withdrawn)
+    def withdraw_feedback(exchange_id: str) -> Withdrawn:
+        with kaizen.db.write() as s:
+            return Withdrawn(id=exchange_id, withdrawn=store.withdraw_rating(session=s, exchange_id=exchange_id))
 
     @router.get("/healthz", response_model=Health)
     def healthz() -> Health:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.emotion import Emotion, EmotionAnalyzer
-from bot.engine_api import ChatEngine, FinishReason, GenParams, Message, ReplyStream
+from bot.engine_api import ChatEngine, FinishReason, GenParams, Message, ReplyStream, cut_at_stop
 from bot.fallback import CarriesFact, NoEcho
 from bot.recall import KnowledgeRecall
 from feedback_db import store
@@ -84,23 +84,41 @@ def params_from(settings: Settings, **overrides: Any) -> GenParams:
     return dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _word_chunks(text: str) -> Iterator[str]:
-    """Stream a taught answer the way a model would: a word at a time."""
-    yield from re.findall(r"\S+\s*|\s+", text)
+def _word_chunks(text: str) -> list[str]:
+    """A taught answer in the pieces a model would stream: a word (with its following space) at a time."""
+    return re.findall(r"\S+\s*|\s+", text)
 
 
 class MemoryReplyStream:
     """A taught answer served verbatim by the retrieval memory, with the engine's ReplyStream
-    shape (`bot.engine_api.ReplyStream`), so the chat service stores both paths the same way."""
+    shape (`bot.engine_api.ReplyStream`), so the chat service stores both paths the same way.
 
-    def __init__(self, answer: str, *, adapter_version: str, completion_tokens: int) -> None:
-        self._answer = answer
+    It obeys the request's limit as the model path does: an answer over `max_new_tokens` tokens is
+    cut at the last whole word that fits, with finish_reason "length", and it ends before a stop
+    string as a generated reply would. `prompt_tokens` counts the
+    message it answers (usage is accounted the same on every path)."""
+
+    def __init__(self, answer: str, *, adapter_version: str, count_tokens: Callable[[str], int],
+                 max_new_tokens: int, message: str, stop: tuple[str, ...] = ()) -> None:
         self.adapter_version = adapter_version
         self.adapter_applied = False  # no model ran
         self.preference_applied = False
-        self.prompt_tokens = 0  # nothing was sent to the model
-        self.completion_tokens = completion_tokens
+        self.prompt_tokens = count_tokens(message)
         self.finish_reason: FinishReason = "stop"
+        answer, _ = cut_at_stop(answer, stop)  # as the model path: the reply ends before a stop string
+        if count_tokens(answer) > max_new_tokens:
+            words = _word_chunks(answer)
+            low, high = 0, len(words)  # the longest prefix of words within the limit (counts grow with words)
+            while low < high:
+                mid = (low + high + 1) // 2
+                if count_tokens("".join(words[:mid])) <= max_new_tokens:
+                    low = mid
+                else:
+                    high = mid - 1
+            answer = "".join(words[:low]).rstrip()
+            self.finish_reason = "length"
+        self._answer = answer
+        self.completion_tokens = count_tokens(answer)
 
     def __iter__(self) -> Iterator[str]:
         yield from _word_chunks(self._answer)
@@ -184,7 +202,8 @@ class ChatService:
         hits = found.hits if (found is not None and use_memory) else ()
         started, started_at = time.perf_counter(), utcnow()
         if source == "memory":
-            stream: ReplyStream = self._memory_reply(hits[0].item.answer)
+            stream: ReplyStream = self._memory_reply(hits[0].item.answer, text,
+                                                     params_from(self.settings, **gen_overrides))
         else:
             facts = [h.item.answer for h in hits] if source == "rag" else []
             use_adapter = self.settings.adapter_routing == "always" or in_scope
@@ -215,10 +234,12 @@ class ChatService:
         limit = self.engine.context_tokens - self.settings.max_new_tokens - system - TEMPLATE_TOKENS
         return self.engine.count_tokens(text), max(1, limit)
 
-    def _memory_reply(self, answer: str) -> ReplyStream:
-        """The taught answer, word for word, as the version being served would be credited with it."""
+    def _memory_reply(self, answer: str, message: str, params: GenParams) -> ReplyStream:
+        """The taught answer, word for word, as the version being served would be credited with it,
+        within the request's token limit and stop strings."""
         return MemoryReplyStream(answer, adapter_version=self.engine.adapter_version,
-                                 completion_tokens=self.engine.count_tokens(answer))
+                                 count_tokens=self.engine.count_tokens, max_new_tokens=params.max_new_tokens,
+                                 message=message, stop=params.stop)
 
     def _model_reply(self, text: str, emotion: Emotion, facts: list[str], history: list[Message],
                      extra_system: str, params: GenParams, use_adapter: bool) -> ReplyStream:

@@ -9,6 +9,8 @@ beyond that `BusyError` tells the caller to come back later instead of queueing 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import gc
 import queue
 import threading
@@ -21,12 +23,12 @@ import torch
 from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from bot.engine_api import BASE, FinishReason, GenParams, Message
+from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop, stop_hold
 from bot.turns import TurnLock
 from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, serving
 from kaizen.base_model import chat_text, generate, load_model
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
-from kaizen.repetition import Loop, end_of_copy, find_loop, held_back
+from kaizen.repetition import Loop, canonical_tokens, end_of_copy, find_loop, held_back
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -54,6 +56,9 @@ class _Cancel(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
         return self.cancelled.is_set()
+
+
+CHAT_OVERHEAD = 8  # tokens of role markers per message in the chat template
 
 
 class _TokenQueue(BaseStreamer):
@@ -86,16 +91,22 @@ class _TokenQueue(BaseStreamer):
 
 
 class _LoopGuard(StoppingCriteria):
-    """Ends the reply when its own tokens (never the prompt's) end in a loop (`kaizen.repetition`);
-    `loop` then says which generated tokens to keep: up to the end of the loop's first copy."""
+    """Ends the reply when its own tokens (never the prompt's), in their canonical form (case and a
+    leading space ignored: `kaizen.repetition.canonical_tokens`), end in a loop; `loop` then says
+    which generated tokens to keep: up to the end of the loop's first copy."""
 
-    def __init__(self, prompt_tokens: int) -> None:
+    def __init__(self, prompt_tokens: int, canonical: list[int]) -> None:
         self.prompt_tokens = prompt_tokens
+        self.canonical = canonical
         self.loop: Loop | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
-        self.loop = find_loop(input_ids[0, self.prompt_tokens:].tolist())
+        self.loop = find_loop(self.forms(input_ids[0, self.prompt_tokens:].tolist()))
         return self.loop is not None
+
+    def forms(self, ids: list[int]) -> list[int]:
+        canonical = self.canonical
+        return [canonical[i] if i < len(canonical) else i for i in ids]
 
 
 class Generation:
@@ -111,12 +122,19 @@ class Generation:
         self._use_adapter = use_adapter
         self.input_ids = engine.encode_chat(messages)
         self.prompt_tokens = int(self.input_ids.shape[1])
+        room = engine.context_tokens - self.prompt_tokens  # exact, where Engine.stream could only estimate
+        if room < 1:
+            raise InputError(f"The message is too long for the model's context window ({engine.context_tokens} "
+                             "tokens). Please shorten it.")
+        if params.max_new_tokens > room:
+            self._params = params = dataclasses.replace(params, max_new_tokens=room)
         self.completion_tokens = 0
         self.adapter_version = engine.adapter_version
         self.adapter_applied = use_adapter and engine.adapter_version != BASE
         self.preference_applied = engine.preference_loaded
         self.text = ""
         self.looped = False  # the reply was cut at the end of a loop's first copy
+        self.stopped = False  # the reply reached one of params.stop and ended before it
         self.finish_reason: FinishReason = "stop"
         if not engine._slots.acquire(blocking=False):
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
@@ -146,7 +164,7 @@ class Generation:
         engine, params = self._engine, self._params
         tokens = _TokenQueue()
         cancel = _Cancel()
-        guard = _LoopGuard(self.prompt_tokens) if params.loop_guard else None
+        guard = _LoopGuard(self.prompt_tokens, engine.canonical_tokens) if params.loop_guard else None
         kwargs: dict[str, Any] = {
             "input_ids": self.input_ids,
             "attention_mask": torch.ones_like(self.input_ids),
@@ -171,6 +189,8 @@ class Generation:
 
         def work() -> None:
             try:
+                if params.seed is not None:  # one generation at a time (the engine lock): the global RNG is ours
+                    torch.manual_seed(params.seed)
                 with torch.inference_mode(), off:
                     result["ids"] = generate(model, **kwargs)
             except BaseException as exc:  # re-raised in the consumer thread below
@@ -185,17 +205,20 @@ class Generation:
             for new in tokens:
                 ids.extend(new)
                 # What may repeat into a loop is held back, so a loop is cut before anyone reads it.
-                safe = len(ids) - held_back(ids) if guard else len(ids)
+                safe = len(ids) - held_back(guard.forms(ids)) if guard else len(ids)
                 chunk = self._more(ids[:safe])
                 if chunk:
                     yield chunk
+                if self.stopped:  # a stop string: nothing after it is wanted
+                    cancel.cancelled.set()
+                    break
             worker.join()
             if "error" in result:
                 raise ModelError(f"Generation failed: {result['error']}") from result["error"]
-            loop = guard.loop if guard is not None else None
+            loop = guard.loop if guard is not None and not self.stopped else None
             eos = engine.model.generation_config.eos_token_id
             ended = bool(ids) and ids[-1] in (eos if isinstance(eos, list) else [eos, engine.tokenizer.eos_token_id])
-            if loop is None and not ended and len(ids) >= params.max_new_tokens:
+            if loop is None and not ended and not self.stopped and len(ids) >= params.max_new_tokens:
                 self.finish_reason = "length"
             if loop is not None:
                 self.looped = True
@@ -203,7 +226,7 @@ class Generation:
                 before = self._engine.tokenizer.decode(ids[:loop.keep - loop.period], skip_special_tokens=True)
                 first = self._engine.tokenizer.decode(ids[:loop.keep], skip_special_tokens=True)
                 ids = ids[:loop.keep + loop.period - 1]
-            chunk = self._more(ids, first_copy=(before, first) if loop is not None else None)
+            chunk = self._more(ids, first_copy=(before, first) if loop is not None else None, final=True)
             if chunk:
                 yield chunk
         finally:
@@ -211,11 +234,12 @@ class Generation:
             worker.join()
         self.completion_tokens = len(ids)
 
-    def _more(self, ids: list[int], first_copy: tuple[str, str] | None = None) -> str:
+    def _more(self, ids: list[int], first_copy: tuple[str, str] | None = None, final: bool = False) -> str:
         """The text of `ids` not yet given out (and add it to `self.text`). A character whose bytes
         are still arriving waits (it decodes as U+FFFD until then). After a loop, `first_copy` is the
         (text before its first copy, text up to its end), and the text ends where a sentence ends
-        (`kaizen.repetition.end_of_copy`)."""
+        (`kaizen.repetition.end_of_copy`). The text ends before a stop string (`self.stopped` is then
+        set); until the reply is `final`, an end that may be the start of one waits."""
         # A character whose bytes never came right (the model emitted an invalid sequence) is dropped.
         text = self._engine.tokenizer.decode(ids, skip_special_tokens=True)
         if first_copy is not None:
@@ -223,6 +247,11 @@ class Generation:
             start = len(before) if first.startswith(before) else 0
             text = end_of_copy(text, len(first), start) if text.startswith(first) else first
         text = text.replace("\ufffd", "")
+        if self._params.stop:
+            text, hit = cut_at_stop(text, self._params.stop)
+            self.stopped = self.stopped or hit
+            if not hit and not final:
+                text = text[:len(text) - stop_hold(text, self._params.stop)]
         if not text.startswith(self.text):  # a merge changed earlier characters: keep what was given
             return ""
         chunk = text[len(self.text):]
@@ -251,6 +280,12 @@ class Engine:
         self._lock = TurnLock()  # replies in arrival order; a swap goes before them
         self._slots = threading.BoundedSemaphore(max_queue)
 
+    @functools.cached_property
+    def canonical_tokens(self) -> list[int]:
+        """The loop guard's view of the vocabulary (`kaizen.repetition.canonical_tokens`), built once."""
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        return canonical_tokens(vocab)
+
     @classmethod
     def from_path(cls, path: str, *, dtype: str = "bfloat16", threads: int = 0, **kw: Any) -> Engine:
         if threads:
@@ -278,18 +313,13 @@ class Engine:
         dropped as a user/assistant pair so the history never starts with a bare answer.
         """
         budget = self.context_tokens - max_new_tokens
-        system = messages[:1] if messages and messages[0]["role"] == "system" else []
-        rest = messages[len(system):]
-        if not rest:
-            raise InputError("There is no message to answer.")
-        overhead = 8  # role markers per message in the chat template
-        cost = [self.count_tokens(m["content"]) + overhead for m in rest]
-        fixed = sum(self.count_tokens(m["content"]) + overhead for m in system) + cost[-1]
+        system, rest, fixed = self._fixed(messages)
         if fixed > budget:
             raise InputError(
                 f"The message is too long for the model's context window ({self.context_tokens} tokens, "
                 f"{max_new_tokens} kept for the reply). Please shorten it."
             )
+        cost = [self.count_tokens(m["content"]) + CHAT_OVERHEAD for m in rest]
         keep = len(rest) - 1
         total = fixed
         while keep > 0 and total + cost[keep - 1] <= budget:
@@ -300,10 +330,29 @@ class Engine:
             kept = kept[1:]
         return system + kept
 
+    def _fixed(self, messages: list[Message]) -> tuple[list[Message], list[Message], int]:
+        """(the system message as a list, the other messages, tokens of what always stays: the system
+        message and the newest one)."""
+        system = messages[:1] if messages and messages[0]["role"] == "system" else []
+        rest = messages[len(system):]
+        if not rest:
+            raise InputError("There is no message to answer.")
+        return system, rest, sum(self.count_tokens(m["content"]) + CHAT_OVERHEAD for m in [*system, rest[-1]])
+
+    def reply_room(self, messages: list[Message]) -> int:
+        """Tokens left for the reply once the system prompt and the newest message are in the context."""
+        return self.context_tokens - self._fixed(messages)[2]
+
     # --- generation ---------------------------------------------------------------------------
 
     def stream(self, messages: list[Message], params: GenParams = GenParams(), *,
                use_adapter: bool = True) -> Generation:
+        """A reply to `messages`. A `max_new_tokens` larger than the room the context leaves is
+        lowered to it (the reply then ends with finish_reason "length" there), and the history is
+        trimmed for what remains; only a message that leaves no room at all is refused (InputError)."""
+        room = self.reply_room(messages)
+        if 0 < room < params.max_new_tokens:
+            params = dataclasses.replace(params, max_new_tokens=room)
         return Generation(self, self.fit_messages(messages, params.max_new_tokens), params, use_adapter)
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:

@@ -15,7 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from kaizen.prompts import Message
 
-__all__ = ["BASE", "ChatEngine", "FinishReason", "GenParams", "Message", "ReplyStream"]
+__all__ = ["BASE", "ChatEngine", "FinishReason", "GenParams", "Message", "ReplyStream", "cut_at_stop", "stop_hold"]
 
 BASE = "base"  # the adapter version name of the model without an adapter
 FinishReason = Literal["stop", "length"]  # OpenAI's finish_reason values that Kaizen produces
@@ -30,6 +30,21 @@ class GenParams:
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # 1.0: off
     loop_guard: bool = True  # end the reply at the first copy of a loop (kaizen.repetition)
+    stop: tuple[str, ...] = ()  # OpenAI's stop strings: the reply ends before the first one, which is not shown
+    seed: int | None = None  # seeds sampling (temperature > 0) for a reproducible reply
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """(`text` before the earliest stop string, whether one was found)."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[:min(found)], True) if found else (text, False)
+
+
+def stop_hold(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` to hold back while streaming: the longest end that
+    is the start of a stop string ("…is Par" for stop "Paris"), which may yet complete it."""
+    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
 
 
 @runtime_checkable

@@ -7,10 +7,11 @@ MockModel: `enqueue()` scripts the next replies and `history` records every call
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from bot.engine_api import BASE, FinishReason, GenParams, Message
+from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop
 from kaizen.errors import BusyError, InputError, ModelError
 
 
@@ -19,7 +20,7 @@ class FakeGeneration:
     creating it takes a place in the engine's queue, and reading it to the end or `close()` frees it."""
 
     def __init__(self, engine: FakeEngine, text: str, messages: list[Message], use_adapter: bool = True,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> None:
         if engine.busy or engine.in_queue >= engine.max_queue:
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
         self._engine = engine
@@ -34,11 +35,13 @@ class FakeGeneration:
         self.completion_tokens = 0
         self.finish_reason: FinishReason = "stop"
         self._max_tokens = max_tokens
+        self._stop = stop
 
     def __iter__(self) -> Iterator[str]:
         try:
             self.adapter_version = self._engine.adapter_version  # as the real one: fixed when it starts
             self.adapter_applied = self._use_adapter and self.adapter_version != BASE
+            shown = ""
             for i, word in enumerate(self._words):
                 if self._engine.fail_midway and i > 0:
                     raise ModelError("Generation failed: the model crashed")
@@ -46,7 +49,13 @@ class FakeGeneration:
                     self.finish_reason = "length"
                     break
                 self.completion_tokens += 1
-                yield word + " " if i < len(self._words) - 1 else word
+                piece = word + " " if i < len(self._words) - 1 else word
+                kept, hit = cut_at_stop(shown + piece, self._stop)  # as the real one: end before a stop string
+                if kept[len(shown):]:
+                    yield kept[len(shown):]
+                shown = kept
+                if hit:
+                    break
             self._engine.completed += 1
         finally:
             self.close()
@@ -86,12 +95,15 @@ class FakeEngine:
                use_adapter: bool = True) -> FakeGeneration:
         if not messages:
             raise InputError("There is no message to answer.")
-        if self.count_tokens(messages[-1]["content"]) > self.context_tokens - params.max_new_tokens:
+        room = self.context_tokens - self.count_tokens(messages[-1]["content"])
+        if room < 1:
             raise InputError(f"The message is too long for the model's context window ({self.context_tokens} "
                              "tokens). Please shorten it.")
+        if room < params.max_new_tokens:  # as Engine.stream: the reply's limit is lowered to the room left
+            params = dataclasses.replace(params, max_new_tokens=room)
         self.history.append({"messages": messages, "params": params, "use_adapter": use_adapter})
         text = self.queue.pop(0) if self.queue else f"Echo: {messages[-1]['content']}"
-        return FakeGeneration(self, text, messages, use_adapter, max_tokens=params.max_new_tokens)
+        return FakeGeneration(self, text, messages, use_adapter, max_tokens=params.max_new_tokens, stop=params.stop)
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
         return "".join(self.stream(messages, params))

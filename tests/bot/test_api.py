@@ -4,6 +4,7 @@ Starlette's TestClient), and raw bodies for what the client would hide."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,10 @@ def test_the_json_of_every_answer_keeps_its_fields(http, kaizen, fake_engine):
                    "preference_applied": False,
                    "emotion": ex.emotion_label},
     }
-    assert http.get("/v1/models").json() == \
+    models = http.get("/v1/models").json()
+    created = models["data"][0].pop("created")  # OpenAI's shape: strict clients need "created" (issue 14)
+    assert isinstance(created, int) and abs(created - time.time()) < 24 * 3600
+    assert models == \
         {"object": "list", "data": [{"id": "kaizen-fake", "object": "model", "owned_by": "kaizen", "adapter": "base"}]}
     fb = http.post("/v1/feedback", json={"id": ex.id, "rating": "down", "correction": "Chào!"}).json()
     assert fb == {"id": ex.id, "feedback_id": fb["feedback_id"], "rating": "down", "status": "pending",
@@ -144,6 +148,7 @@ def test_feedback_up_then_down_with_correction(client, http, kaizen):
     ({"rating": "up"}, 422),
     ({"id": 5, "rating": "up"}, 422),
     ({"id": "x", "rating": "up", "correction": "y" * 5000}, 422),
+    ({"id": "x", "rating": "up", "correction": "a better answer"}, 422),  # a correction needs "down"
     ([1, 2], 422),
 ])
 def test_feedback_errors(http, body, status):
@@ -190,3 +195,151 @@ def test_finish_reason_is_length_when_max_tokens_cut_the_answer(client, fake_eng
     fake_engine.enqueue("short")
     assert client.chat.completions.create(model="kaizen", max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
                                           ).choices[0].finish_reason == "stop"
+
+
+def test_a_correction_needs_a_down_rating_and_a_rating_can_be_taken_back(client, http, kaizen):
+    resp = client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "hi"}])
+    r = http.post("/v1/feedback", json={"id": resp.id, "rating": "up", "correction": "Hello!"})
+    assert r.status_code == 422 and "'down'" in r.json()["error"]["message"]
+    fb = http.post("/v1/feedback", json={"id": resp.id, "rating": "down", "correction": "Hello!"}).json()
+    assert http.post("/v1/feedback", json={"id": resp.id, "rating": "up"}).status_code == 200
+    with kaizen.db.session() as s:  # switched to 👍: the correction went with the 👎
+        assert store.feedback_for_exchange(session=s, exchange_id=resp.id).correction is None
+    assert fb["feedback_id"]
+    r = http.delete(f"/v1/feedback/{resp.id}")
+    assert r.status_code == 200 and r.json() == {"id": resp.id, "withdrawn": True}
+    assert http.delete(f"/v1/feedback/{resp.id}").json() == {"id": resp.id, "withdrawn": False}
+    assert http.delete("/v1/feedback/no-such-exchange").status_code == 404
+    with kaizen.db.session() as s:
+        assert store.feedback_for_exchange(session=s, exchange_id=resp.id) is None
+
+
+def test_content_given_as_text_parts_is_answered_and_another_part_type_is_refused_by_name(client, http, fake_engine):
+    # Many clients send content as a list of parts (issue 14, kind 4).
+    resp = client.chat.completions.create(model="kaizen", messages=[
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Xin chào"}, {"type": "text", "text": "bạn là ai?"}]}])
+    assert resp.choices[0].message.content == "Echo: Xin chào\nbạn là ai?"
+    assert "Be brief." in fake_engine.history[-1]["messages"][0]["content"]
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]})
+    assert r.status_code == 400 and "'image_url'" in r.json()["error"]["message"]
+
+
+def test_a_long_conversation_is_trimmed_not_refused(client, fake_engine):
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(250)]
+    resp = client.chat.completions.create(model="kaizen", messages=[*turns, {"role": "user", "content": "last"}])
+    assert resp.choices[0].message.content == "Echo: last"
+
+
+def test_a_max_tokens_larger_than_the_room_left_is_lowered_not_blamed_on_the_message(client, fake_engine):
+    resp = client.chat.completions.create(model="kaizen", max_tokens=4096,
+                                          messages=[{"role": "user", "content": "Hi"}])
+    assert resp.choices[0].message.content == "Echo: Hi"
+    assert fake_engine.history[-1]["params"].max_new_tokens <= fake_engine.context_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_taught_answer_obeys_max_tokens_and_counts_its_prompt(client, kaizen, stream):
+    # Every answer path obeys the same limit and usage accounting (issue 14, kind 3).
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Công ty mở cửa lúc mấy giờ?", verbatim=True,
+                            answer="Công ty mở cửa từ 8 giờ đến 17 giờ 30, thứ Hai đến thứ Sáu.")
+    ask = {"model": "kaizen", "messages": [{"role": "user", "content": "Công ty mở cửa lúc mấy giờ?"}],
+           "extra_body": {"memory": True}}
+    if stream:
+        chunks = list(client.chat.completions.create(**ask, max_tokens=3, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert (text, finish) == ("Công ty mở", ["length"])
+        return
+    full = client.chat.completions.create(**ask)
+    assert full.model_extra["kaizen"]["source"] == "memory"
+    assert full.choices[0].finish_reason == "stop" and full.usage.prompt_tokens == 7  # the fake counts words
+    cut = client.chat.completions.create(**ask, max_tokens=3)
+    assert cut.choices[0].message.content == "Công ty mở" and cut.choices[0].finish_reason == "length"
+    assert (cut.usage.prompt_tokens, cut.usage.completion_tokens) == (7, 3)
+
+
+def test_include_usage_sends_a_last_chunk_with_usage_and_no_choices(client, http):
+    chunks = list(client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "one two"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    *answer, last = chunks
+    assert last.choices == [] and last.usage.completion_tokens == 3  # "Echo: one two"
+    assert last.usage.total_tokens == last.usage.prompt_tokens + 3 and last.usage.prompt_tokens > 0
+    assert all(c.usage is None for c in answer) and answer[-1].choices[0].finish_reason == "stop"
+    plain = list(client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "x"}],
+                                                stream=True))
+    assert all(c.choices for c in plain)  # no usage chunk unless asked
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                "stream_options": {"include_usage": True}})
+    assert r.status_code == 400 and "stream" in r.json()["error"]["message"]
+
+
+# ---- every request field the openai client can send: honoured, or 400 naming it (issue 14, kind 1) ----
+
+REFUSED = [
+    ("n", 2), ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("tool_choice", "required"), ("functions", [{"name": "f", "parameters": {}}]), ("function_call", "auto"),
+    ("response_format", {"type": "json_object"}),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    ("logprobs", True), ("top_logprobs", 2), ("logit_bias", {"50256": -100}), ("frequency_penalty", 0.5),
+    ("presence_penalty", -1.0), ("audio", {"voice": "alloy", "format": "mp3"}), ("modalities", ["text", "audio"]),
+    ("prediction", {"type": "content", "content": "x"}), ("reasoning_effort", "low"), ("verbosity", "low"),
+    ("web_search_options", {}), ("store", False), ("metadata", {"k": "v"}), ("service_tier", "flex"),
+    ("stop", ["a", "b", "c", "d", "e"]), ("stop", [""]),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), REFUSED)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_field_kaizen_cannot_honour_is_refused_with_400_naming_it(client, kaizen, field, value, stream):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "hi"}], stream=stream,
+                                       **{field: value})
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == field and err.value.body["type"] == "invalid_request_error"
+    with kaizen.db.session() as s:
+        assert store.totals(session=s)["exchanges"] == 0  # refused before anything ran or was stored
+
+
+def test_an_unknown_field_is_refused_and_kaizens_own_fields_are_not(client, http):
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "temprature": 0.2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temprature"
+    ok = client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "hi"}],
+                                        extra_body={"memory": False, "conversation_id": "abc"})
+    assert ok.choices[0].message.content == "Echo: hi"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fields_that_ask_for_nothing_kaizen_cannot_do_are_accepted(client, fake_engine, stream):
+    kw: dict[str, Any] = {
+        "n": 1, "response_format": {"type": "text"}, "user": "u1", "safety_identifier": "s", "prompt_cache_key": "k",
+        "tool_choice": "none", "parallel_tool_calls": False, "logprobs": False, "frequency_penalty": 0,
+        "presence_penalty": 0.0, "modalities": ["text"], "store": True, "service_tier": "auto", "seed": 7,
+        "max_completion_tokens": 2}
+    r = client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "one two three"}],
+                                       stream=stream, **kw)
+    text = "".join(c.choices[0].delta.content or "" for c in r) if stream else r.choices[0].message.content
+    assert text == "Echo: one "  # max_completion_tokens is max_tokens' newer name
+    params = fake_engine.history[-1]["params"]
+    assert (params.max_new_tokens, params.seed) == (2, 7)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_ends_the_reply_before_the_stop_string_on_every_path(client, kaizen, fake_engine, stream):
+    def ask(question: str, stop: str | list[str], **extra: Any) -> tuple[str, str]:
+        r = client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": question}],
+                                           stop=stop, stream=stream, **extra)
+        if not stream:
+            return r.choices[0].message.content, r.choices[0].finish_reason
+        chunks = list(r)
+        return ("".join(c.choices[0].delta.content or "" for c in chunks),
+                next(c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason))
+
+    fake_engine.enqueue("The capital of France is Paris. It is big.")
+    assert ask("What is the capital of France?", ["Paris"]) == ("The capital of France is ", "stop")
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Thủ đô của Pháp là gì?", answer="Thủ đô của Pháp là Paris.",
+                            verbatim=True)
+    assert ask("Thủ đô của Pháp là gì?", "Paris", extra_body={"memory": True}) == ("Thủ đô của Pháp là ", "stop")

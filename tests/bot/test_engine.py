@@ -144,3 +144,49 @@ def test_finish_reason_says_length_when_the_limit_cut_the_reply_and_no_broken_ch
     texts = [text, "".join(looped)]
     assert looped.looped and looped.finish_reason == "stop"  # the guard ended it, not the limit
     assert not any("\ufffd" in t for t in texts), texts
+
+
+def test_the_loop_guard_sees_a_capitalized_repeat_as_the_same_tokens(engine):
+    tok = engine.tokenizer
+    canon = engine.canonical_tokens
+    assert len(canon) == len(tok)
+    vocab = tok.get_vocab()
+    pairs = [(i, vocab["Ġ" + w.capitalize()]) for w, i in ((t[1:], i) for t, i in vocab.items() if t.startswith("Ġ"))
+             if w.isalpha() and w.islower() and "Ġ" + w.capitalize() in vocab]
+    assert len(pairs) >= 5  # " the" / " The" and the like
+    assert all(canon[a] == canon[b] for a, b in pairs)
+    assert canon[vocab["Ġthe"]] != canon[vocab["Ġa"]]
+
+
+def test_a_reply_limit_beyond_the_context_is_lowered_to_the_room_left(engine):
+    messages = [{"role": "system", "content": "You are Kaizen."}, {"role": "user", "content": "Hi"}]
+    room = engine.reply_room(messages)
+    assert 0 < room < 256
+    reply = engine.stream(messages, GenParams(max_new_tokens=4096, loop_guard=False))
+    "".join(reply)
+    assert 0 < reply.completion_tokens <= room and reply.prompt_tokens + reply.completion_tokens <= 256
+    with pytest.raises(InputError, match="too long"):  # a message that leaves no room at all is still refused
+        engine.stream([{"role": "user", "content": "word " * 400}], GenParams(max_new_tokens=8))
+
+
+def test_a_stop_string_ends_the_reply_before_it_and_is_never_streamed(engine):
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    free = engine.stream(messages, GenParams(max_new_tokens=40, loop_guard=False))
+    text = "".join(free)
+    assert len(text) > 20
+    stop = text[len(text) // 2: len(text) // 2 + 4]  # some text in the middle of the greedy reply
+    assert stop.strip()
+    before = text[:text.find(stop)]
+    reply = engine.stream(messages, GenParams(max_new_tokens=40, loop_guard=False, stop=(stop, "never seen")))
+    chunks = list(reply)
+    assert "".join(chunks) == before and reply.text == before
+    assert reply.stopped and reply.finish_reason == "stop"
+    assert all(stop not in "".join(chunks[: i + 1]) for i in range(len(chunks)))
+    assert reply.completion_tokens < free.completion_tokens  # generation ended there, not at the limit
+
+
+def test_a_seed_makes_a_sampled_reply_reproducible(engine):
+    messages = [{"role": "user", "content": "Hi"}]
+    a, b = ("".join(engine.stream(messages, GenParams(max_new_tokens=12, temperature=1.0, seed=3)))
+            for _ in range(2))
+    assert a == b

@@ -6,6 +6,7 @@ from kaizen.repetition import (
     TOKENS,
     WORDS,
     LoopRule,
+    canonical_tokens,
     end_of_copy,
     find_loop,
     held_back,
@@ -62,6 +63,8 @@ def test_token_rule_short_and_long_periods():
     unit = [1, 2, 3, 4]
     assert find_loop([9] + unit * 2) is None
     assert find_loop([9] + unit * 3) == (4, 12, 5)  # three copies of four tokens
+    assert find_loop([9] + [1, 2, 3, 4, 5] * 2) is None  # five tokens twice: not yet
+    assert find_loop([9] + [1, 2, 3, 4, 5, 6] * 2) == (6, 12, 7)  # "[Your Company's Name]\n" twice
     sentence = list(range(10, 20))  # ten tokens, said twice in a row
     assert find_loop([5, 6] + sentence + sentence) == (10, 20, 12)
     assert find_loop([5, 6] + sentence + sentence[:9]) is None  # not yet twice
@@ -94,3 +97,16 @@ def test_a_cut_never_ends_inside_a_word():
     assert end_of_copy("Bạn làm, bạn làm, bạn", len("Bạn làm, b")) == "Bạn làm"
     assert end_of_copy("Yes. Yes. Yes.", len("Yes.")) == "Yes."
     assert end_of_copy("Hi. It is fine. It", len("Hi. It is fine. It"), start=len("Hi. ")) == "Hi. It is fine."
+
+
+def test_canonical_tokens_ignore_case_and_the_leading_space_marker():
+    vocab = ["It", "Ġit", "ĠIt", "'s", "Ġhelp", ".", "Ċ", "ĠĊ", None, "Ġ", "▁Bạn", "bạn"]
+    canon = canonical_tokens(vocab)
+    assert canon[0] == canon[1] == canon[2] == 0
+    assert canon[10] == canon[11] == 10
+    assert canon[7] == canon[6]  # a space before a newline is the newline
+    assert len(set(canon[3:10])) == 6  # punctuation, newline, a lone space and a hole keep their own ids
+    # "… it's … happy to help. It's … happy to help.": one unit once a sentence start capitalizes it
+    first, second = [1, 3, 4, 5, 9, 4, 5], [2, 3, 4, 5, 9, 4, 5]
+    assert find_loop([7] + first + second) is None
+    assert find_loop([canon[i] for i in [7] + first + second]) == (7, 14, 8)
