@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -283,6 +284,7 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
     with db.session() as s:
         active = store.get_active_adapter(session=s)
         rows = store.list_adapters(session=s)
+        served = store.get_served_adapter(session=s)
     print(f"{'':2}{'version':8} {'verdict':9} {'round':>5}  {'created':19}  {'reliab.':>7} {'general.':>8} "
           f"{'locality':>8} {'retention':>9} {'pref.':>5} {'learned':>7} {'parked':>6}")
     print(f"{'*' if active == 'base' else ' ':2}{'base':8} {'':9} {'':>5}  {'':19}  the model without an adapter")
@@ -299,7 +301,22 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
     print("reliability: new facts recalled exactly; generality: unseen phrasings; locality: agreement with the "
           "base model on held-out prompts (1 = unchanged); retention: replayed facts kept; pref.: the preference "
           "adapter's agreement with held-out ratings (AUC, 0.5 = chance)")
+    print(f"* active (what the database asks for). {served_line(served, active)}")
     return 0
+
+
+def served_line(served: dict | None, active: str) -> str:
+    """What the serving process last reported, against the active version."""
+    if served is None:
+        return "No server has reported what it serves yet."
+    line = f"The server last reported serving {served['version']} ({served['at'][:19]} UTC)"
+    if served["version"] != active:
+        line += f", not {active}" + (f": {served['error']}" if served.get("error") and served["wanted"] == active
+                                     else " yet")
+    return line + "."
+
+
+SERVER_REPORT_SECONDS = 5.0  # how long `kaizen activate` waits for a running server to report
 
 
 @command("activate")
@@ -312,11 +329,27 @@ def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
         adapters.verify(adapters.version_dir(settings.adapters_dir, version))
     db = _open_db(settings)
     with db.write() as s:
-        store.set_active_adapter(session=s, version=version)
+        asked_at = store.request_activation(session=s, version=version)
         if args.pin:
             store.set_pinned_adapter(session=s, version=version)
     print(f"active adapter: {version}" + (" (pinned: `kaizen unpin` lets rounds replace it)" if args.pin else ""))
-    return 0
+    # A running server follows the setting within about a second and reports what it serves.
+    deadline = time.monotonic() + SERVER_REPORT_SECONDS
+    while True:
+        with db.session() as s:
+            served = store.get_served_adapter(session=s)
+        if served is not None and served["at"] >= asked_at and served["wanted"] == version:
+            if served["version"] == version:
+                print(f"the running server now serves {version}")
+                return 0
+            if served["error"]:
+                print(f"the running server still serves {served['version']}: {served['error']}", file=sys.stderr)
+                return 1
+        if time.monotonic() > deadline:
+            print(f"no running server has taken it yet (it serves {served['version'] if served else 'nothing'} "
+                  "as last reported); a server started later serves it")
+            return 0
+        time.sleep(0.2)
 
 
 @command("unpin")

@@ -211,8 +211,8 @@ class AdminService:
         if version != adapters.BASE:
             adapters.verify(adapters.version_dir(k.settings.adapters_dir, version))
         with k.db.write() as s:
-            store.set_active_adapter(session=s, version=version)
-        served = k.follower.sync()
+            store.request_activation(session=s, version=version)
+        served = k.follower.sync(force=True)
         if served != version:
             # The engine refused it and kept serving the old version: keep the database truthful.
             with k.db.write() as s:

@@ -34,6 +34,8 @@ RATINGS = ("up", "down")
 REVIEW_ACTIONS = ("approve", "reject")
 PINNED_ADAPTER_KEY = "pinned_adapter"
 ACTIVE_ADAPTER_KEY = "active_adapter"
+ACTIVATION_REQUEST_KEY = "activation_request"  # {"version", "at"}: an explicit activation, retried even after a failure
+SERVED_ADAPTER_KEY = "served_adapter"  # {"version", "wanted", "error", "at"}: what the serving process reports
 BASE = "base"
 SOURCE_ORDER = ("memory", "rag", "model")  # where a reply came from (exchanges.source)
 
@@ -526,6 +528,32 @@ def set_active_adapter(*, session: Session, version: str) -> None:
     if version != BASE:
         _get(session, AdapterVersion, version, "adapter version")
     set_setting(session=session, key=ACTIVE_ADAPTER_KEY, value=version)
+
+
+def request_activation(*, session: Session, version: str) -> str:
+    """Make `version` active as an explicit request (`kaizen activate`, the admin tab): a serving process
+    tries it again even if it failed to load before. Returns the request's time (ISO), to match the
+    serving process's report (`get_served_adapter`) against."""
+    set_active_adapter(session=session, version=version)
+    at = utcnow().isoformat()
+    set_setting(session=session, key=ACTIVATION_REQUEST_KEY, value={"version": version, "at": at})
+    return at
+
+
+def get_activation_request(*, session: Session) -> dict[str, str] | None:
+    value = get_setting(session=session, key=ACTIVATION_REQUEST_KEY, default=None)
+    return value if isinstance(value, dict) else None
+
+
+def set_served_adapter(*, session: Session, version: str, wanted: str, error: str | None) -> None:
+    """What the serving process serves, the version it was asked for, and why it could not (or None)."""
+    set_setting(session=session, key=SERVED_ADAPTER_KEY,
+                value={"version": version, "wanted": wanted, "error": error, "at": utcnow().isoformat()})
+
+
+def get_served_adapter(*, session: Session) -> dict[str, Any] | None:
+    value = get_setting(session=session, key=SERVED_ADAPTER_KEY, default=None)
+    return value if isinstance(value, dict) else None
 
 
 def get_pinned_adapter(*, session: Session) -> str | None:

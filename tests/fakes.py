@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop
-from kaizen.errors import BusyError, InputError, ModelError
+from kaizen.errors import AdapterError, BusyError, InputError, ModelError
 
 
 class FakeGeneration:
@@ -79,6 +79,7 @@ class FakeEngine:
         self.adapter_version = BASE
         self.adapter_path: Path | None = None
         self.context_tokens = 2048
+        self.refuse: set[str] = set()  # versions activate() refuses (AdapterError), as a broken adapter would be
         self.max_queue = max_queue
         self.in_queue = 0
         self.busy = False
@@ -109,5 +110,7 @@ class FakeEngine:
         return "".join(self.stream(messages, params))
 
     def activate(self, version: str, path: Path | None) -> float:
+        if version in self.refuse:  # as the real one refuses an adapter that does not fit the base model
+            raise AdapterError(f"{version} does not fit the base model")
         self.adapter_version, self.adapter_path = (BASE, None) if path is None else (version, Path(path))
         return 0.0

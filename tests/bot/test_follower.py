@@ -3,9 +3,12 @@ activate`, on its own database connection) changes it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import launch
 from bot.services import Kaizen
 from feedback_db import store
+from kaizen import adapters
 from tests.fakes import FakeEngine
 from tests.harness import wait_until
 from tests.seed import publish_fake_version
@@ -46,3 +49,39 @@ def test_exchanges_record_the_version_that_answered(kaizen: Kaizen) -> None:
     with kaizen.db.session() as s:
         versions = [e.adapter_version for e in store.list_exchanges(session=s)]
     assert sorted(versions) == ["base", "v1"]
+
+
+def test_a_version_that_failed_is_tried_again_when_its_files_change(kaizen: Kaizen, monkeypatch) -> None:
+    # issue 14, kind 7: after one failure the server never retried v1, even once its files were repaired.
+    tried: list[Path] = []
+    verify = adapters.verify
+    monkeypatch.setattr(adapters, "verify", lambda path: (tried.append(path), verify(path))[1])
+    weights = publish_fake_version(kaizen, "v1") / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"truncated")
+    with kaizen.db.write() as s:
+        store.set_active_adapter(session=s, version="v1")
+    assert kaizen.follower.sync() == "base" and "checksum" in (kaizen.follower.last_error or "")
+    assert kaizen.follower.sync() == "base" and len(tried) == 1  # the same broken files: not tried every second
+    weights.write_bytes(good)  # repaired
+    assert kaizen.follower.sync() == "v1" and kaizen.follower.last_error is None and len(tried) == 2
+
+
+def test_the_command_line_reports_what_the_running_server_serves(kaizen: Kaizen, fake_engine: FakeEngine,
+                                                                 capsys) -> None:
+    publish_fake_version(kaizen, "v1")
+    kaizen.follower.interval_s = 0.05
+    kaizen.follower.start()
+    data_dir = str(kaizen.settings.data_dir)
+    fake_engine.refuse.add("v1")
+    assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 1  # the server could not take it
+    assert "still serves base" in capsys.readouterr().err and fake_engine.adapter_version == "base"
+    assert launch.main(["adapters", "--data-dir", data_dir]) == 0
+    listing = capsys.readouterr().out
+    assert "last reported serving base" in listing and "not v1: Could not activate v1" in listing
+    fake_engine.refuse.clear()
+    # Same files, but an explicit activation is tried again.
+    assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 0
+    assert "the running server now serves v1" in capsys.readouterr().out and fake_engine.adapter_version == "v1"
+    assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 0  # already served: still a clear answer
+    assert "now serves v1" in capsys.readouterr().out
