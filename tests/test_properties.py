@@ -91,12 +91,20 @@ AUTH = ("admin", PASSWORD)
 TEXT = st.text(max_size=40)  # includes control characters and lone surrogates
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                    st.floats(allow_nan=True, allow_infinity=True), TEXT)
+PARTS = st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", ""])},
+                                      optional={"text": st.one_of(TEXT, VALUES)}), max_size=3)
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "", "USER"]),
-                                 "content": st.one_of(TEXT, VALUES)})
+                                 "content": st.one_of(TEXT, VALUES, PARTS)})
 CHAT = st.fixed_dictionaries(
     {"messages": st.one_of(st.lists(MESSAGE, max_size=4), VALUES)},
     optional={"stream": VALUES, "max_tokens": VALUES, "temperature": VALUES, "top_p": VALUES,
-              "conversation_id": VALUES, "memory": VALUES, "model": VALUES})
+              "conversation_id": VALUES, "memory": VALUES, "model": VALUES,
+              # the OpenAI fields Kaizen honours or refuses by name (issue 14)
+              "stop": st.one_of(VALUES, st.lists(TEXT, max_size=5)), "n": VALUES, "seed": VALUES,
+              "max_completion_tokens": VALUES, "tools": VALUES, "logprobs": VALUES,
+              "stream_options": st.one_of(VALUES, st.fixed_dictionaries({}, optional={"include_usage": VALUES})),
+              "response_format": st.one_of(VALUES, st.fixed_dictionaries({"type": st.sampled_from(
+                  ["text", "json_object", ""])}))})
 FEEDBACK = st.fixed_dictionaries({}, optional={"id": VALUES,
                                                "rating": st.one_of(st.sampled_from(["up", "down"]), VALUES),
                                                "correction": VALUES, "extra": VALUES})

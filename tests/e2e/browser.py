@@ -104,6 +104,14 @@ class ChatPage:
         expect(status).to_contain_text("Rated 👍" if like else "Rated 👎")
         return status.inner_text()
 
+    def withdraw_rating(self, message_index: int, like: bool) -> str:
+        """Click the chosen 👍 or 👎 again (Gradio then labels it "Liked"/"Disliked"); returns the status line."""
+        buttons = self.page.locator("#chatbot .message-buttons-left").nth(message_index)
+        buttons.get_by_role("button", name="Liked" if like else "Disliked", exact=True).click()
+        status = self.page.locator("#status")
+        expect(status).to_contain_text("Rating withdrawn")
+        return status.inner_text()
+
     def submit_better_answer(self, text: str) -> str:
         self.page.locator("#better textarea").fill(text)
         self.page.locator("#submit-better").click()

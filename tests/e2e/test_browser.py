@@ -144,6 +144,12 @@ def test_thumbs_up_on_another_answer_is_stored_for_that_answer(server, db, page)
     fb = feedback_of(db, second.id)
     assert (fb.rating, fb.correction, fb.status) == ("up", None, "approved")
     assert feedback_of(db, first.id) is None  # the other answer stays unrated
+    # Clicking the chosen 👍 again takes the rating back (issue 14: Gradio sends "" and it was stored as 👎).
+    chat.withdraw_rating(1, like=True)
+    assert feedback_of(db, second.id) is None
+    chat.rate(1, like=False)
+    chat.withdraw_rating(1, like=False)
+    assert feedback_of(db, second.id) is None
 
 
 def test_admin_approves_a_correction_trains_and_the_chat_answers_from_memory(server, db, page):
