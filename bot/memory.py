@@ -187,8 +187,9 @@ class Thresholds:
     context: float = 0.48
     # A context match at least this strong must be carried by the reply (bot/fallback.CarriesFact).
     # Measured (eval set + bench/data/travel_facts.json): at 0.48, 6 of 72 untaught questions reach
-    # it and 28 of 40 travel paraphrases find their item first; at 0.60, 5 of 72 and 15 of 40. A
-    # stricter bar saves one false match and loses half the facts, so it is the context threshold.
+    # it and 34 of 40 travel paraphrases find their item first; at 0.60, 4 of 72 and 24 of 40. A
+    # stricter bar saves two false matches and loses a third of the facts, so it is the context
+    # threshold.
     fact: float = 0.48
 
 
