@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -319,6 +320,20 @@ def served_line(served: dict | None, active: str) -> str:
 SERVER_REPORT_SECONDS = 5.0  # how long `kaizen activate` waits for a running server to report
 
 
+def _server_running(served: dict | None) -> bool:
+    """Whether the process that last reported what it serves is a server still running (on another
+    host it cannot be checked, so it is taken to be)."""
+    if not served or not served.get("live"):
+        return False
+    if served.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(served["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
 @command("activate")
 def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
     from feedback_db import store
@@ -334,6 +349,11 @@ def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
             store.set_pinned_adapter(session=s, version=version)
     print(f"active adapter: {version}" + (" (pinned: `kaizen unpin` lets rounds replace it)" if args.pin else ""))
     # A running server follows the setting within about a second and reports what it serves.
+    with db.session() as s:
+        last = store.get_served_adapter(session=s)
+    if not _server_running(last):
+        print("no server is running; one started later serves it")
+        return 0
     deadline = time.monotonic() + SERVER_REPORT_SECONDS
     while True:
         with db.session() as s:

@@ -3,7 +3,7 @@
     POST /v1/chat/completions   stream true/false; the response id is the stored exchange id. Every
                                 field the openai client sends is honoured or refused with 400 and
                                 `error.param` (ChatRequest.check_supported)
-    GET  /v1/models
+    GET  /v1/models, /v1/models/{id}
     POST /v1/feedback           {"id", "rating": "up"|"down", "correction"?}: 200, 404, 422 (a correction
                                 needs "down")
     DELETE /v1/feedback/{id}    take a rating back (with its correction): 200 {"id", "withdrawn"}, 404
@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.engine_api import FinishReason
 from feedback_db import store
-from kaizen.errors import KaizenError
+from kaizen.errors import KaizenError, NotFoundError
 from kaizen.prompts import INVALID_CHARS, MAX_CORRECTION_CHARS
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class ContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]  # "developer": OpenAI's newer name for system
     content: str | list[ContentPart]
 
     def text(self, index: int) -> str:
@@ -69,8 +69,9 @@ class ChatMessage(BaseModel):
             return self.content
         for part in self.content:
             if part.type != "text" or part.text is None:
-                raise KaizenError(f"messages[{index}].content: a part of type {part.type!r} cannot be answered; "
-                                  "this model reads text parts only.")
+                raise FieldError(f"messages[{index}].content",
+                                 f"messages[{index}].content: a part of type {part.type!r} cannot be answered; "
+                                 "this model reads text parts only.")
         return "\n".join(part.text or "" for part in self.content)
 
     # Lone surrogates (JSON allows "\ud800") break the tokenizer. Control characters are refused
@@ -334,7 +335,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _kaizen(_req: Request, exc: KaizenError) -> JSONResponse:
         if isinstance(exc, FieldError):
             return _error(exc.status, exc.message, "invalid_request_error", param=exc.param)
-        return _error(exc.status, exc.message, type(exc).__name__)
+        kind = "invalid_request_error" if type(exc) is KaizenError else type(exc).__name__  # a plain 400
+        return _error(exc.status, exc.message, kind)
 
     @app.exception_handler(store.NotFound)
     async def _not_found(_req: Request, exc: store.NotFound) -> JSONResponse:
@@ -358,12 +360,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
+    async def _validation(req: Request, exc: RequestValidationError) -> JSONResponse:
+        parts, fields = [], []
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "body"
             parts.append(f"{where}: {err.get('msg')}")
-        return _error(422, "Invalid request: " + "; ".join(parts), "invalid_request_error")
+            fields.append(where)
+        message = "Invalid request: " + "; ".join(parts)
+        if req.url.path.startswith("/v1/chat/"):  # OpenAI's shape: 400, naming the field
+            return _error(400, message, "invalid_request_error", param=fields[0] if fields else None)
+        return _error(422, message, "invalid_request_error")
 
 
 def _chunk(reply_id: str, model: str, created: int, delta: ChunkDelta, finish: FinishReason | None = None) -> str:
@@ -381,9 +387,11 @@ def build_router(kaizen: Kaizen) -> APIRouter:
         texts = [m.text(i) for i, m in enumerate(req.messages)]
         *history, last = req.messages
         if last.role != "user":
-            raise KaizenError("The last message must come from the user.")
-        system = "\n".join(t for m, t in zip(history, texts, strict=False) if m.role == "system")
-        turns = [{"role": m.role, "content": t} for m, t in zip(history, texts, strict=False) if m.role != "system"]
+            raise FieldError("messages", "The last message must come from the user.")
+        instructions = ("system", "developer")
+        system = "\n".join(t for m, t in zip(history, texts, strict=False) if m.role in instructions)
+        turns = [{"role": m.role, "content": t} for m, t in zip(history, texts, strict=False)
+                 if m.role not in instructions]
         return kaizen.chat.start(
             message=texts[-1],
             history=turns,
@@ -442,6 +450,12 @@ def build_router(kaizen: Kaizen) -> APIRouter:
     @router.get("/v1/models", response_model=ModelList)
     def models() -> ModelList:
         return ModelList(data=[ModelCard(id=kaizen.model_name, created=loaded, adapter=kaizen.engine.adapter_version)])
+
+    @router.get("/v1/models/{model_id}", response_model=ModelCard)
+    def model(model_id: str) -> ModelCard:
+        if model_id != kaizen.model_name:
+            raise NotFoundError(f"The model {model_id!r} does not exist; GET /v1/models lists the one served.")
+        return ModelCard(id=kaizen.model_name, created=loaded, adapter=kaizen.engine.adapter_version)
 
     @router.post("/v1/feedback", response_model=FeedbackAnswer)
     def feedback(req: FeedbackRequest) -> FeedbackAnswer:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.emotion import Emotion, EmotionAnalyzer
-from bot.engine_api import ChatEngine, FinishReason, GenParams, Message, ReplyStream, cut_at_stop
+from bot.engine_api import ChatEngine, GenParams, Message, ReplyLimits, ReplyStream
 from bot.fallback import CarriesFact, NoEcho
 from bot.recall import KnowledgeRecall
 from feedback_db import store
@@ -98,27 +98,13 @@ class MemoryReplyStream:
     string as a generated reply would. `prompt_tokens` counts the
     message it answers (usage is accounted the same on every path)."""
 
-    def __init__(self, answer: str, *, adapter_version: str, count_tokens: Callable[[str], int],
-                 max_new_tokens: int, message: str, stop: tuple[str, ...] = ()) -> None:
+    def __init__(self, answer: str, *, adapter_version: str, limits: ReplyLimits, message: str) -> None:
         self.adapter_version = adapter_version
         self.adapter_applied = False  # no model ran
         self.preference_applied = False
-        self.prompt_tokens = count_tokens(message)
-        self.finish_reason: FinishReason = "stop"
-        answer, _ = cut_at_stop(answer, stop)  # as the model path: the reply ends before a stop string
-        if count_tokens(answer) > max_new_tokens:
-            words = _word_chunks(answer)
-            low, high = 0, len(words)  # the longest prefix of words within the limit (counts grow with words)
-            while low < high:
-                mid = (low + high + 1) // 2
-                if count_tokens("".join(words[:mid])) <= max_new_tokens:
-                    low = mid
-                else:
-                    high = mid - 1
-            answer = "".join(words[:low]).rstrip()
-            self.finish_reason = "length"
-        self._answer = answer
-        self.completion_tokens = count_tokens(answer)
+        self.prompt_tokens = limits.count_tokens(message)
+        self._answer, self.finish_reason = limits.apply(answer)
+        self.completion_tokens = limits.count_tokens(self._answer)
 
     def __iter__(self) -> Iterator[str]:
         yield from _word_chunks(self._answer)
@@ -201,17 +187,18 @@ class ChatService:
         source = found.source if (found is not None and use_memory) else "model"
         hits = found.hits if (found is not None and use_memory) else ()
         started, started_at = time.perf_counter(), utcnow()
+        params = params_from(self.settings, **gen_overrides)
         if source == "memory":
-            stream: ReplyStream = self._memory_reply(hits[0].item.answer, text,
-                                                     params_from(self.settings, **gen_overrides))
+            stream: ReplyStream = self._memory_reply(hits[0].item.answer, text, params)
         else:
             facts = [h.item.answer for h in hits] if source == "rag" else []
             use_adapter = self.settings.adapter_routing == "always" or in_scope
             stream = self._model_reply(text, emotion, facts, without_degenerate(history or []), extra_system,
-                                       params_from(self.settings, **gen_overrides), use_adapter)
+                                       params, use_adapter)
             if (self.settings.fact_check and source == "rag" and self.recall is not None
                     and hits[0].score >= self.recall.memory.thresholds.fact):
-                stream = CarriesFact(stream, hits[0].item.answer, text)  # a strong match's fact is in the reply
+                # A strong match's fact is in the reply, within the request's limits.
+                stream = CarriesFact(stream, hits[0].item.answer, text, self._limits(params))
         item_ids = [h.item.id for h in hits if h.item.id > 0]  # identity answers (< 0) are not rows
 
         def finish(reply: Reply) -> None:
@@ -237,9 +224,11 @@ class ChatService:
     def _memory_reply(self, answer: str, message: str, params: GenParams) -> ReplyStream:
         """The taught answer, word for word, as the version being served would be credited with it,
         within the request's token limit and stop strings."""
-        return MemoryReplyStream(answer, adapter_version=self.engine.adapter_version,
-                                 count_tokens=self.engine.count_tokens, max_new_tokens=params.max_new_tokens,
-                                 message=message, stop=params.stop)
+        return MemoryReplyStream(answer, adapter_version=self.engine.adapter_version, limits=self._limits(params),
+                                 message=message)
+
+    def _limits(self, params: GenParams) -> ReplyLimits:
+        return ReplyLimits(self.engine.count_tokens, params.max_new_tokens, params.stop)
 
     def _model_reply(self, text: str, emotion: Emotion, facts: list[str], history: list[Message],
                      extra_system: str, params: GenParams, use_adapter: bool) -> ReplyStream:
@@ -251,19 +240,20 @@ class ChatService:
             system += "\n\n" + extra_system
         messages = [{"role": "system", "content": system}, *history,
                     {"role": "user", "content": with_context(text, facts)}]
-        return NoEcho(self.engine.stream(messages, params, use_adapter=use_adapter), text)
+        return NoEcho(self.engine.stream(messages, params, use_adapter=use_adapter), text, self._limits(params))
 
     def _store(self, reply: Reply, *, client: str, started: float, started_at: dt.datetime) -> None:
         """Store the finished exchange once, and count the memory items it used."""
-        if not reply.text.strip():
-            reply.text = "…"  # a model that emits nothing still gets a stored, ratable reply
+        # A reply of nothing (a model that emits nothing, max_tokens too small for one word) is stored
+        # as "…" so it can be rated; the client is given what was streamed, nothing.
+        bot_text = reply.text if reply.text.strip() else "…"
         stream = reply.stream
         with self.db.write() as s:
             ex = store.create_exchange(
                 session=s,
                 conversation_id=reply.conversation_id,
                 user_text=reply.message,
-                bot_text=reply.text,
+                bot_text=bot_text,
                 emotion_label=reply.emotion.label,
                 emotion_score=reply.emotion.score,
                 adapter_version=stream.adapter_version,

@@ -8,14 +8,16 @@ checks the structure; `tests/bot/test_engine_api.py` checks the behaviour both m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from kaizen.prompts import Message
 
-__all__ = ["BASE", "ChatEngine", "FinishReason", "GenParams", "Message", "ReplyStream", "cut_at_stop", "stop_hold"]
+__all__ = ["BASE", "ChatEngine", "FinishReason", "GenParams", "Message", "ReplyStream", "ReplyLimits", "cut_at_stop",
+           "stop_hold"]
 
 BASE = "base"  # the adapter version name of the model without an adapter
 FinishReason = Literal["stop", "length"]  # OpenAI's finish_reason values that Kaizen produces
@@ -38,6 +40,40 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """(`text` before the earliest stop string, whether one was found)."""
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     return (text[:min(found)], True) if found else (text, False)
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """A request's limits on a reply that no model generated (a taught answer, a fallback): the same
+    `max_new_tokens` and stop strings the model path obeys, counted with the engine's tokenizer."""
+
+    count_tokens: Callable[[str], int]
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+    def apply(self, text: str) -> tuple[str, FinishReason]:
+        """`text` ended before a stop string and cut to `max_new_tokens` tokens (at the last whole
+        word that fits, or inside the first word if none does), with its finish_reason."""
+        text, _ = cut_at_stop(text, self.stop)
+        if self.count_tokens(text) <= self.max_new_tokens:
+            return text, "stop"
+        words = re.findall(r"\S+\s*|\s+", text)
+        fits = _longest(len(words), lambda n: self.count_tokens("".join(words[:n])) <= self.max_new_tokens)
+        if fits:
+            return "".join(words[:fits]).rstrip(), "length"
+        return text[:_longest(len(text), lambda n: self.count_tokens(text[:n]) <= self.max_new_tokens)], "length"
+
+
+def _longest(n: int, fits: Callable[[int], bool]) -> int:
+    """The largest k in [0, n] with fits(k), for a `fits` that holds up to some k and not after (binary search)."""
+    low, high = 0, n
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def stop_hold(text: str, stops: tuple[str, ...]) -> int:

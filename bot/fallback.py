@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from bot.engine_api import FinishReason, ReplyStream
+from bot.engine_api import FinishReason, ReplyLimits, ReplyStream
 from kaizen.text import fold
 
 NO_ANSWER = {
@@ -39,9 +39,20 @@ def language(text: str) -> str:
 class _Wrapper:
     """A `ReplyStream` over another one: the same version, flags and counts; subclasses change the text."""
 
-    def __init__(self, stream: ReplyStream) -> None:
+    def __init__(self, stream: ReplyStream, limits: ReplyLimits | None = None) -> None:
         self._stream = stream
+        self._limits = limits
         self.replaced = False  # the text is the wrapper's own (a fallback or the taught fact), not the model's
+        self._own: tuple[int, FinishReason] = (0, "stop")  # (completion tokens, finish_reason) of that text
+
+    def _replace(self, text: str) -> str:
+        """`text` in place of the model's reply, within the request's limits (`ReplyLimits`)."""
+        self.replaced = True
+        if self._limits is None:
+            return text
+        text, finish = self._limits.apply(text)
+        self._own = (self._limits.count_tokens(text), finish)
+        return text
 
     @property
     def adapter_version(self) -> str:
@@ -61,11 +72,11 @@ class _Wrapper:
 
     @property
     def completion_tokens(self) -> int:
-        return self._stream.completion_tokens
+        return self._own[0] if self.replaced and self._limits is not None else self._stream.completion_tokens
 
     @property
     def finish_reason(self) -> FinishReason:
-        return "stop" if self.replaced else self._stream.finish_reason
+        return self._own[1] if self.replaced else self._stream.finish_reason
 
     def close(self) -> None:
         self._stream.close()
@@ -74,8 +85,8 @@ class _Wrapper:
 class NoEcho(_Wrapper):
     """A `ReplyStream` that replaces an empty or echoed reply with `NO_ANSWER` (see the module)."""
 
-    def __init__(self, stream: ReplyStream, question: str) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: ReplyStream, question: str, limits: ReplyLimits | None = None) -> None:
+        super().__init__(stream, limits)
         # A greeting given back ("Xin chào" -> "Xin chào!") is a reply; a question given back is not.
         asks = question.rstrip().endswith("?") or len(question.split()) >= 3
         self._question = letters(question) if asks else ""
@@ -100,8 +111,7 @@ class NoEcho(_Wrapper):
         if held is None:
             return
         if not letters(text) or (self._question and letters(text) == self._question):
-            self.replaced = True
-            yield NO_ANSWER[self._language]
+            yield self._replace(NO_ANSWER[self._language])
         else:  # a part of the question only ("Xin chào" to "Xin chào, bạn là ai?"): a reply of its own
             yield from held
 
@@ -161,8 +171,8 @@ class CarriesFact(_Wrapper):
     """A `ReplyStream` that holds the model's reply back until it carries `fact_keys(fact, question)`,
     and replaces it with `fact` (the matched item's text) if it ends without them (see the module)."""
 
-    def __init__(self, stream: ReplyStream, fact: str, question: str) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: ReplyStream, fact: str, question: str, limits: ReplyLimits | None = None) -> None:
+        super().__init__(stream, limits)
         self._fact = fact
         self._keys = fact_keys(fact, question)
 
@@ -182,6 +192,5 @@ class CarriesFact(_Wrapper):
                 yield from held
                 held = None
         if held is not None:
-            self.replaced = True
-            yield self._fact
+            yield self._replace(self._fact)
 

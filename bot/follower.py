@@ -11,6 +11,8 @@ what is served is written back (`store.set_served_adapter`) for the command line
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from pathlib import Path
 
@@ -33,7 +35,7 @@ class AdapterFollower:
         # explicit activation asks again (issue 14, kind 7: a repaired version was never retried).
         self._failed: tuple[str, tuple] | None = None
         self._request: dict[str, str] | None = None  # the last explicit activation seen
-        self._reported: tuple[str, str, str | None] | None = None
+        self._reported: tuple[str, str, str | None, bool] | None = None
         self._stop = threading.Event()
         self._sync_lock = threading.Lock()  # the admin tab and the background loop both sync
         self._thread: threading.Thread | None = None
@@ -83,10 +85,12 @@ class AdapterFollower:
         """Tell other processes (`kaizen activate`, `kaizen adapters`) what this one serves, on a change."""
         served = self.engine.adapter_version
         error = self.last_error if wanted != served else None
-        if self._reported != (served, wanted, error):
+        live = self._thread is not None and not self._stop.is_set()  # a server, not a one-off command
+        if self._reported != (served, wanted, error, live):
+            process = {"pid": os.getpid(), "host": socket.gethostname(), "live": live}
             with self.db.write() as s:
-                store.set_served_adapter(session=s, version=served, wanted=wanted, error=error)
-            self._reported = (served, wanted, error)
+                store.set_served_adapter(session=s, version=served, wanted=wanted, error=error, process=process)
+            self._reported = (served, wanted, error, live)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -545,10 +545,13 @@ def get_activation_request(*, session: Session) -> dict[str, str] | None:
     return value if isinstance(value, dict) else None
 
 
-def set_served_adapter(*, session: Session, version: str, wanted: str, error: str | None) -> None:
-    """What the serving process serves, the version it was asked for, and why it could not (or None)."""
+def set_served_adapter(*, session: Session, version: str, wanted: str, error: str | None,
+                       process: dict[str, Any] | None = None) -> None:
+    """What the serving process serves, the version it was asked for, and why it could not (or None);
+    `process` says who reports ({"pid", "host", "live"}: live = it keeps following the active version)."""
     set_setting(session=session, key=SERVED_ADAPTER_KEY,
-                value={"version": version, "wanted": wanted, "error": error, "at": utcnow().isoformat()})
+                value={"version": version, "wanted": wanted, "error": error, "at": utcnow().isoformat(),
+                       **(process or {})})
 
 
 def get_served_adapter(*, session: Session) -> dict[str, Any] | None:

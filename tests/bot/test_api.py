@@ -158,11 +158,11 @@ def test_feedback_errors(http, body, status):
     assert r.json()["error"]["message"]
 
 
-def test_invalid_json_is_422(http):
+def test_invalid_json_is_422_and_400_on_chat_completions(http):
     r = http.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
     r = http.post("/v1/chat/completions", content=b"\xff\xfe", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400  # OpenAI's status for a request it cannot take
 
 
 def test_chat_errors_through_the_openai_client(client, kaizen, fake_engine):
@@ -172,7 +172,7 @@ def test_chat_errors_through_the_openai_client(client, kaizen, fake_engine):
         client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "word " * 5000}])
     with pytest.raises(openai.BadRequestError, match="last message"):
         client.chat.completions.create(model="kaizen", messages=[{"role": "assistant", "content": "hi"}])
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError):  # OpenAI's 400 for a malformed request
         client.chat.completions.create(model="kaizen", messages=[])
     fake_engine.busy = True
     with pytest.raises(openai.InternalServerError) as err:
@@ -343,3 +343,54 @@ def test_stop_ends_the_reply_before_the_stop_string_on_every_path(client, kaizen
         store.add_knowledge(session=s, question="Thủ đô của Pháp là gì?", answer="Thủ đô của Pháp là Paris.",
                             verbatim=True)
     assert ask("Thủ đô của Pháp là gì?", "Paris", extra_body={"memory": True}) == ("Thủ đô của Pháp là ", "stop")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fact_put_in_place_of_the_models_reply_obeys_max_tokens_and_stop(client, kaizen, fake_engine, stream):
+    # Found by a new-user trial: the fact check replaced a cut reply with the whole fact (issue 14, kind 3).
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Fansipan cao mấy mét?", answer="Đỉnh Fansipan cao 3.147 mét.")
+    ask = {"model": "kaizen", "messages": [{"role": "user", "content": "Fansipan cao mấy mét?"}],
+           "extra_body": {"memory": True}, "stream": stream}
+
+    def answer(**kw: Any) -> tuple[str, str, str]:
+        r = client.chat.completions.create(**ask, **kw)
+        if not stream:
+            return r.choices[0].message.content, r.choices[0].finish_reason, r.model_extra["kaizen"]["source"]
+        chunks = list(r)
+        return ("".join(c.choices[0].delta.content or "" for c in chunks),
+                next(c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason), "rag")
+
+    fake_engine.enqueue(*["Fansipan rất cao."] * 3)  # a reply without the fact's number, three times
+    assert answer() == ("Đỉnh Fansipan cao 3.147 mét.", "stop", "rag")
+    assert answer(max_tokens=3) == ("Đỉnh Fansipan cao", "length", "rag")
+    assert answer(stop=["3.147"]) == ("Đỉnh Fansipan cao ", "stop", "rag")
+
+
+def test_a_limit_smaller_than_the_first_word_cuts_inside_it_and_nothing_is_invented(client, kaizen):
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Giờ mở cửa?", answer="Supercalifragilistic 8 giờ.", verbatim=True)
+    r = client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "Giờ mở cửa?"}],
+                                       max_tokens=1, extra_body={"memory": True})
+    assert r.choices[0].finish_reason == "length" and r.choices[0].message.content == "Supercalifragilistic"
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Chào", answer="Xin chào quý khách.", verbatim=True)
+    r = client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "Chào"}],
+                                       stop=["Xin"], extra_body={"memory": True})
+    assert r.choices[0].message.content == ""  # nothing before the stop string: nothing, not "…"
+
+
+def test_openai_error_shapes_developer_role_and_one_model(client, http):
+    for body, param in (({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+                        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature"),
+                        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages")):
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, body
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
+    resp = client.chat.completions.create(model="kaizen", messages=[
+        {"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": "hi"}])
+    assert resp.choices[0].message.content == "Echo: hi"
+    [card] = client.models.list().data
+    assert client.models.retrieve(card.id).id == card.id
+    r = http.get("/v1/models/no-such-model")
+    assert r.status_code == 404 and "does not exist" in r.json()["error"]["message"]

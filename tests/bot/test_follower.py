@@ -73,6 +73,12 @@ def test_the_command_line_reports_what_the_running_server_serves(kaizen: Kaizen,
     kaizen.follower.interval_s = 0.05
     kaizen.follower.start()
     data_dir = str(kaizen.settings.data_dir)
+
+    def reported_live() -> bool:
+        with kaizen.db.session() as s:
+            return bool((store.get_served_adapter(session=s) or {}).get("live"))
+
+    wait_until(reported_live, 15, "the running follower to report itself", 0.02)
     fake_engine.refuse.add("v1")
     assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 1  # the server could not take it
     assert "still serves base" in capsys.readouterr().err and fake_engine.adapter_version == "base"
@@ -85,3 +91,10 @@ def test_the_command_line_reports_what_the_running_server_serves(kaizen: Kaizen,
     assert "the running server now serves v1" in capsys.readouterr().out and fake_engine.adapter_version == "v1"
     assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 0  # already served: still a clear answer
     assert "now serves v1" in capsys.readouterr().out
+
+
+def test_without_a_running_server_activate_says_so_at_once(kaizen: Kaizen, capsys) -> None:
+    publish_fake_version(kaizen, "v1")
+    kaizen.follower.sync()  # a one-off sync (a command, not a server) reports, but not as live
+    assert launch.main(["activate", "v1", "--data-dir", str(kaizen.settings.data_dir)]) == 0
+    assert "no server is running" in capsys.readouterr().out
