@@ -93,9 +93,10 @@ class MemoryReplyStream:
     """A taught answer served verbatim by the retrieval memory, with the engine's ReplyStream
     shape (`bot.engine_api.ReplyStream`), so the chat service stores both paths the same way.
 
-    It obeys the request's limit as the model path does: an answer over `max_new_tokens` tokens is
-    cut at the last whole word that fits, with finish_reason "length", and it ends before a stop
-    string as a generated reply would. `prompt_tokens` counts the
+    It obeys the client's limit as the model path does: an answer over the `max_tokens` a client
+    asked for is cut at the last whole word that fits, with finish_reason "length", and it ends
+    before a stop string as a generated reply would. The server's default cap on generation does
+    not cut it (`ReplyLimits`). `prompt_tokens` counts the
     message it answers (usage is accounted the same on every path)."""
 
     def __init__(self, answer: str, *, adapter_version: str, limits: ReplyLimits, message: str) -> None:
@@ -188,17 +189,18 @@ class ChatService:
         hits = found.hits if (found is not None and use_memory) else ()
         started, started_at = time.perf_counter(), utcnow()
         params = params_from(self.settings, **gen_overrides)
+        limits = ReplyLimits(self.engine.count_tokens, gen_overrides.get("max_new_tokens"), params.stop)
         if source == "memory":
-            stream: ReplyStream = self._memory_reply(hits[0].item.answer, text, params)
+            stream: ReplyStream = self._memory_reply(hits[0].item.answer, text, limits)
         else:
             facts = [h.item.answer for h in hits] if source == "rag" else []
             use_adapter = self.settings.adapter_routing == "always" or in_scope
             stream = self._model_reply(text, emotion, facts, without_degenerate(history or []), extra_system,
-                                       params, use_adapter)
+                                       params, use_adapter, limits)
             if (self.settings.fact_check and source == "rag" and self.recall is not None
                     and hits[0].score >= self.recall.memory.thresholds.fact):
                 # A strong match's fact is in the reply, within the request's limits.
-                stream = CarriesFact(stream, hits[0].item.answer, text, self._limits(params))
+                stream = CarriesFact(stream, hits[0].item.answer, text, limits)
         item_ids = [h.item.id for h in hits if h.item.id > 0]  # identity answers (< 0) are not rows
 
         def finish(reply: Reply) -> None:
@@ -221,17 +223,13 @@ class ChatService:
         limit = self.engine.context_tokens - self.settings.max_new_tokens - system - TEMPLATE_TOKENS
         return self.engine.count_tokens(text), max(1, limit)
 
-    def _memory_reply(self, answer: str, message: str, params: GenParams) -> ReplyStream:
+    def _memory_reply(self, answer: str, message: str, limits: ReplyLimits) -> ReplyStream:
         """The taught answer, word for word, as the version being served would be credited with it,
-        within the request's token limit and stop strings."""
-        return MemoryReplyStream(answer, adapter_version=self.engine.adapter_version, limits=self._limits(params),
-                                 message=message)
-
-    def _limits(self, params: GenParams) -> ReplyLimits:
-        return ReplyLimits(self.engine.count_tokens, params.max_new_tokens, params.stop)
+        within the client's token limit and stop strings."""
+        return MemoryReplyStream(answer, adapter_version=self.engine.adapter_version, limits=limits, message=message)
 
     def _model_reply(self, text: str, emotion: Emotion, facts: list[str], history: list[Message],
-                     extra_system: str, params: GenParams, use_adapter: bool) -> ReplyStream:
+                     extra_system: str, params: GenParams, use_adapter: bool, limits: ReplyLimits) -> ReplyStream:
         """The model's answer, with the persona, the tone for `emotion` and any retrieved facts;
         the served adapter applies only if `use_adapter` (routing by scope)."""
         system = build_system_prompt(load_persona(self.db), tone=tone_instruction(emotion.label),
@@ -240,7 +238,7 @@ class ChatService:
             system += "\n\n" + extra_system
         messages = [{"role": "system", "content": system}, *history,
                     {"role": "user", "content": with_context(text, facts)}]
-        return NoEcho(self.engine.stream(messages, params, use_adapter=use_adapter), text, self._limits(params))
+        return NoEcho(self.engine.stream(messages, params, use_adapter=use_adapter), text, limits)
 
     def _store(self, reply: Reply, *, client: str, started: float, started_at: dt.datetime) -> None:
         """Store the finished exchange once, and count the memory items it used."""

@@ -44,24 +44,28 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 @dataclass(frozen=True)
 class ReplyLimits:
-    """A request's limits on a reply that no model generated (a taught answer, a fallback): the same
-    `max_new_tokens` and stop strings the model path obeys, counted with the engine's tokenizer."""
+    """A request's limits on a reply that no model generated (a taught answer, a fallback): the
+    client's own token limit (OpenAI `max_tokens`) and stop strings, counted with the engine's
+    tokenizer. `max_new_tokens` None: the client set no limit, and the server's default cap on
+    generation (`Settings.max_new_tokens`, there to bound a model's cost) does not cut an answer
+    an admin approved."""
 
     count_tokens: Callable[[str], int]
-    max_new_tokens: int
+    max_new_tokens: int | None
     stop: tuple[str, ...] = ()
 
     def apply(self, text: str) -> tuple[str, FinishReason]:
         """`text` ended before a stop string and cut to `max_new_tokens` tokens (at the last whole
         word that fits, or inside the first word if none does), with its finish_reason."""
         text, _ = cut_at_stop(text, self.stop)
-        if self.count_tokens(text) <= self.max_new_tokens:
+        limit = self.max_new_tokens
+        if limit is None or self.count_tokens(text) <= limit:
             return text, "stop"
         words = re.findall(r"\S+\s*|\s+", text)
-        fits = _longest(len(words), lambda n: self.count_tokens("".join(words[:n])) <= self.max_new_tokens)
+        fits = _longest(len(words), lambda n: self.count_tokens("".join(words[:n])) <= limit)
         if fits:
             return "".join(words[:fits]).rstrip(), "length"
-        return text[:_longest(len(text), lambda n: self.count_tokens(text[:n]) <= self.max_new_tokens)], "length"
+        return text[:_longest(len(text), lambda n: self.count_tokens(text[:n]) <= limit)], "length"
 
 
 def _longest(n: int, fits: Callable[[int], bool]) -> int:

@@ -100,9 +100,15 @@ class AdapterFollower:
                 self.last_error = f"Adapter follower: {type(exc).__name__}: {exc}"
 
     def start(self) -> None:
+        """Follow in a thread, and report this process live at once: a `kaizen activate` right after
+        the server is up must not be told that no server runs."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="kaizen-adapter-follower", daemon=True)
             self._thread.start()
+            try:
+                self.sync()
+            except Exception as exc:  # as in the loop: the error is shown in the admin tab
+                self.last_error = f"Adapter follower: {type(exc).__name__}: {exc}"
 
     def stop(self) -> None:
         self._stop.set()

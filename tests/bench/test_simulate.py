@@ -172,6 +172,7 @@ def test_command_line_options():
 # --- one short day against a real server -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_one_simulated_day_on_a_real_server(tmp_path, tiny_model_dir, sheet):
     cfg = Config(days=1, users_per_day=3, questions_per_user=3, seed=1, model=str(tiny_model_dir),
                  data_dir=tmp_path / "sim", out_dir=tmp_path / "out", max_tokens=12, trigger="api",

@@ -261,6 +261,21 @@ def test_a_taught_answer_obeys_max_tokens_and_counts_its_prompt(client, kaizen, 
     assert (cut.usage.prompt_tokens, cut.usage.completion_tokens) == (7, 3)
 
 
+def test_the_servers_default_reply_cap_does_not_cut_a_taught_answer(client, kaizen):
+    # KAIZEN_MAX_NEW_TOKENS bounds what the model generates; an answer an admin approved is served
+    # whole unless the client itself asked for fewer tokens (a fresh-clone run cut one at 48 tokens).
+    kaizen.chat.settings = kaizen.settings.model_copy(update={"max_new_tokens": 3})
+    answer = "Công ty mở cửa từ 8 giờ đến 17 giờ 30, thứ Hai đến thứ Sáu."
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Công ty mở cửa lúc mấy giờ?", verbatim=True, answer=answer)
+    ask = {"model": "kaizen", "messages": [{"role": "user", "content": "Công ty mở cửa lúc mấy giờ?"}],
+           "extra_body": {"memory": True}}
+    whole = client.chat.completions.create(**ask)
+    assert (whole.choices[0].message.content, whole.choices[0].finish_reason) == (answer, "stop")
+    cut = client.chat.completions.create(**ask, max_tokens=4)
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("Công ty mở cửa", "length")
+
+
 def test_include_usage_sends_a_last_chunk_with_usage_and_no_choices(client, http):
     chunks = list(client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "one two"}],
                                                  stream=True, stream_options={"include_usage": True}))

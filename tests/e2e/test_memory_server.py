@@ -21,8 +21,8 @@ def test_correction_and_import_are_served_at_once_without_training(tmp_path, emb
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
         def ask(text, **kw):
-            r = client.chat.completions.create(model="kaizen", max_tokens=40,
-                                               messages=[{"role": "user", "content": text}], **kw)
+            kw.setdefault("max_tokens", 40)
+            r = client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": text}], **kw)
             return r, r.model_extra["kaizen"]
 
         first, meta = ask("Công ty mở cửa lúc mấy giờ?")
@@ -31,9 +31,14 @@ def test_correction_and_import_are_served_at_once_without_training(tmp_path, emb
         assert r.json()["status"] == "approved"
         for question in ("Công ty mở cửa lúc mấy giờ?", "cong ty mo cua luc may gio",
                          "Cho mình hỏi công ty mở cửa lúc mấy giờ?"):
-            again, meta = ask(question)
+            again, meta = ask(question, max_tokens=openai.NOT_GIVEN)
             assert again.choices[0].message.content == FIX, question
             assert meta["source"] == "memory" and len(meta["memory_item_ids"]) == 1
+        # A limit the client asks for holds on a taught answer too, counted in the real tokenizer's tokens.
+        cut, meta = ask("Công ty mở cửa lúc mấy giờ?", max_tokens=8)
+        text = cut.choices[0].message.content
+        assert meta["source"] == "memory" and cut.choices[0].finish_reason == "length"
+        assert FIX.startswith(text) and 0 < cut.usage.completion_tokens <= 8 and len(text) < len(FIX)
         asked = [{"role": "user", "content": "xin hỏi, công ty mở cửa lúc mấy giờ"}]
         stream = client.chat.completions.create(model="kaizen", stream=True, messages=asked)
         pieces = [c.choices[0].delta.content or "" for c in stream]
@@ -64,9 +69,9 @@ def test_correction_and_import_are_served_at_once_without_training(tmp_path, emb
     with db.session() as s:
         assert store.list_runs(session=s) == []  # no training happened
         sources = [e.source for e in reversed(store.list_exchanges(session=s))]
-        assert sources == ["model", "memory", "memory", "memory", "memory", "rag", "model", "model", *["memory"] * 3]
+        assert sources == ["model", *["memory"] * 5, "rag", "model", "model", *["memory"] * 3]
         [fix_item] = [k for k in store.list_knowledge(session=s) if k.origin == "correction"]
-        assert fix_item.hit_count == 4 and fix_item.verbatim
+        assert fix_item.hit_count == 5 and fix_item.verbatim
     db.close()
 
 
