@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.engine_api import FinishReason
 from feedback_db import store
-from kaizen.errors import KaizenError, NotFoundError
+from kaizen.errors import ContextLengthError, KaizenError, NotFoundError
 from kaizen.prompts import INVALID_CHARS, MAX_CORRECTION_CHARS
 
 if TYPE_CHECKING:
@@ -197,12 +197,14 @@ class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None  # the request field at fault, when one is
+    code: str | None = None  # a machine-readable code, such as "context_length_exceeded"
 
     @model_serializer(mode="wrap")
-    def _param_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         body: dict[str, Any] = handler(self)
-        if body.get("param") is None:
-            body.pop("param", None)
+        for key in ("param", "code"):
+            if body.get(key) is None:
+                body.pop(key, None)
         return body
 
 
@@ -238,6 +240,13 @@ class KaizenExtras(BaseModel):
     adapter_applied: bool = False  # whether its adapter produced this answer (routing by scope)
     preference_applied: bool = False  # whether the version's preference adapter (KTO on ratings) was on for it
     emotion: str
+
+
+def _extras(reply: Reply) -> KaizenExtras:
+    """Where a finished reply came from and what served it."""
+    return KaizenExtras(source=reply.source, memory_item_ids=reply.item_ids, adapter=reply.meta["adapter_version"],
+                        adapter_applied=reply.meta["adapter_applied"],
+                        preference_applied=reply.meta["preference_applied"], emotion=reply.emotion.label)
 
 
 class ChatCompletion(BaseModel):
@@ -278,12 +287,14 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None  # only in the stream_options.include_usage chunk, which has no choices
+    kaizen: KaizenExtras | None = None  # only in the chunk with the finish_reason, once the reply is known
 
     @model_serializer(mode="wrap")
-    def _usage_only_when_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         body: dict[str, Any] = handler(self)
-        if body.get("usage") is None:
-            body.pop("usage", None)
+        for key in ("usage", "kaizen"):
+            if body.get(key) is None:
+                body.pop(key, None)
         return body
 
 
@@ -322,8 +333,8 @@ class Health(BaseModel):
     adapter: str  # the active version, or "base"
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param))
+def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status,
                         headers={"Retry-After": "2"} if status in (429, 503) else None)
 
@@ -332,11 +343,15 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer Kaizen's, the store's, Starlette's and validation errors as ErrorResponse bodies."""
 
     @app.exception_handler(KaizenError)
-    async def _kaizen(_req: Request, exc: KaizenError) -> JSONResponse:
+    async def _kaizen(req: Request, exc: KaizenError) -> JSONResponse:
         if isinstance(exc, FieldError):
             return _error(exc.status, exc.message, "invalid_request_error", param=exc.param)
+        if req.url.path.startswith("/v1/chat/") and exc.status == 422:
+            # OpenAI's shape for a request it cannot answer as sent (vLLM's too): 400, with a code.
+            param = "messages" if isinstance(exc, ContextLengthError) else None
+            return _error(400, exc.message, "invalid_request_error", param=param, code=exc.code)
         kind = "invalid_request_error" if type(exc) is KaizenError else type(exc).__name__  # a plain 400
-        return _error(exc.status, exc.message, kind)
+        return _error(exc.status, exc.message, kind, code=exc.code)
 
     @app.exception_handler(store.NotFound)
     async def _not_found(_req: Request, exc: store.NotFound) -> JSONResponse:
@@ -372,9 +387,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, message, "invalid_request_error")
 
 
-def _chunk(reply_id: str, model: str, created: int, delta: ChunkDelta, finish: FinishReason | None = None) -> str:
+def _chunk(reply_id: str, model: str, created: int, delta: ChunkDelta, finish: FinishReason | None = None,
+           extras: KaizenExtras | None = None) -> str:
     body = ChatCompletionChunk(id=reply_id, created=created, model=model,
-                               choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+                               choices=[ChunkChoice(delta=delta, finish_reason=finish)], kaizen=extras)
     return f"data: {json.dumps(body.model_dump(), ensure_ascii=False)}\n\n"
 
 
@@ -421,10 +437,7 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                                           finish_reason=reply.meta["finish_reason"])],
                 usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                             total_tokens=prompt_tokens + completion_tokens),
-                kaizen=KaizenExtras(source=reply.source, memory_item_ids=reply.item_ids,
-                                    adapter=reply.meta["adapter_version"],
-                                    adapter_applied=reply.meta["adapter_applied"],
-                                    preference_applied=reply.meta["preference_applied"], emotion=reply.emotion.label))
+                kaizen=_extras(reply))
 
         def events() -> Iterator[str]:
             yield _chunk(reply.exchange_id, model, created, ChunkDelta(role="assistant", content=""))
@@ -435,7 +448,7 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                 error = ErrorResponse(error=ErrorDetail(message=exc.message, type=type(exc).__name__))
                 yield f"data: {json.dumps(error.model_dump())}\n\n"
                 return
-            yield _chunk(reply.exchange_id, model, created, ChunkDelta(), reply.meta["finish_reason"])
+            yield _chunk(reply.exchange_id, model, created, ChunkDelta(), reply.meta["finish_reason"], _extras(reply))
             if req.stream_options is not None and req.stream_options.include_usage:
                 prompt_tokens, completion_tokens = reply.meta["prompt_tokens"], reply.meta["completion_tokens"]
                 usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,

@@ -11,6 +11,7 @@ class KaizenError(Exception):
     """An error whose message is meant for the user. `status` is the HTTP status to use."""
 
     status = 400
+    code: str | None = None  # a machine-readable code, as OpenAI's error bodies carry
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -21,6 +22,12 @@ class InputError(KaizenError):
     """The request or file the user gave is malformed or too large."""
 
     status = 422
+
+
+class ContextLengthError(InputError):
+    """The prompt leaves no room for a reply in the model's context window."""
+
+    code = "context_length_exceeded"  # OpenAI's code for this error
 
 
 class NotFoundError(KaizenError):

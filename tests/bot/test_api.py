@@ -93,6 +93,7 @@ def test_stream_chunks_keep_their_fields(http, kaizen, fake_engine):
     for c in chunks:
         assert isinstance(c.pop("created"), int)
         assert (c.pop("object"), c.pop("model")) == ("chat.completion.chunk", "kaizen-fake")
+    assert chunks[-1].pop("kaizen")["source"] == "model"
     assert chunks == [
         {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
         {"choices": [{"index": 0, "delta": {"content": "một "}, "finish_reason": None}]},
@@ -166,10 +167,17 @@ def test_invalid_json_is_422_and_400_on_chat_completions(http):
 
 
 def test_chat_errors_through_the_openai_client(client, kaizen, fake_engine):
-    with pytest.raises(openai.UnprocessableEntityError, match="empty"):
+    # Every request error on chat completions is OpenAI's 400 (vLLM's too), not FastAPI's 422 (issue 14).
+    with pytest.raises(openai.BadRequestError, match="empty"):
         client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "   "}])
-    with pytest.raises(openai.UnprocessableEntityError, match=r"tokens; the limit is [\d,]+ tokens"):
+    with pytest.raises(openai.BadRequestError, match=r"tokens; the limit is [\d,]+ tokens") as err:
         client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "word " * 5000}])
+    assert (err.value.code, err.value.param, err.value.type) == ("context_length_exceeded", "messages",
+                                                                 "invalid_request_error")
+    with pytest.raises(openai.BadRequestError) as err:
+        list(client.chat.completions.create(model="kaizen", stream=True,
+                                            messages=[{"role": "user", "content": "word " * 5000}]))
+    assert err.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError, match="last message"):
         client.chat.completions.create(model="kaizen", messages=[{"role": "assistant", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):  # OpenAI's 400 for a malformed request

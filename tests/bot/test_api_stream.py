@@ -46,6 +46,10 @@ def test_a_whole_stream_ends_with_stop_and_done(client: TestClient, kaizen: Kaiz
     assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "stop"
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1]) == "one two three"
     assert _stored(kaizen) == 1
+    # Where the reply came from, as a non-streamed completion says it: on the chunk with the
+    # finish_reason, once it is known, and on no other (issue 14).
+    assert events[-2]["kaizen"]["source"] == "model" and events[-2]["kaizen"]["adapter"] == BASE
+    assert events[-2]["kaizen"]["emotion"] and "kaizen" not in events[0] and "kaizen" not in events[1]
 
 
 def test_a_model_error_midway_is_an_error_event_and_nothing_is_stored(client: TestClient, kaizen: Kaizen,
