@@ -26,7 +26,7 @@ from bot.recall import KnowledgeRecall
 from feedback_db import store
 from feedback_db.db import Database
 from feedback_db.models import new_id, utcnow
-from kaizen.errors import InputError
+from kaizen.errors import ContextLengthError, InputError
 from kaizen.prompts import (
     INVALID_CHARS,
     Persona,
@@ -178,7 +178,7 @@ class ChatService:
         text = clean_message(message, self.settings.max_message_chars)
         tokens, limit = self.message_budget(text)
         if tokens > limit:
-            raise InputError(too_long(tokens, limit))
+            raise ContextLengthError(too_long(tokens, limit))
         emotion = self.emotions.analyze(text)
         use_memory = self.settings.memory if use_memory is None else use_memory
         # The memory's calibrated retrieval is also the scope test of routing: it runs with memory

@@ -1,9 +1,10 @@
 """The model engine: load the base model, build chat prompts, stream replies, swap adapters.
 
-One lock covers each whole generation, so an adapter swap (which takes the same lock) always
-falls between two generations: a reply never mixes two adapters, and the version recorded on
-each reply is the one that produced it. A bounded number of requests may wait for the lock;
-beyond that `BusyError` tells the caller to come back later instead of queueing forever.
+Replies in progress are decoded together, continuous batching (`bot.batching`); an adapter swap
+waits for them to end and holds new ones back, so a reply never mixes two adapters and the version
+recorded on each reply is the one that produced it. A bounded number of requests may be in
+progress or waiting; beyond that `BusyError` tells the caller to come back later instead of
+queueing forever.
 """
 
 from __future__ import annotations
@@ -20,21 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import PreTrainedModel
 
+from bot.batching import Batcher, Row, next_token_picker
 from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop, stop_hold
-from bot.turns import TurnLock
 from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, serving
-from kaizen.base_model import chat_text, generate, load_model
-from kaizen.errors import AdapterError, BusyError, InputError, ModelError
+from kaizen.base_model import chat_text, load_model
+from kaizen.errors import AdapterError, BusyError, ContextLengthError, InputError, ModelError
 from kaizen.repetition import Loop, canonical_tokens, end_of_copy, find_loop, held_back
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
 
-MIN_TEMPERATURE = 0.01
 ADAPTER_SLOT = KNOWLEDGE_SLOT  # the knowledge adapter's peft name; versions are swapped into it
 
 
@@ -50,34 +49,19 @@ def _strip_lora(model: torch.nn.Module) -> None:
         del model.peft_config
 
 
-class _Cancel(StoppingCriteria):
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
-        return self.cancelled.is_set()
-
-
 CHAT_OVERHEAD = 8  # tokens of role markers per message in the chat template
 
 
-class _TokenQueue(BaseStreamer):
-    """The token ids `generate()` produces, one list per step, for the consumer thread to read
-    (the first `put`, the prompt, is skipped); ends after `end()`."""
+class _TokenQueue:
+    """What the batcher emits for one reply (`bot.batching.Row.emit`): lists of new token ids, then
+    None at the end, or the exception that ended it; iterating raises that exception."""
 
     def __init__(self, timeout: float = 300.0) -> None:
-        self._queue: queue.Queue[list[int] | None] = queue.Queue()
-        self._prompt_seen = False
+        self._queue: queue.Queue[list[int] | BaseException | None] = queue.Queue()
         self._timeout = timeout
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self._queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self._queue.put(None)
+    def put(self, item: list[int] | BaseException | None) -> None:
+        self._queue.put(item)
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
@@ -87,21 +71,22 @@ class _TokenQueue(BaseStreamer):
                 raise ModelError(f"The model produced nothing for {self._timeout:.0f} s.") from None
             if item is None:
                 return
+            if isinstance(item, BaseException):
+                raise item
             yield item
 
 
-class _LoopGuard(StoppingCriteria):
+class _LoopGuard:
     """Ends the reply when its own tokens (never the prompt's), in their canonical form (case and a
     leading space ignored: `kaizen.repetition.canonical_tokens`), end in a loop; `loop` then says
     which generated tokens to keep: up to the end of the loop's first copy."""
 
-    def __init__(self, prompt_tokens: int, canonical: list[int]) -> None:
-        self.prompt_tokens = prompt_tokens
+    def __init__(self, canonical: list[int]) -> None:
         self.canonical = canonical
         self.loop: Loop | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
-        self.loop = find_loop(self.forms(input_ids[0, self.prompt_tokens:].tolist()))
+    def __call__(self, reply: list[int]) -> bool:
+        self.loop = find_loop(self.forms(reply))
         return self.loop is not None
 
     def forms(self, ids: list[int]) -> list[int]:
@@ -124,7 +109,7 @@ class Generation:
         self.prompt_tokens = int(self.input_ids.shape[1])
         room = engine.context_tokens - self.prompt_tokens  # exact, where Engine.stream could only estimate
         if room < 1:
-            raise InputError(f"The message is too long for the model's context window ({engine.context_tokens} "
+            raise ContextLengthError(f"The message is too long for the model's context window ({engine.context_tokens} "
                              "tokens). Please shorten it.")
         if params.max_new_tokens > room:
             self._params = params = dataclasses.replace(params, max_new_tokens=room)
@@ -146,60 +131,31 @@ class Generation:
             self._engine._slots.release()
 
     def __iter__(self) -> Iterator[str]:
-        engine = self._engine
         try:
-            if not engine._lock.acquire(timeout=engine.wait_timeout_s):
-                raise BusyError("The bot is busy; the request waited too long. Please try again.")
-            try:
-                self.adapter_version = engine.adapter_version
-                self.adapter_applied = self._use_adapter and engine.model is not engine.base_model
-                self.preference_applied = engine.preference_loaded
-                yield from self._run()
-            finally:
-                engine._lock.release()
+            yield from self._run()
         finally:
             self._release()
+
+    def _admit(self) -> bool:
+        """Called by the batcher as this reply joins a batch (never during a swap): the version that
+        will produce it, and whether the knowledge adapter applies (its batch group)."""
+        engine = self._engine
+        self.adapter_version = engine.adapter_version
+        self.adapter_applied = self._use_adapter and engine.model is not engine.base_model
+        self.preference_applied = engine.preference_loaded
+        return self.adapter_applied
 
     def _run(self) -> Iterator[str]:
         engine, params = self._engine, self._params
         tokens = _TokenQueue()
-        cancel = _Cancel()
-        guard = _LoopGuard(self.prompt_tokens, engine.canonical_tokens) if params.loop_guard else None
-        kwargs: dict[str, Any] = {
-            "input_ids": self.input_ids,
-            "attention_mask": torch.ones_like(self.input_ids),
-            "max_new_tokens": params.max_new_tokens,
-            "streamer": tokens,
-            "stopping_criteria": StoppingCriteriaList([cancel, *([guard] if guard else [])]),
-            "pad_token_id": engine.tokenizer.pad_token_id,
-            "repetition_penalty": params.repetition_penalty,
-        }
-        # Below 0.01 sampling is greedy in all but name, and a tiny temperature (1e-300, found by
-        # the property tests) overflows the logits into inf/NaN.
-        if params.temperature >= MIN_TEMPERATURE:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        result: dict[str, Any] = {}
-
-        model = engine.model
-        # Which LoRA layers this one reply runs with (the engine lock is held, so no other reply runs meanwhile):
-        # the knowledge adapter only in scope, the preference adapter always; none: peft's own switch.
-        off = engine._adapters_for(self.adapter_applied)
-
-        def work() -> None:
-            try:
-                if params.seed is not None:  # one generation at a time (the engine lock): the global RNG is ours
-                    torch.manual_seed(params.seed)
-                with torch.inference_mode(), off:
-                    result["ids"] = generate(model, **kwargs)
-            except BaseException as exc:  # re-raised in the consumer thread below
-                result["error"] = exc
-            finally:
-                tokens.end()
-
-        worker = threading.Thread(target=work, name="kaizen-generate", daemon=True)
-        worker.start()
+        guard = _LoopGuard(engine.canonical_tokens) if params.loop_guard else None
+        eos = engine.model.generation_config.eos_token_id
+        eos_ids = frozenset(t for t in (*(eos if isinstance(eos, list) else [eos]), engine.tokenizer.eos_token_id)
+                            if t is not None)
+        row = Row(prompt=self.input_ids[0].tolist(), max_new_tokens=params.max_new_tokens, eos=eos_ids,
+                  admit=self._admit, pick=next_token_picker(params), done=guard or (lambda _reply: False),
+                  emit=tokens.put)
+        engine._batcher.submit(row)
         ids: list[int] = []
         try:
             for new in tokens:
@@ -210,14 +166,9 @@ class Generation:
                 if chunk:
                     yield chunk
                 if self.stopped:  # a stop string: nothing after it is wanted
-                    cancel.cancelled.set()
                     break
-            worker.join()
-            if "error" in result:
-                raise ModelError(f"Generation failed: {result['error']}") from result["error"]
             loop = guard.loop if guard is not None and not self.stopped else None
-            eos = engine.model.generation_config.eos_token_id
-            ended = bool(ids) and ids[-1] in (eos if isinstance(eos, list) else [eos, engine.tokenizer.eos_token_id])
+            ended = bool(ids) and ids[-1] in eos_ids
             if loop is None and not ended and not self.stopped and len(ids) >= params.max_new_tokens:
                 self.finish_reason = "length"
             if loop is not None:
@@ -230,8 +181,7 @@ class Generation:
             if chunk:
                 yield chunk
         finally:
-            cancel.cancelled.set()  # the consumer went away early: stop decoding
-            worker.join()
+            row.cancelled.set()  # the consumer went away early, or a stop string: the row leaves the batch
         self.completion_tokens = len(ids)
 
     def _more(self, ids: list[int], first_copy: tuple[str, str] | None = None, final: bool = False) -> str:
@@ -266,7 +216,8 @@ class Engine:
     """The chat model. `stream()` answers; `activate()` swaps the LoRA adapter between replies."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
-                 context_tokens: int = 2048, max_queue: int = 32, wait_timeout_s: float = 600.0) -> None:
+                 context_tokens: int = 2048, max_queue: int = 32, max_batch: int = 16,
+                 wait_timeout_s: float = 600.0) -> None:
         self.model: PreTrainedModel | PeftModel = model  # a PeftModel while an adapter is served
         self.base_model: PreTrainedModel = model
         self.tokenizer = tokenizer
@@ -277,7 +228,9 @@ class Engine:
         window = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, window)
         self.wait_timeout_s = wait_timeout_s
-        self._lock = TurnLock()  # replies in arrival order; a swap goes before them
+        # Replies in progress are decoded together (continuous batching); a swap waits for them to end.
+        self._batcher = Batcher(lambda: self.model, self._adapters_for, max_batch=max_batch,
+                                wait_timeout_s=wait_timeout_s)
         self._slots = threading.BoundedSemaphore(max_queue)
 
     @functools.cached_property
@@ -315,7 +268,7 @@ class Engine:
         budget = self.context_tokens - max_new_tokens
         system, rest, fixed = self._fixed(messages)
         if fixed > budget:
-            raise InputError(
+            raise ContextLengthError(
                 f"The message is too long for the model's context window ({self.context_tokens} tokens, "
                 f"{max_new_tokens} kept for the reply). Please shorten it."
             )
@@ -366,8 +319,7 @@ class Engine:
         Waits for the generation in progress to finish, then swaps. The old adapter is
         unloaded, so memory does not grow with each round. Returns the seconds the swap took.
         """
-        self._lock.acquire(priority=True)  # next after the reply in progress, before the queued ones
-        try:
+        with self._batcher.exclusive():  # after the replies in progress, before the waiting ones
             start = time.perf_counter()
             if path is None:
                 self._drop_adapter()
@@ -375,8 +327,6 @@ class Engine:
             else:
                 self._load_adapter(version, Path(path))
             held = time.perf_counter() - start
-        finally:
-            self._lock.release()
         # Freeing the old adapter's tensors took 0.5 s of a 0.6 s swap (bench): do it after the lock.
         gc.collect()
         return held

@@ -55,7 +55,8 @@ class Kaizen:
 def build_engine(settings: Settings) -> Engine:
     path = resolve_model(settings.model, settings.data_dir)
     return Engine.from_path(path, dtype=settings.dtype, threads=settings.torch_threads,
-                            context_tokens=settings.context_tokens, max_queue=settings.max_queue)
+                            context_tokens=settings.context_tokens, max_queue=settings.max_queue,
+                            max_batch=settings.max_batch)
 
 
 def build_memory(settings: Settings) -> Memory:

@@ -119,7 +119,10 @@ class Settings(_KaizenSettings):
         "older turns are dropped first. Must be larger than max_new_tokens."))
     persona_token_budget: int = Field(200, ge=1, description=(
         "System prompts longer than this many tokens get a warning."))
-    max_queue: int = Field(32, ge=1, description="Most chat requests waiting for the model; more get HTTP 503.")
+    max_queue: int = Field(32, ge=1, description=(
+        "Most chat requests in progress or waiting for the model; more get HTTP 503."))
+    max_batch: int = Field(16, ge=1, description=(
+        "Most replies decoded together (continuous batching); the rest wait their turn. 1: one at a time."))
     torch_threads: int = Field(0, ge=0, description="Torch threads for chat (0: all cores).")
     train_threads: int = Field(1, ge=0, description=(
         "Torch threads for a training run, which runs in a child process (0: torch's default)."))

@@ -1,7 +1,6 @@
-"""The engine on a tiny random-weight model: chat template, trimming, streaming, lock, queue."""
+"""The engine on a tiny random-weight model: chat template, trimming, streaming, batching, queue."""
 
 import threading
-import time
 
 import pytest
 
@@ -9,6 +8,7 @@ from bot.engine import Engine
 from bot.engine_api import GenParams
 from kaizen.errors import BusyError, InputError, ModelError
 from kaizen.repetition import is_degenerate
+from tests.harness import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -69,31 +69,15 @@ def test_queue_is_bounded(engine):
     "".join(engine.stream(_chat(0), GenParams(max_new_tokens=2)))  # places are free again
 
 
-def test_concurrent_generations_are_serialized_and_all_succeed(engine, monkeypatch):
+def test_concurrent_generations_all_succeed_within_the_batch_limit(tiny_model_dir):
+    engine = Engine.from_path(str(tiny_model_dir), dtype="float32", context_tokens=256, max_queue=8, max_batch=2)
     results, errors = [], []
-    engine_max = threading.BoundedSemaphore(2)
-    running, most, count = [0], [0], threading.Lock()
-    generate = engine.model.generate
-
-    def watched(**kwargs):  # the model's generate, counting how many run at once
-        with count:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        try:
-            time.sleep(0.02)  # widen the window in which a second one could start
-            return generate(**kwargs)
-        finally:
-            with count:
-                running[0] -= 1
-
-    monkeypatch.setattr(engine.model, "generate", watched)
 
     def worker():
-        with engine_max:
-            try:
-                results.append(engine.generate(_chat(0), GenParams(max_new_tokens=4)))
-            except Exception as exc:
-                errors.append(exc)
+        try:
+            results.append(engine.generate(_chat(0), GenParams(max_new_tokens=4)))
+        except Exception as exc:
+            errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for t in threads:
@@ -101,15 +85,15 @@ def test_concurrent_generations_are_serialized_and_all_succeed(engine, monkeypat
     for t in threads:
         t.join()
     assert not errors and len(results) == 6 and len(set(results)) == 1
-    assert most[0] == 1  # one generation at a time
+    assert 1 <= engine._batcher.most_rows <= 2  # never more rows than max_batch at once
 
 
-def test_abandoned_stream_stops_and_frees_the_lock(engine):
-    gen = iter(engine.stream(_chat(0), GenParams(max_new_tokens=64)))
+def test_abandoned_stream_stops_and_frees_its_row(engine):
+    gen = iter(engine.stream(_chat(0), GenParams(max_new_tokens=200)))
     next(gen, None)
     gen.close()
-    assert engine._lock.acquire(timeout=5)
-    engine._lock.release()
+    wait_until(lambda: engine._batcher.running() == 0, 5, "the abandoned reply to leave the batch", 0.01)
+    assert "".join(engine.stream(_chat(0), GenParams(max_new_tokens=2)))
 
 
 def test_missing_model_gives_clear_error(tmp_path):

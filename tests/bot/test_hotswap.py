@@ -10,6 +10,7 @@ from peft import LoraConfig
 from bot.engine import Engine
 from bot.engine_api import GenParams
 from kaizen.errors import AdapterError
+from tests.harness import wait_until
 from tests.models import random_adapter
 
 PROMPT = [{"role": "user", "content": "Say something."}]
@@ -127,32 +128,49 @@ def test_swaps_keep_no_old_adapter_alive(engine, adapters):
     assert _live_tensors() == before
 
 
-def test_a_swap_goes_before_the_replies_already_waiting(engine, adapters):
+def test_a_swap_waits_for_the_replies_in_progress_and_goes_before_the_ones_arriving(engine, adapters, monkeypatch):
     engine.activate("va", adapters["a"])
     answer_a = engine.generate(PROMPT, PARAMS)
     engine.activate("base", None)
     base = engine.generate(PROMPT, PARAMS)
     assert answer_a != base
-    in_progress = iter(engine.stream(PROMPT, PARAMS))
-    first = next(in_progress)  # this reply now holds the generation lock
-    replies = []
+    import bot.engine
 
-    def wait_then(fn, waiting: int) -> threading.Thread:
-        t = threading.Thread(target=fn)
-        t.start()
-        for _ in range(2000):
-            if engine._lock.waiting() == waiting:
-                return t
-            threading.Event().wait(0.005)
-        raise AssertionError(f"{waiting} waiters expected, {engine._lock.waiting()} seen")
+    picker, hold = bot.engine.next_token_picker, threading.Event()
+
+    def held_at_the_third_token(params):  # the reply in progress stays in progress until released
+        pick, n = picker(params), [0]
+
+        def slow(ids, logits):
+            n[0] += 1
+            if n[0] == 3:
+                assert hold.wait(30)
+            return pick(ids, logits)
+        return slow
+
+    monkeypatch.setattr(bot.engine, "next_token_picker", held_at_the_third_token)
+    in_progress = []
+    first = threading.Thread(target=lambda: in_progress.append("".join(engine.stream(PROMPT, PARAMS))))
+    first.start()
+    wait_until(lambda: engine._batcher.running() == 1, 30, "the first reply to start", 0.005)
+    monkeypatch.setattr(bot.engine, "next_token_picker", picker)
+    swap = threading.Thread(target=lambda: engine.activate("va", adapters["a"]))
+    swap.start()
+    wait_until(lambda: engine._batcher.waiting() == 1, 30, "the swap to wait", 0.005)
+    replies = []
 
     def reply():
         gen = engine.stream(PROMPT, PARAMS)
-        replies.append((gen, "".join(gen)))
+        text = "".join(gen)
+        replies.append((gen.adapter_version, text))  # the version is known once the reply joins a batch
 
-    queued = [wait_then(reply, n) for n in (1, 2, 3)]
-    swap = wait_then(lambda: engine.activate("va", adapters["a"]), 4)
-    assert first + "".join(in_progress) == base  # the reply in progress finished on the adapter it began with
-    for t in (*queued, swap):
+    later = [threading.Thread(target=reply) for _ in range(3)]
+    for t in later:
+        t.start()
+    wait_until(lambda: engine._batcher.waiting() == 4, 30, "the new replies to wait behind the swap", 0.005)
+    assert engine.adapter_version == "base"  # the swap has not happened under the reply in progress
+    hold.set()
+    for t in (first, swap, *later):
         t.join(60)
-    assert [(gen.adapter_version, text) for gen, text in replies] == [("va", answer_a)] * 3
+    assert in_progress == [base]  # finished on the adapter it began with
+    assert replies == [("va", answer_a)] * 3

@@ -1,0 +1,330 @@
+"""Continuous batching for the embedded engine: replies in progress are decoded together.
+
+Iteration-level scheduling as in Orca (Yu et al., OSDI 2022) and vLLM: one thread runs the model;
+at each decode step it feeds one token of every reply in progress, so 16 people chatting share
+each pass over the weights instead of waiting in line. A new request joins between two steps once
+its prompt is prefilled (on its own: a prompt is one forward pass); a reply that ends (end of
+turn, token limit, loop, stop string) or whose client went away leaves at once and frees its row.
+
+Without paged memory: the replies of one adapter group share one key/value cache
+(`transformers.DynamicCache`, tensors of shape (rows, kv_heads, columns, head_dim)), padded on
+the left where a row is shorter; the attention mask hides the padding and `position_ids` give each
+row its own positions, so each row computes what it would alone (up to float rounding).
+
+Adapters per request: a row runs with the knowledge adapter only when routing put it in scope, and
+with the preference adapter whenever one is served (`bot.engine.Engine._adapters_for`). peft's
+`adapter_names` picks one adapter per row, not this combination, so each step runs the model once
+per group of rows that want the same layers (at most two groups). An adapter swap
+(`exclusive()`) waits for the replies in progress to end and holds new ones back meanwhile, so a
+reply never mixes two versions and the version recorded is the one that produced it.
+
+Why not transformers' own continuous batching (`generate_batch`, 5.23)? It has no per-request
+LoRA adapters, no per-request sampling settings or stop criteria, and targets paged attention.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from bot.engine_api import GenParams
+from kaizen.errors import BusyError, ModelError
+
+MIN_TEMPERATURE = 0.01  # below it sampling is greedy in all but name (and 1e-300 overflows the logits)
+
+Emit = Callable[[list[int] | BaseException | None], None]
+
+
+@dataclass(eq=False)
+class Row:
+    """One reply being decoded. The batcher calls `admit()` once when the row joins (it returns
+    whether the knowledge adapter applies: the row's group), `pick(ids, logits)` for each next
+    token (`ids` the prompt and the reply so far, `logits` shape (vocab,)), `done(reply_ids)` after
+    each token (a loop guard), and `emit` with each new token id list, then with None at the end
+    (or with the exception that ended it)."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    eos: frozenset[int]
+    admit: Callable[[], bool]
+    pick: Callable[[list[int], torch.Tensor], int]
+    done: Callable[[list[int]], bool]
+    emit: Emit
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    ids: list[int] = field(default_factory=list)
+    generated: int = 0
+    group: bool = False
+
+
+def next_token_picker(params: GenParams) -> Callable[[list[int], torch.Tensor], int]:
+    """How one row picks its next token from the step's logits (shape (vocab,)) given its ids so
+    far, with transformers' own logits processors as `generate()` applies them: the repetition
+    penalty (CTRL, Keskar et al. 2019), then, when sampling, temperature and top-p (nucleus, Holtzman
+    et al. 2020). A `seed` seeds a generator of the row's own, so the same request samples the same
+    reply whatever else is in the batch."""
+    processors = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    sample = params.temperature >= MIN_TEMPERATURE
+    if sample:
+        processors.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_p < 1.0:
+            processors.append(TopPLogitsWarper(params.top_p))
+    generator = torch.Generator().manual_seed(params.seed) if sample and params.seed is not None else None
+
+    def pick(ids: list[int], logits: torch.Tensor) -> int:
+        scores = logits.float().unsqueeze(0)
+        if processors:
+            scores = processors(torch.tensor([ids]), scores)
+        if not sample:
+            return int(scores.argmax(dim=-1))
+        return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
+
+    return pick
+
+
+@dataclass
+class _Group:
+    """Rows decoded in one forward pass: their shared cache and attention mask (rows, columns)."""
+
+    rows: list[Row] = field(default_factory=list)
+    cache: Any = None
+    mask: torch.Tensor | None = None
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _stop_at_exit(ref: weakref.ref[Batcher]) -> None:
+    batcher = ref()
+    if batcher is not None:
+        batcher.stop()
+
+
+class Batcher:
+    """Decodes the submitted rows together, up to `max_batch` at a time; the rest wait in arrival
+    order, and one that waited `wait_timeout_s` seconds ends with BusyError."""
+
+    def __init__(self, model: Callable[[], torch.nn.Module],
+                 adapters_for: Callable[[bool], AbstractContextManager[None]], *,
+                 max_batch: int = 16, wait_timeout_s: float = 600.0) -> None:
+        self._model = model
+        self._adapters_for = adapters_for
+        self.max_batch = max(1, max_batch)
+        self.wait_timeout_s = wait_timeout_s
+        self._cond = threading.Condition()
+        self._pending: collections.deque[Row] = collections.deque()
+        self._active: list[Row] = []  # admitted rows, being prefilled or decoded
+        self._groups: dict[bool, _Group] = {}
+        self._swaps = 0  # exclusive() callers waiting or running: no row is admitted meanwhile
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.most_rows = 0  # the largest batch seen (for tests and the benchmark)
+
+    # --- for the engine ------------------------------------------------------------------------
+
+    def submit(self, row: Row) -> None:
+        row.ids = list(row.prompt)
+        with self._cond:
+            self._pending.append(row)
+            if self._stopping:
+                raise ModelError("The model is shutting down.")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="kaizen-batcher", daemon=True)
+                self._thread.start()
+                # A daemon thread killed inside a torch op at exit aborts the process ("terminate
+                # called without an active exception"): stop between two steps first.
+                atexit.register(_stop_at_exit, weakref.ref(self))
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the decode thread after the step in progress; replies in progress or waiting end with ModelError."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The model to oneself (an adapter swap): waits for the rows in progress to end; rows
+        that arrive meanwhile wait and join afterwards."""
+        with self._cond:
+            self._swaps += 1
+            try:
+                self._cond.notify_all()
+                while self._active:
+                    self._cond.wait()
+            except BaseException:
+                self._swaps -= 1
+                self._cond.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._swaps -= 1
+                self._cond.notify_all()
+
+    def waiting(self) -> int:
+        """Rows waiting to join, plus swaps waiting for the model."""
+        with self._cond:
+            return len(self._pending) + self._swaps
+
+    def running(self) -> int:
+        with self._cond:
+            return len(self._active)
+
+    # --- the decode thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            new = self._admit()
+            if new is None:
+                return
+            try:
+                for row in new:
+                    self._prefill(row)
+                self._step()
+            except BaseException as exc:  # every row in progress ends with the error; the batcher goes on
+                error = ModelError(f"Generation failed: {exc}")
+                error.__cause__ = exc
+                with self._cond:
+                    rows, self._active, self._groups = self._active, [], {}
+                    self._cond.notify_all()
+                for row in rows:
+                    row.emit(error)
+
+    def _admit(self) -> list[Row] | None:
+        """Wait for work; move waiting rows into the batch (none while a swap waits). None: stop."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    ended = ModelError("The model is shutting down.")
+                    rows, self._active, self._groups = [*self._active, *self._pending], [], {}
+                    self._pending.clear()
+                    self._cond.notify_all()
+                    for row in rows:
+                        row.emit(ended)
+                    return None
+                self._expire()
+                if self._active or (self._pending and not self._swaps):
+                    break
+                self._cond.wait(timeout=1.0 if self._pending else None)
+            new: list[Row] = []
+            while self._pending and not self._swaps and len(self._active) < self.max_batch:
+                row = self._pending.popleft()
+                if row.cancelled.is_set():
+                    row.emit(None)
+                    continue
+                row.group = row.admit()
+                self._active.append(row)
+                new.append(row)
+            self.most_rows = max(self.most_rows, len(self._active))
+            return new
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._pending and (now - self._pending[0].submitted > self.wait_timeout_s
+                                 or self._pending[0].cancelled.is_set()):
+            row = self._pending.popleft()
+            row.emit(None if row.cancelled.is_set() else
+                     BusyError("The bot is busy; the request waited too long. Please try again."))
+
+    def _forward(self, key: bool, **inputs: Any) -> Any:
+        with torch.inference_mode(), self._adapters_for(key):
+            return self._model()(**inputs, use_cache=True, logits_to_keep=1)
+
+    def _prefill(self, row: Row) -> None:
+        """Run the row's prompt alone, take its first token, and join it to its group's batch."""
+        ids = torch.tensor([row.ids])
+        out = self._forward(row.group, input_ids=ids, attention_mask=torch.ones_like(ids))
+        if self._take(row, out.logits[0, -1]):
+            return
+        group = self._groups.setdefault(row.group, _Group())
+        cache, columns = out.past_key_values, ids.shape[1]
+        if not group.rows:
+            group.rows, group.cache, group.mask = [row], cache, torch.ones(1, columns, dtype=torch.long)
+            return
+        assert group.mask is not None
+        width = max(group.mask.shape[1], columns)
+        for mine, its in zip(group.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width - mine.keys.shape[2], 2),
+                                   _pad_left(its.keys, width - columns, 2)])
+            mine.values = torch.cat([_pad_left(mine.values, width - mine.values.shape[2], 2),
+                                     _pad_left(its.values, width - columns, 2)])
+        group.mask = torch.cat([_pad_left(group.mask, width - group.mask.shape[1], 1),
+                                _pad_left(torch.ones(1, columns, dtype=torch.long), width - columns, 1)])
+        group.rows.append(row)
+
+    def _step(self) -> None:
+        """One decode step for every group: each row's newest token in, its next token out."""
+        for key, group in list(self._groups.items()):
+            if not group.rows:
+                continue
+            assert group.mask is not None
+            rows = group.rows
+            group.mask = torch.cat([group.mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+            out = self._forward(key, input_ids=torch.tensor([[r.ids[-1]] for r in rows]),
+                                attention_mask=group.mask, past_key_values=group.cache,
+                                position_ids=torch.tensor([[len(r.ids) - 1] for r in rows]))
+            logits = out.logits[:, -1]
+            finished = [self._take(row, logits[i]) for i, row in enumerate(rows)]
+            if any(finished):
+                self._leave(group, [i for i, f in enumerate(finished) if not f])
+
+    def _take(self, row: Row, logits: torch.Tensor) -> bool:
+        """Pick and emit the row's next token; True (and the row has left) if the reply ended."""
+        if row.cancelled.is_set():
+            ended = True
+        else:
+            token = row.pick(row.ids, logits)
+            row.ids.append(token)
+            row.generated += 1
+            row.emit([token])
+            looped = row.done(row.ids[len(row.prompt):])  # also on the last token: a loop it completes is cut
+            ended = looped or token in row.eos or row.generated >= row.max_new_tokens or row.cancelled.is_set()
+        if ended:
+            row.emit(None)
+            with self._cond:
+                self._active.remove(row)
+                self._cond.notify_all()
+        return ended
+
+    def _leave(self, group: _Group, keep: list[int]) -> None:
+        """Keep only rows `keep` of the group; drop the cache columns that only padding is left in."""
+        group.rows = [group.rows[i] for i in keep]
+        if not keep:
+            group.cache = group.mask = None
+            return
+        assert group.mask is not None
+        index = torch.tensor(keep)
+        group.mask = group.mask[index]
+        start = int(group.mask.any(dim=0).nonzero()[0])
+        group.mask = group.mask[:, start:]
+        for layer in group.cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
