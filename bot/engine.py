@@ -28,7 +28,7 @@ from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop, 
 from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, serving
 from kaizen.base_model import chat_text, load_model
 from kaizen.errors import AdapterError, BusyError, ContextLengthError, InputError, ModelError
-from kaizen.repetition import Loop, canonical_tokens, end_of_copy, find_loop, held_back
+from kaizen.repetition import Loop, canonical_tokens, echo_of, end_of_copy, find_loop, held_back
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -79,15 +79,22 @@ class _TokenQueue:
 class _LoopGuard:
     """Ends the reply when its own tokens (never the prompt's), in their canonical form (case and a
     leading space ignored: `kaizen.repetition.canonical_tokens`), end in a loop; `loop` then says
-    which generated tokens to keep: up to the end of the loop's first copy."""
+    which generated tokens to keep: up to the end of the loop's first copy. Repetition the prompt
+    holds ("Repeat exactly: 🎉🎉🎉🎉🎉🎉") is asked for: it streams as it comes, and only copies
+    beyond it count as a loop."""
 
-    def __init__(self, canonical: list[int]) -> None:
+    def __init__(self, canonical: list[int], prompt: list[int]) -> None:
         self.canonical = canonical
+        self.echo = echo_of(self.forms(prompt))
         self.loop: Loop | None = None
 
     def __call__(self, reply: list[int]) -> bool:
-        self.loop = find_loop(self.forms(reply))
+        self.loop = find_loop(self.forms(reply), echo=self.echo)
         return self.loop is not None
+
+    def held(self, reply: list[int]) -> int:
+        """Tokens at the end of `reply` to hold back from the reader (`kaizen.repetition.held_back`)."""
+        return held_back(self.forms(reply), echo=self.echo)
 
     def forms(self, ids: list[int]) -> list[int]:
         canonical = self.canonical
@@ -148,11 +155,12 @@ class Generation:
     def _run(self) -> Iterator[str]:
         engine, params = self._engine, self._params
         tokens = _TokenQueue()
-        guard = _LoopGuard(engine.canonical_tokens) if params.loop_guard else None
+        prompt = self.input_ids[0].tolist()
+        guard = _LoopGuard(engine.canonical_tokens, prompt) if params.loop_guard else None
         eos = engine.model.generation_config.eos_token_id
         eos_ids = frozenset(t for t in (*(eos if isinstance(eos, list) else [eos]), engine.tokenizer.eos_token_id)
                             if t is not None)
-        row = Row(prompt=self.input_ids[0].tolist(), max_new_tokens=params.max_new_tokens, eos=eos_ids,
+        row = Row(prompt=prompt, max_new_tokens=params.max_new_tokens, eos=eos_ids,
                   admit=self._admit, pick=next_token_picker(params), done=guard or (lambda _reply: False),
                   emit=tokens.put)
         engine._batcher.submit(row)
@@ -161,7 +169,7 @@ class Generation:
             for new in tokens:
                 ids.extend(new)
                 # What may repeat into a loop is held back, so a loop is cut before anyone reads it.
-                safe = len(ids) - held_back(guard.forms(ids)) if guard else len(ids)
+                safe = len(ids) - guard.held(ids) if guard else len(ids)
                 chunk = self._more(ids[:safe])
                 if chunk:
                     yield chunk

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 
 from bot.engine_api import FinishReason, ReplyLimits, ReplyStream
@@ -29,6 +30,12 @@ NO_ANSWER = {
 def letters(text: str) -> str:
     """The letters and digits of `text`, folded and lower-cased: "Bạn tên gì?" -> "bantengi"."""
     return "".join(ch for ch in fold(text).casefold() if ch.isalnum())
+
+
+def _symbols(text: str) -> bool:
+    """Whether `text` has a symbol (Unicode category S: emoji, math, currency): "🎉🎉🎉" is an
+    answer though it has no letters; "..." is not."""
+    return any(unicodedata.category(ch)[0] == "S" for ch in text)
 
 
 def language(text: str) -> str:
@@ -101,7 +108,8 @@ class NoEcho(_Wrapper):
                 continue
             held.append(chunk)
             text += chunk
-            if not self._question.startswith(letters(text)):  # no echo: give out what was held
+            # No echo (or a symbol, such as an emoji, which no question is made of): give out what was held.
+            if not self._question.startswith(letters(text)) or _symbols(text):
                 rest = self._after_echo(text)
                 if rest is None:
                     yield from held
@@ -110,7 +118,7 @@ class NoEcho(_Wrapper):
                 held = None
         if held is None:
             return
-        if not letters(text) or (self._question and letters(text) == self._question):
+        if not (letters(text) or _symbols(text)) or (self._question and letters(text) == self._question):
             yield self._replace(NO_ANSWER[self._language])
         else:  # a part of the question only ("Xin chào" to "Xin chào, bạn là ai?"): a reply of its own
             yield from held

@@ -32,12 +32,12 @@ period up to `max_period` costs O(max_period + run) list comparisons per new tok
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["SEPARATORS", "Loop", "LoopRule", "canonical_tokens", "end_of_copy", "find_loop", "held_back",
-           "is_degenerate", "text_units", "trim_loop"]
+__all__ = ["SEPARATORS", "Echo", "Loop", "LoopRule", "canonical_tokens", "echo_of", "end_of_copy", "find_loop",
+           "held_back", "is_degenerate", "text_units", "trim_loop"]
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,34 @@ def _run(seq: Sequence[Hashable], p: int) -> int:
     return matched + p if matched else 0
 
 
-def find_loop(seq: Sequence[Hashable], rule: LoopRule = TOKENS) -> Loop | None:
-    """The loop `seq` ends in, with the shortest period, or None."""
+Echo = Callable[[Sequence[Hashable]], bool]
+
+
+def find_loop(seq: Sequence[Hashable], rule: LoopRule = TOKENS, echo: Echo | None = None) -> Loop | None:
+    """The loop `seq` ends in, with the shortest period, or None. A periodic tail that `echo` says
+    was asked for (the user's message holds it: "Repeat exactly: 🎉🎉🎉🎉🎉🎉") is no loop; once
+    the tail grows past what was asked, the loop keeps the copies that were (`Loop.keep`)."""
     n = len(seq)
     for p in range(1, min(rule.max_period, n // 2) + 1):
         r = _run(seq, p)
         if not r:
             continue
         if (r >= rule.min_copies * p and r >= rule.min_span) or (p >= rule.long_period and r >= 2 * p):
-            return Loop(p, r, n - r + p)
+            if echo is None:
+                return Loop(p, r, n - r + p)
+            tail = seq[n - r:]
+            if echo(tail):
+                continue
+            asked = next((m for m in range(r - p, p, -p) if echo(tail[:m])), p)
+            return Loop(p, r, n - r + asked)
     return None
+
+
+def echo_of(prompt: Sequence[int]) -> Echo:
+    """An `Echo` for token sequences: True when the items occur in a row in `prompt` (the
+    canonical tokens of what the model was asked); one substring search of C speed per call."""
+    text = "".join(map(chr, prompt))
+    return lambda items: "".join(map(chr, items)) in text  # type: ignore[arg-type]  # items are token ids
 
 
 def canonical_tokens(tokens: Sequence[str | None]) -> list[int]:
@@ -94,16 +112,17 @@ def canonical_tokens(tokens: Sequence[str | None]) -> list[int]:
     return [first.setdefault((t or f"\0{i}").lstrip("Ġ▁").lower() or (t or ""), i) for i, t in enumerate(tokens)]
 
 
-def held_back(seq: Sequence[Hashable], rule: LoopRule = TOKENS) -> int:
+def held_back(seq: Sequence[Hashable], rule: LoopRule = TOKENS, echo: Echo | None = None) -> int:
     """How many items at the end of `seq` to hold back from the reader: those past the first copy
     of any periodic tail. If the tail turns into a loop they are cut; if it breaks off, they are
-    ordinary text and go out with the next item. Normal text holds back 0-2 items."""
+    ordinary text and go out with the next item. Normal text holds back 0-2 items. A tail that
+    `echo` says was asked for is not held: it streams as it comes."""
     n = len(seq)
     held = 0
     for p in range(1, min(rule.max_period, n - 1) + 1):
         r = _run(seq, p)
-        if r > p:
-            held = max(held, r - p)
+        if r > p and r - p > held and not (echo is not None and echo(seq[n - r:])):
+            held = r - p
     return held
 
 

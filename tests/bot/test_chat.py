@@ -75,6 +75,9 @@ def test_a_looping_reply_and_its_question_are_kept_out_of_the_history_sent_back(
     ("Bạn tên gì?", "Bạn tên gì?", NO_ANSWER["vi"]),  # the question given back (issue 13)
     ("Bạn tên gì?", "bạn tên gì", NO_ANSWER["vi"]),
     ("What is your name?", "", NO_ANSWER["en"]),  # nothing at all
+    ("What is your name?", " ... ", NO_ANSWER["en"]),  # nothing but marks
+    ("Copy this: 🎉🎉🎉", "🎉🎉🎉", "🎉🎉🎉"),  # emoji are an answer, though they have no letters (issue 14)
+    ("Bạn thấy sao?", "👍", "👍"),
     ("Xin chào, bạn là ai?", "Xin chào", "Xin chào"),  # a part of the question is a reply of its own
     ("What is your name?", "What is your name? My name is Mai.", "My name is Mai."),  # the echo is dropped
     ("Đà Lạt có gì vui?", "Đà Lạt có gì vui?  Bạn có thể đi hồ Xuân Hương.", "Bạn có thể đi hồ Xuân Hương."),

@@ -1,6 +1,7 @@
 """The real embedded model behind the real server and command line (slow)."""
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -31,12 +32,25 @@ def test_serve_chats_with_the_real_model_and_stores_exchanges(tmp_path, embedded
                                                 messages=[{"role": "user", "content": "Say hello to me."}])
         pieces = [c.choices[0].delta.content or "" for c in stream]
         assert sum(1 for p in pieces if p) > 2 and _englishish("".join(pieces))
+        # Repetition the user asked for streams as it comes, a whole character at a time (issue 14, kind 2).
+        stream = client.chat.completions.create(model="kaizen", max_tokens=40, stream=True,
+                                                messages=[{"role": "user", "content": "Copy this: 🎉🎉🎉🎉🎉🎉"}])
+        pieces = [p for c in stream if (p := c.choices[0].delta.content)]
+        assert sum(1 for p in pieces if "🎉" in p) >= 3 and "\ufffd" not in "".join(pieces), pieces
+        # Requests that arrive together are answered together (continuous batching), each in full.
+        questions = ["What is the capital of France?", "What is the capital of Japan?", "Name a red fruit.",
+                     "What is two plus two?"]
+        with ThreadPoolExecutor(len(questions)) as pool:
+            answers = list(pool.map(lambda q: client.chat.completions.create(
+                model="kaizen", max_tokens=24, messages=[{"role": "user", "content": q}]), questions))
+        assert all(a.choices[0].message.content.strip() for a in answers)
+        assert "Paris" in answers[0].choices[0].message.content and "Tokyo" in answers[1].choices[0].message.content
     db = Database(f"sqlite:///{data / 'kaizen.db'}")
     with db.session() as s:
         ex = store.get_exchange(session=s, exchange_id=resp.id)
         assert ex.bot_text == text and ex.user_text == "What is the capital of France?"
         assert ex.adapter_version == "base" and ex.completion_tokens > 0
-        assert store.totals(session=s)["exchanges"] == 2
+        assert store.totals(session=s)["exchanges"] == 7
     db.close()
 
 

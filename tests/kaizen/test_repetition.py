@@ -5,8 +5,10 @@ import pytest
 from kaizen.repetition import (
     TOKENS,
     WORDS,
+    Loop,
     LoopRule,
     canonical_tokens,
+    echo_of,
     end_of_copy,
     find_loop,
     held_back,
@@ -110,3 +112,18 @@ def test_canonical_tokens_ignore_case_and_the_leading_space_marker():
     first, second = [1, 3, 4, 5, 9, 4, 5], [2, 3, 4, 5, 9, 4, 5]
     assert find_loop([7] + first + second) is None
     assert find_loop([canon[i] for i in [7] + first + second]) == (7, 14, 8)
+
+
+def test_repetition_the_prompt_asked_for_is_no_loop_until_it_goes_past_it():
+    # Issue 14, kind 2: "Repeat exactly: 🎉🎉🎉🎉🎉🎉" was cut to one 🎉, and held back to the end.
+    party, word = 7, 3
+    prompt = [word, 9, 11, *[party] * 6, 2]
+    echo = echo_of(prompt)
+    for n in range(1, 7):
+        assert find_loop([party] * n, TOKENS, echo) is None and held_back([party] * n, TOKENS, echo) == 0
+    assert find_loop([party] * 12, TOKENS, echo) == Loop(period=1, run=12, keep=6)  # the six asked for
+    assert held_back([party] * 7, TOKENS, echo) == 6  # past the prompt's run: held as any repeat
+    assert find_loop([party] * 12, TOKENS) == Loop(period=1, run=12, keep=1)  # without the prompt: a loop
+    # A unit the prompt says once is no licence to repeat it.
+    unit = [20, 21, 22, 23]
+    assert find_loop(unit * 4, TOKENS, echo_of([1, *unit, 2])) == Loop(period=4, run=16, keep=4)
