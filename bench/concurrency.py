@@ -3,7 +3,9 @@ users through the HTTP API of a real `kaizen serve` (bf16, memory off so every r
 with continuous batching (`KAIZEN_MAX_BATCH=16`, the default) and with one reply at a time
 (`KAIZEN_MAX_BATCH=1`, the engine before batching) in the same run.
 
-Each level runs in waves: all users start one streamed reply at the same moment. Throughput is
+Each level runs in waves: all users start one streamed reply at the same moment, and the waves
+go round the messages (one user alone asks each in turn: a single prompt that the model answers
+in five tokens would make a poor baseline). Throughput is
 the generated tokens of a wave over its wall time (median over waves); latency is each reply's
 time to its last token, TTFT the time to its first text chunk (p95 over all replies of a level).
 The baseline is one user on the same engine; the one-at-a-time engine is the second baseline.
@@ -47,8 +49,8 @@ def _measure(opts: Options, max_batch: str, max_tokens: int, tokenizer: Any, bar
         wave(server.url, 1, MESSAGES, 4)  # warm-up
         for users in LEVELS:
             runs = []
-            for _ in range(waves[users]):
-                runs.append(wave(server.url, users, MESSAGES, max_tokens))
+            for n in range(waves[users]):  # each wave starts further down the list: one user asks each in turn
+                runs.append(wave(server.url, users, MESSAGES, max_tokens, first=n * users))
                 bar.update(users)
             timings = [t for w in runs for t in w.timings]
             ok = [t for t in timings if t.ok]

@@ -3,7 +3,7 @@
 Iteration-level scheduling as in Orca (Yu et al., OSDI 2022) and vLLM: one thread runs the model;
 at each decode step it feeds one token of every reply in progress, so 16 people chatting share
 each pass over the weights instead of waiting in line. A new request joins between two steps once
-its prompt is prefilled (on its own: a prompt is one forward pass); a reply that ends (end of
+its prompt is prefilled (the prompts that arrive together in one forward pass); a reply that ends (end of
 turn, token limit, loop, stop string) or whose client went away leaves at once and frees its row.
 
 Without paged memory: the replies of one adapter group share one key/value cache
@@ -206,8 +206,8 @@ class Batcher:
             if new is None:
                 return
             try:
-                for row in new:
-                    self._prefill(row)
+                if new:
+                    self._prefill(new)
                 self._step()
             except BaseException as exc:  # every row in progress ends with the error; the batcher goes on
                 error = ModelError(f"Generation failed: {exc}")
@@ -255,30 +255,55 @@ class Batcher:
                      BusyError("The bot is busy; the request waited too long. Please try again."))
 
     def _forward(self, key: bool, **inputs: Any) -> Any:
+        inputs.setdefault("logits_to_keep", 1)
         with torch.inference_mode(), self._adapters_for(key):
-            return self._model()(**inputs, use_cache=True, logits_to_keep=1)
+            return self._model()(**inputs, use_cache=True)
 
-    def _prefill(self, row: Row) -> None:
-        """Run the row's prompt alone, take its first token, and join it to its group's batch."""
-        ids = torch.tensor([row.ids])
-        out = self._forward(row.group, input_ids=ids, attention_mask=torch.ones_like(ids))
-        if self._take(row, out.logits[0, -1]):
-            return
-        group = self._groups.setdefault(row.group, _Group())
-        cache, columns = out.past_key_values, ids.shape[1]
+    def _prefill(self, rows: list[Row]) -> None:
+        """Run the prompts of rows that join together in one forward pass per group, take each
+        one's first token, and join the rows that go on to their group's batch.
+
+        The prompts are padded on the right, so causal attention alone keeps each real token from
+        seeing padding (no position sees only masked keys, which gives NaN in SDPA); each row's
+        logits are read at its own last token, and its cache is moved to the left-padded layout
+        the decode steps use."""
+        for key in dict.fromkeys(r.group for r in rows):
+            batch = [r for r in rows if r.group == key]
+            lengths = [len(r.ids) for r in batch]
+            width = max(lengths)
+            ids = torch.tensor([r.ids + [r.ids[-1]] * (width - len(r.ids)) for r in batch])
+            ends = sorted({n - 1 for n in lengths})
+            out = self._forward(key, input_ids=ids, attention_mask=torch.ones_like(ids),
+                                logits_to_keep=torch.tensor(ends))
+            kept = [i for i, (row, n) in enumerate(zip(batch, lengths, strict=True))
+                    if not self._take(row, out.logits[i, ends.index(n - 1)])]
+            if not kept:
+                continue
+            cache, columns = out.past_key_values, max(lengths[i] for i in kept)
+            for layer in cache.layers:
+                layer.keys = torch.stack([_pad_left(layer.keys[i, :, :lengths[i]], columns - lengths[i], 1)
+                                          for i in kept])
+                layer.values = torch.stack([_pad_left(layer.values[i, :, :lengths[i]], columns - lengths[i], 1)
+                                            for i in kept])
+            mask = torch.tensor([[0] * (columns - lengths[i]) + [1] * lengths[i] for i in kept])
+            self._join(self._groups.setdefault(key, _Group()), [batch[i] for i in kept], cache, mask)
+
+    @staticmethod
+    def _join(group: _Group, rows: list[Row], cache: Any, mask: torch.Tensor) -> None:
+        """Add `rows` (their cache and mask, left-padded) to the group's batch, padding on the
+        left whichever side is shorter."""
         if not group.rows:
-            group.rows, group.cache, group.mask = [row], cache, torch.ones(1, columns, dtype=torch.long)
+            group.rows, group.cache, group.mask = list(rows), cache, mask
             return
         assert group.mask is not None
-        width = max(group.mask.shape[1], columns)
+        mine_w, its_w = group.mask.shape[1], mask.shape[1]
+        width = max(mine_w, its_w)
         for mine, its in zip(group.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width - mine.keys.shape[2], 2),
-                                   _pad_left(its.keys, width - columns, 2)])
-            mine.values = torch.cat([_pad_left(mine.values, width - mine.values.shape[2], 2),
-                                     _pad_left(its.values, width - columns, 2)])
-        group.mask = torch.cat([_pad_left(group.mask, width - group.mask.shape[1], 1),
-                                _pad_left(torch.ones(1, columns, dtype=torch.long), width - columns, 1)])
-        group.rows.append(row)
+            mine.keys = torch.cat([_pad_left(mine.keys, width - mine_w, 2), _pad_left(its.keys, width - its_w, 2)])
+            mine.values = torch.cat([_pad_left(mine.values, width - mine_w, 2),
+                                     _pad_left(its.values, width - its_w, 2)])
+        group.mask = torch.cat([_pad_left(group.mask, width - mine_w, 1), _pad_left(mask, width - its_w, 1)])
+        group.rows.extend(rows)
 
     def _step(self) -> None:
         """One decode step for every group: each row's newest token in, its next token out."""

@@ -215,3 +215,19 @@ def test_stopping_ends_the_replies_in_progress_with_a_clear_error_and_refuses_ne
     wait_until(lambda: batcher._thread is not None and not batcher._thread.is_alive(), 30, "the thread to end")
     with pytest.raises(ModelError, match="shutting down"):
         batcher.submit(_rows(engine, [prompt], 4)[0])
+
+
+def test_prompts_that_arrive_together_are_prefilled_together_and_one_that_ends_at_once_leaves(engine):
+    jobs = [(q, GenParams(max_new_tokens=1 if i % 2 else 10), True) for i, q in enumerate(QUESTIONS)]
+    alone = ["".join(engine.stream(_ask(q), p)) for q, p, _ in jobs]
+    calls: list[int] = []
+    forward = engine._batcher._forward
+
+    def counted(key, **inputs):
+        if "past_key_values" not in inputs:
+            calls.append(int(inputs["input_ids"].shape[0]))
+        return forward(key, **inputs)
+
+    engine._batcher._forward = counted
+    assert [t for _, t in _together(engine, jobs)] == alone
+    assert calls == [len(jobs)]  # one prefill pass for all five prompts
