@@ -56,19 +56,22 @@ class _TokenQueue:
     """What the batcher emits for one reply (`bot.batching.Row.emit`): lists of new token ids, then
     None at the end, or the exception that ended it; iterating raises that exception."""
 
-    def __init__(self, timeout: float = 300.0) -> None:
+    def __init__(self, timeout: float = 300.0, waiting: float = 0.0) -> None:
         self._queue: queue.Queue[list[int] | BaseException | None] = queue.Queue()
         self._timeout = timeout
+        self._waiting = waiting  # more time for the first item: the reply may wait for a place in the batch
 
     def put(self, item: list[int] | BaseException | None) -> None:
         self._queue.put(item)
 
     def __iter__(self) -> Iterator[list[int]]:
+        first = True
         while True:
             try:
-                item = self._queue.get(timeout=self._timeout)
+                item = self._queue.get(timeout=self._timeout + (self._waiting if first else 0.0))
             except queue.Empty:
                 raise ModelError(f"The model produced nothing for {self._timeout:.0f} s.") from None
+            first = False
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -154,7 +157,7 @@ class Generation:
 
     def _run(self) -> Iterator[str]:
         engine, params = self._engine, self._params
-        tokens = _TokenQueue()
+        tokens = _TokenQueue(waiting=engine.wait_timeout_s)  # a wait past it ends in BusyError (the batcher)
         prompt = self.input_ids[0].tolist()
         guard = _LoopGuard(engine.canonical_tokens, prompt) if params.loop_guard else None
         eos = engine.model.generation_config.eos_token_id

@@ -174,3 +174,15 @@ def test_a_seed_makes_a_sampled_reply_reproducible(engine):
     a, b = ("".join(engine.stream(messages, GenParams(max_new_tokens=12, temperature=1.0, seed=3)))
             for _ in range(2))
     assert a == b
+
+
+def test_a_reply_waiting_for_a_place_in_the_batch_is_not_taken_for_a_stalled_model():
+    from bot.engine import _TokenQueue
+
+    tokens = _TokenQueue(timeout=0.05, waiting=5.0)  # the first token may come after the wait for a place
+    threading.Timer(0.3, lambda: (tokens.put([1]), tokens.put(None))).start()
+    assert list(tokens) == [[1]]
+    stalled = _TokenQueue(timeout=0.05)
+    stalled.put([1])
+    with pytest.raises(ModelError, match="produced nothing"):
+        list(stalled)  # after the first token, a model silent for `timeout` has stalled
