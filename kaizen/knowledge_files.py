@@ -7,7 +7,9 @@ Three formats, chosen by the file's extension:
   commas and line breaks.
 - ``.jsonl``: one object per line, either chat style
   ``{"messages": [{"role": "system", ...}?, {"role": "user", ...}, {"role": "assistant", ...}, ...]}``
-  (every user/assistant pair of the line is a row; an unanswered question refuses the line)
+  (every user/assistant pair of the line is a row; an unanswered question refuses the line; a
+  system message is an instruction to the model, not a fact, and is not imported: the persona
+  sets Kaizen's system prompt)
   or ``{"prompt": ..., "completion": ...}`` / ``{"question": ..., "answer": ...}``, with an
   optional ``"category"``.
 - ``.txt``: ``question -> answer`` (or ``→``) per line; blank lines and ``#`` comments are skipped.
