@@ -193,6 +193,14 @@ class FeedbackRequest(BaseModel):
 # --- responses --------------------------------------------------------------------------------
 
 
+def _without_none(body: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """`body` without those of `keys` whose value is None: optional fields OpenAI leaves out when unset."""
+    for key in keys:
+        if body.get(key) is None:
+            body.pop(key, None)
+    return body
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -201,11 +209,7 @@ class ErrorDetail(BaseModel):
 
     @model_serializer(mode="wrap")
     def _only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        body: dict[str, Any] = handler(self)
-        for key in ("param", "code"):
-            if body.get(key) is None:
-                body.pop(key, None)
-        return body
+        return _without_none(handler(self), "param", "code")
 
 
 class ErrorResponse(BaseModel):
@@ -291,11 +295,7 @@ class ChatCompletionChunk(BaseModel):
 
     @model_serializer(mode="wrap")
     def _only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        body: dict[str, Any] = handler(self)
-        for key in ("usage", "kaizen"):
-            if body.get(key) is None:
-                body.pop(key, None)
-        return body
+        return _without_none(handler(self), "usage", "kaizen")
 
 
 class ModelCard(BaseModel):

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.emotion import Emotion, EmotionAnalyzer
-from bot.engine_api import ChatEngine, GenParams, Message, ReplyLimits, ReplyStream
+from bot.engine_api import ChatEngine, GenParams, Message, ReplyLimits, ReplyStream, word_chunks
 from bot.fallback import CarriesFact, NoEcho
 from bot.recall import KnowledgeRecall
 from feedback_db import store
@@ -84,11 +83,6 @@ def params_from(settings: Settings, **overrides: Any) -> GenParams:
     return dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _word_chunks(text: str) -> list[str]:
-    """A taught answer in the pieces a model would stream: a word (with its following space) at a time."""
-    return re.findall(r"\S+\s*|\s+", text)
-
-
 class MemoryReplyStream:
     """A taught answer served verbatim by the retrieval memory, with the engine's ReplyStream
     shape (`bot.engine_api.ReplyStream`), so the chat service stores both paths the same way.
@@ -108,7 +102,7 @@ class MemoryReplyStream:
         self.completion_tokens = limits.count_tokens(self._answer)
 
     def __iter__(self) -> Iterator[str]:
-        yield from _word_chunks(self._answer)
+        yield from word_chunks(self._answer)
 
     def close(self) -> None:
         pass

@@ -90,14 +90,19 @@ class _LoopGuard:
         self.canonical = canonical
         self.echo = echo_of(self.forms(prompt))
         self.loop: Loop | None = None
+        self._reply: list[int] = []  # the reply's canonical forms so far, one added per token
 
     def __call__(self, reply: list[int]) -> bool:
-        self.loop = find_loop(self.forms(reply), echo=self.echo)
+        """Called by the batcher after each new token of `reply` (the reply so far)."""
+        self._reply.extend(self.forms(reply[len(self._reply):]))
+        self.loop = find_loop(self._reply, echo=self.echo)
         return self.loop is not None
 
     def held(self, reply: list[int]) -> int:
-        """Tokens at the end of `reply` to hold back from the reader (`kaizen.repetition.held_back`)."""
-        return held_back(self.forms(reply), echo=self.echo)
+        """Tokens at the end of `reply` to hold back from the reader (`kaizen.repetition.held_back`);
+        the reader's `reply` is a prefix of what the batcher has seen, whose forms are reused."""
+        seen = self._reply[:len(reply)]
+        return held_back(seen + self.forms(reply[len(seen):]), echo=self.echo)
 
     def forms(self, ids: list[int]) -> list[int]:
         canonical = self.canonical
@@ -160,9 +165,7 @@ class Generation:
         tokens = _TokenQueue(waiting=engine.wait_timeout_s)  # a wait past it ends in BusyError (the batcher)
         prompt = self.input_ids[0].tolist()
         guard = _LoopGuard(engine.canonical_tokens, prompt) if params.loop_guard else None
-        eos = engine.model.generation_config.eos_token_id
-        eos_ids = frozenset(t for t in (*(eos if isinstance(eos, list) else [eos]), engine.tokenizer.eos_token_id)
-                            if t is not None)
+        eos_ids = engine.eos_ids
         row = Row(prompt=prompt, max_new_tokens=params.max_new_tokens, eos=eos_ids,
                   admit=self._admit, pick=next_token_picker(params), done=guard or (lambda _reply: False),
                   emit=tokens.put)
@@ -249,6 +252,13 @@ class Engine:
         """The loop guard's view of the vocabulary (`kaizen.repetition.canonical_tokens`), built once."""
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         return canonical_tokens(vocab)
+
+    @functools.cached_property
+    def eos_ids(self) -> frozenset[int]:
+        """The tokens that end a reply: the generation config's end-of-turn ids and the tokenizer's eos."""
+        eos = self.model.generation_config.eos_token_id
+        ids = (*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id)
+        return frozenset(t for t in ids if t is not None)
 
     @classmethod
     def from_path(cls, path: str, *, dtype: str = "bfloat16", threads: int = 0, **kw: Any) -> Engine:

@@ -61,11 +61,16 @@ class ReplyLimits:
         limit = self.max_new_tokens
         if limit is None or self.count_tokens(text) <= limit:
             return text, "stop"
-        words = re.findall(r"\S+\s*|\s+", text)
+        words = word_chunks(text)
         fits = _longest(len(words), lambda n: self.count_tokens("".join(words[:n])) <= limit)
         if fits:
             return "".join(words[:fits]).rstrip(), "length"
         return text[:_longest(len(text), lambda n: self.count_tokens(text[:n]) <= limit)], "length"
+
+
+def word_chunks(text: str) -> list[str]:
+    """`text` as words, each with the spaces after it: the pieces a reply is cut at and streamed in."""
+    return re.findall(r"\S+\s*|\s+", text)
 
 
 def _longest(n: int, fits: Callable[[int], bool]) -> int:
