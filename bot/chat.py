@@ -42,8 +42,9 @@ def clean_message(message: object, max_chars: int) -> str:
     """The user's message, stripped, or a clear InputError. Empty messages are refused."""
     if not isinstance(message, str):
         raise InputError("The message must be text.")
-    if len(message) > max_chars:
-        raise InputError(f"The message is {len(message):,} characters; the limit is {max_chars:,}. Please shorten it.")
+    if len(message) > max_chars:  # too long to be worth tokenizing: the context limit, checked cheaply
+        raise ContextLengthError(f"The message is {len(message):,} characters; the limit is {max_chars:,}. "
+                                 "Please shorten it.")
     if INVALID_CHARS.search(message):
         raise InputError("The message contains control characters (such as NUL) or invalid characters; "
                          "please remove them.")

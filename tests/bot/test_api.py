@@ -178,6 +178,10 @@ def test_chat_errors_through_the_openai_client(client, kaizen, fake_engine):
         list(client.chat.completions.create(model="kaizen", stream=True,
                                             messages=[{"role": "user", "content": "word " * 5000}]))
     assert err.value.code == "context_length_exceeded"
+    # Over the character cap, which is checked before any tokenizing: the same code (a new-user trial).
+    with pytest.raises(openai.BadRequestError, match="characters; the limit is") as err:
+        client.chat.completions.create(model="kaizen", messages=[{"role": "user", "content": "word " * 20_000}])
+    assert (err.value.code, err.value.param) == ("context_length_exceeded", "messages")
     with pytest.raises(openai.BadRequestError, match="last message"):
         client.chat.completions.create(model="kaizen", messages=[{"role": "assistant", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):  # OpenAI's 400 for a malformed request
