@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kaizen-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint bench install browser clean
+.PHONY: run test test-fast lint bench install browser postgres clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ browser:
 	@{ command -v chromium && fc-list | grep -qi "color emoji"; } >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; }
 
+# Debian's PostgreSQL server: the tests start a throwaway cluster of their own (tests/postgres.py).
+postgres:
+	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
 run: $(STAMP)
 	$(BIN)/kaizen serve
 
@@ -33,11 +38,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(STAMP) browser lint
+test: $(STAMP) browser postgres lint
 	$(BIN)/python -m pytest -q -rs --durations=15 $(PYTEST_ARGS)
 
-test-fast: $(STAMP) lint
-	$(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+# The quick tier: SQLite only (KAIZEN_TEST_DB=postgresql runs all of it on PostgreSQL instead).
+test-fast: $(STAMP) postgres lint
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not postgres" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -9,9 +9,28 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Integer, String, Text, TypeDecorator, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+CATEGORY_LENGTH = 64  # knowledge_items.category is VARCHAR(64); PostgreSQL enforces the length, SQLite does not
+
+
+class CleanText(TypeDecorator[str]):
+    """TEXT without NUL characters (U+0000), removed as the value is written.
+
+    PostgreSQL refuses NUL in text ("text fields cannot contain NUL (0x00) bytes") where SQLite
+    stores it; a model can emit one (the tiny test model does) and a client can send one. Removing
+    it on every database keeps what is stored, and so what is exported for training, the same on
+    both. The column type in the schema is plain TEXT.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return value.replace("\x00", "") if isinstance(value, str) else value
 
 
 def utcnow() -> dt.datetime:
@@ -39,8 +58,8 @@ class Exchange(Base):
     __tablename__ = "exchanges"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
-    user_text: Mapped[str] = mapped_column(Text)
-    bot_text: Mapped[str] = mapped_column(Text)
+    user_text: Mapped[str] = mapped_column(CleanText)
+    bot_text: Mapped[str] = mapped_column(CleanText)
     emotion_label: Mapped[str] = mapped_column(String(8))
     emotion_score: Mapped[float] = mapped_column(Float)
     adapter_version: Mapped[str] = mapped_column(String(32), default="base")  # the version being served
@@ -63,7 +82,7 @@ class Feedback(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     exchange_id: Mapped[str] = mapped_column(ForeignKey("exchanges.id"), unique=True)
     rating: Mapped[str] = mapped_column(String(4))  # up | down
-    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    correction: Mapped[str | None] = mapped_column(CleanText, nullable=True)
     status: Mapped[str] = mapped_column(String(10), default="pending", index=True)  # pending | approved | rejected
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -82,9 +101,9 @@ class KnowledgeItem(Base):
 
     __tablename__ = "knowledge_items"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    question: Mapped[str] = mapped_column(Text)
-    answer: Mapped[str] = mapped_column(Text)
-    category: Mapped[str] = mapped_column(String(64), default="")
+    question: Mapped[str] = mapped_column(CleanText)
+    answer: Mapped[str] = mapped_column(CleanText)
+    category: Mapped[str] = mapped_column(String(CATEGORY_LENGTH), default="")
     origin: Mapped[str] = mapped_column(String(16), default="import")  # import | teach | correction
     feedback_id: Mapped[int | None] = mapped_column(ForeignKey("feedback.id"), nullable=True)
     verbatim: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -122,7 +141,7 @@ class TrainingRun(Base):
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     data_counts: Mapped[dict] = mapped_column(JSON, default=dict)
     adapter_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(CleanText, nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -134,9 +153,9 @@ class AdapterVersion(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"), nullable=True)
     round_index: Mapped[int] = mapped_column(Integer, default=0)
     verdict: Mapped[str] = mapped_column(String(10))  # promoted | rejected
-    reason: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(CleanText, default="")
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
-    path: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(CleanText)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from feedback_db.models import (
+    CATEGORY_LENGTH,
     AdapterVersion,
     Conversation,
     Exchange,
@@ -305,6 +306,8 @@ def rated_feedback_ids(*, session: Session, until: dt.datetime | None = None) ->
 
 # --- knowledge --------------------------------------------------------------------------------
 
+CATEGORY_MAX = CATEGORY_LENGTH
+
 
 def add_knowledge(
     *,
@@ -315,9 +318,11 @@ def add_knowledge(
     origin: str = "import",
     verbatim: bool = False,
 ) -> KnowledgeItem:
-    question, answer = question.strip(), answer.strip()
+    question, answer, category = question.strip(), answer.strip(), category.replace("\x00", "").strip()
     if not question or not answer:
         raise Invalid("A knowledge item needs a question and an answer.")
+    if len(category) > CATEGORY_MAX:
+        raise Invalid(f"A category is at most {CATEGORY_MAX} characters; this one has {len(category)}.")
     item = KnowledgeItem(question=question, answer=answer, category=category, origin=origin, verbatim=verbatim)
     session.add(item)
     session.flush()

@@ -22,6 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from kaizen.settings import Settings
 from tests.fakes import FakeEngine
 from tests.harness import ROOT, ThreadServer
+from tests.postgres import PostgresCluster
 
 if TYPE_CHECKING:
     from bot.services import Kaizen
@@ -34,9 +35,53 @@ def fake_engine() -> FakeEngine:
     return FakeEngine()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `both_databases` that uses a database runs twice: on SQLite, then on PostgreSQL."""
+    if os.environ.get("KAIZEN_TEST_DB") == "postgresql":
+        return  # every test runs on PostgreSQL already
+    if "database_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("database_kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+                             indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", memory=False, schedule=False)
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """The database kind, sqlite or postgresql: the test's parameter (`both_databases`), else KAIZEN_TEST_DB (default
+    sqlite), so `KAIZEN_TEST_DB=postgresql make test-fast` runs the quick tier on PostgreSQL."""
+    kind = getattr(request, "param", None) or os.environ.get("KAIZEN_TEST_DB", "sqlite")
+    if kind not in ("sqlite", "postgresql"):
+        raise ValueError(f"KAIZEN_TEST_DB must be sqlite or postgresql, not {kind!r}")
+    return kind
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new, empty database on the test run's PostgreSQL server, dropped after the test."""
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database()
+    yield url
+    cluster.drop_database(url)
+
+
+@pytest.fixture
+def db_url(database_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database of the test's kind (SQLite in tmp_path, or PostgreSQL)."""
+    if database_kind == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'kaizen.db'}"
+
+
+@pytest.fixture
+def settings_db_url(database_kind: str, request: pytest.FixtureRequest) -> str:
+    """Settings.db_url for the test's database kind: "" (SQLite in the data directory) or a new
+    PostgreSQL database."""
+    return str(request.getfixturevalue("postgres_url")) if database_kind == "postgresql" else ""
+
+
+@pytest.fixture
+def settings(tmp_path: Path, settings_db_url: str) -> Settings:
+    """Settings for one test: data in tmp_path, the test's database kind, no memory, no schedule."""
+    return Settings(data_dir=tmp_path / "data", memory=False, schedule=False, db_url=settings_db_url)
 
 
 @pytest.fixture
@@ -71,6 +116,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.models import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server for this test run (tests/postgres.py); skipped, with the reason, where
+    none can be started."""
+    bin_dir, why = PostgresCluster.find()
+    if bin_dir is None:
+        pytest.skip(why)
+    cluster = PostgresCluster(bin_dir)
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

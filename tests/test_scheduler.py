@@ -16,6 +16,8 @@ from kaizen.settings import Settings
 from scheduler import JOB_ID, LAST_CHECK_KEY, KaizenScheduler, TrainingSupervisor
 from tests.harness import wait_until
 
+pytestmark = pytest.mark.both_databases
+
 
 def quick_child(settings, run_id, trigger, force):
     """A stand-in round for scheduler logic: finishes its run row at once."""
@@ -42,9 +44,9 @@ def slow_real_child(settings, run_id, trigger, force):
 
 
 @pytest.fixture
-def env(tmp_path, tiny_model_dir):
+def env(tmp_path, tiny_model_dir, settings_db_url):
     settings = Settings(data_dir=tmp_path / "data", model=str(tiny_model_dir), dtype="float32",
-                        schedule_minutes=30, schedule_min_items=2)
+                        schedule_minutes=30, schedule_min_items=2, db_url=settings_db_url)
     settings.data_dir.mkdir(parents=True)
     db = Database(settings.database_url)
     yield settings, db

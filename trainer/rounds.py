@@ -100,7 +100,7 @@ def run_round(*, db: Database, settings: Settings, cfg: TrainConfig | None = Non
     side's routing by scope (None: the adapter answers everything), so the version is measured as served."""
     cfg = cfg or TrainConfig()
     limits = limits or GateLimits()
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # fits locks.owner, String(64)
     with db.write() as s:
         store.fail_stale_runs(session=s, exclude=run_id)
         if not store.acquire_lock(session=s, name=LOCK, owner=owner, pid=os.getpid()):

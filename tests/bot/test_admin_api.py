@@ -25,6 +25,8 @@ from scheduler import TrainingSupervisor
 from tests.harness import wait_until
 from tests.seed import METRICS, publish_fake_version, snapshot
 
+pytestmark = pytest.mark.both_databases
+
 if TYPE_CHECKING:
     from bot.services import Kaizen
 
@@ -55,8 +57,9 @@ def fake_round(settings: Settings, run_id: int, trigger: str, force: bool) -> No
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", memory=False, schedule=False, admin_password=PASSWORD)
+def settings(tmp_path, settings_db_url) -> Settings:
+    return Settings(data_dir=tmp_path / "data", memory=False, schedule=False, admin_password=PASSWORD,
+                    db_url=settings_db_url)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import launch
 from bot.services import Kaizen
 from feedback_db import store
@@ -13,15 +15,23 @@ from tests.fakes import FakeEngine
 from tests.harness import wait_until
 from tests.seed import publish_fake_version
 
+pytestmark = pytest.mark.both_databases
+
+
+def _where(kaizen: Kaizen) -> list[str]:
+    """The command line's flags for the same data and database as the running services."""
+    return ["--data-dir", str(kaizen.settings.data_dir), "--db-url", kaizen.settings.database_url]
+
 
 def test_activate_from_the_command_line_reaches_the_running_engine(kaizen: Kaizen, fake_engine: FakeEngine) -> None:
     for v in ("v1", "v2"):
         publish_fake_version(kaizen, v)
     kaizen.follower.interval_s = 0.05
     kaizen.follower.start()
-    assert launch.main(["activate", "v2", "--data-dir", str(kaizen.settings.data_dir)]) == 0
+    where = _where(kaizen)
+    assert launch.main(["activate", "v2", *where]) == 0
     wait_until(lambda: fake_engine.adapter_version == "v2", 15, "the follower to serve v2", 0.02)
-    assert launch.main(["activate", "base", "--data-dir", str(kaizen.settings.data_dir)]) == 0
+    assert launch.main(["activate", "base", *where]) == 0
     wait_until(lambda: fake_engine.adapter_version == "base", 15, "the follower to go back to base", 0.02)
     assert kaizen.follower.last_error is None
 
@@ -72,7 +82,7 @@ def test_the_command_line_reports_what_the_running_server_serves(kaizen: Kaizen,
     publish_fake_version(kaizen, "v1")
     kaizen.follower.interval_s = 0.05
     kaizen.follower.start()
-    data_dir = str(kaizen.settings.data_dir)
+    where = _where(kaizen)
 
     def reported_live() -> bool:
         with kaizen.db.session() as s:
@@ -80,21 +90,21 @@ def test_the_command_line_reports_what_the_running_server_serves(kaizen: Kaizen,
 
     assert reported_live()  # as soon as it starts, not at its first tick
     fake_engine.refuse.add("v1")
-    assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 1  # the server could not take it
+    assert launch.main(["activate", "v1", *where]) == 1  # the server could not take it
     assert "still serves base" in capsys.readouterr().err and fake_engine.adapter_version == "base"
-    assert launch.main(["adapters", "--data-dir", data_dir]) == 0
+    assert launch.main(["adapters", *where]) == 0
     listing = capsys.readouterr().out
     assert "last reported serving base" in listing and "not v1: Could not activate v1" in listing
     fake_engine.refuse.clear()
     # Same files, but an explicit activation is tried again.
-    assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 0
+    assert launch.main(["activate", "v1", *where]) == 0
     assert "the running server now serves v1" in capsys.readouterr().out and fake_engine.adapter_version == "v1"
-    assert launch.main(["activate", "v1", "--data-dir", data_dir]) == 0  # already served: still a clear answer
+    assert launch.main(["activate", "v1", *where]) == 0  # already served: still a clear answer
     assert "now serves v1" in capsys.readouterr().out
 
 
 def test_without_a_running_server_activate_says_so_at_once(kaizen: Kaizen, capsys) -> None:
     publish_fake_version(kaizen, "v1")
     kaizen.follower.sync()  # a one-off sync (a command, not a server) reports, but not as live
-    assert launch.main(["activate", "v1", "--data-dir", str(kaizen.settings.data_dir)]) == 0
+    assert launch.main(["activate", "v1", *_where(kaizen)]) == 0
     assert "no server is running" in capsys.readouterr().out

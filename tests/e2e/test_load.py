@@ -9,7 +9,6 @@ once. The p50/p95 latencies of the successful requests are printed (run with `-s
 
 from __future__ import annotations
 
-import sqlite3
 import statistics
 import threading
 import time
@@ -17,10 +16,11 @@ import time
 import httpx
 import openai
 import pytest
+import sqlalchemy
 
 from tests.harness import ProcessServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_databases]
 
 PASSWORD = "load-tests-pw"
 CLIENTS = 16
@@ -66,9 +66,10 @@ def _conversation(url: str, worker: int, until: float, log: dict, lock: threadin
     rater.close()
 
 
-def test_sixteen_streaming_clients_with_ratings_and_a_training_round(tmp_path, tiny_model_dir):
+def test_sixteen_streaming_clients_with_ratings_and_a_training_round(tmp_path, tiny_model_dir, settings_db_url):
     data = tmp_path / "data"
-    env = {"KAIZEN_MEMORY": "false", "KAIZEN_ADMIN_PASSWORD": PASSWORD, "KAIZEN_MAX_QUEUE": "4"}
+    url = settings_db_url or f"sqlite:///{data / 'kaizen.db'}"
+    env = {"KAIZEN_MEMORY": "false", "KAIZEN_ADMIN_PASSWORD": PASSWORD, "KAIZEN_MAX_QUEUE": "4", "KAIZEN_DB_URL": url}
     log: dict[str, list] = {"latency": [], "replies": [], "rated": [], "refused": [], "failed": []}
     lock = threading.Lock()
     with ProcessServer(data, "--model", str(tiny_model_dir), "--no-schedule", env=env) as server:
@@ -90,18 +91,20 @@ def test_sixteen_streaming_clients_with_ratings_and_a_training_round(tmp_path, t
             time.sleep(1)
         output = server.output()
 
-    assert not log["failed"], log["failed"][:5]
+    assert not log["failed"], (log["failed"][:5], output[-3000:])
     assert "database is locked" not in output and "Traceback" not in output, output[-3000:]
     assert run["status"] in ("promoted", "rejected"), (run["status"], run.get("error"))  # ran to its verdict under load
     assert log["refused"], "the small queue never pushed back"
     assert all(status in (429, 503) and retry for status, retry, _ in log["refused"])
-    con = sqlite3.connect(data / "kaizen.db")
+    engine = sqlalchemy.create_engine(url)
     try:
-        exchanges = dict(con.execute("SELECT id, user_text FROM exchanges"))
-        per_exchange = dict(con.execute("SELECT exchange_id, count(*) FROM feedback GROUP BY exchange_id"))
-        assert con.execute("SELECT count(*) FROM feedback").fetchone()[0] == len(log["rated"])
+        with engine.connect() as con:
+            exchanges = dict(con.exec_driver_sql("SELECT id, user_text FROM exchanges").all())
+            per_exchange = dict(con.exec_driver_sql(
+                "SELECT exchange_id, count(*) FROM feedback GROUP BY exchange_id").all())
+            assert con.exec_driver_sql("SELECT count(*) FROM feedback").scalar() == len(log["rated"])
     finally:
-        con.close()
+        engine.dispose()
     ids = [reply_id for reply_id, _ in log["replies"]]
     assert len(ids) == len(set(ids)) == len(exchanges)  # every streamed reply stored, exactly once
     assert all(exchanges[reply_id] == text for reply_id, text in log["replies"])
@@ -110,5 +113,6 @@ def test_sixteen_streaming_clients_with_ratings_and_a_training_round(tmp_path, t
     latencies = sorted(log["latency"])
     p50 = statistics.median(latencies)
     p95 = latencies[max(0, round(0.95 * len(latencies)) - 1)]
-    print(f"\nload: {len(latencies)} replies, {len(log['refused'])} refused (503), {len(log['rated'])} ratings "
+    print(f"\nload ({url.split(':')[0]}): {len(latencies)} replies, {len(log['refused'])} refused (503), "
+          f"{len(log['rated'])} ratings "
           f"in {SECONDS} s with {CLIENTS} clients; latency p50 {p50:.2f} s, p95 {p95:.2f} s; round: {run['status']}")

@@ -1,14 +1,15 @@
 """Migrations from an empty database produce exactly the expected tables and columns, and exactly
 what the models declare."""
 
-from pathlib import Path
-
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from feedback_db.db import Database
 from feedback_db.models import Base
+
+pytestmark = pytest.mark.both_databases
 
 EXPECTED = {
     "conversations": ["id", "client", "created_at"],
@@ -27,8 +28,8 @@ EXPECTED = {
 }
 
 
-def test_migrations_from_empty_database_create_exact_columns(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
+def test_migrations_from_empty_database_create_exact_columns(db_url):
+    db = Database(db_url)
     insp = inspect(db.engine)
     tables = set(insp.get_table_names()) - {"alembic_version"}
     assert tables == set(EXPECTED)
@@ -37,42 +38,42 @@ def test_migrations_from_empty_database_create_exact_columns(tmp_path):
     db.close()
 
 
-def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
-    url = f"sqlite:///{tmp_path / 'kaizen.db'}"
-    Database(url).close()
-    db = Database(url)  # a second start must not fail or re-create anything
+def test_migrations_are_idempotent_and_sqlite_uses_wal(db_url):
+    Database(db_url).close()
+    db = Database(db_url)  # a second start must not fail or re-create anything
     with db.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        if db_url.startswith("sqlite"):
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
     db.close()
 
 
-def test_0002_gives_existing_facts_a_fresh_learning_state(tmp_path):
+def test_0002_gives_existing_facts_a_fresh_learning_state(db_url):
     from alembic import command
     from alembic.config import Config
 
     from feedback_db.db import MIGRATIONS
 
-    db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}", run_migrations=False)
+    db = Database(db_url, run_migrations=False)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
         conn.execute(text("INSERT INTO knowledge_items (question, answer, category, origin, verbatim, enabled, "
-                          "hit_count, created_at, updated_at) VALUES ('q', 'a', '', 'import', 0, 1, 0, "
-                          "'2026-01-01', '2026-01-01')"))
+                          "hit_count, created_at, updated_at) VALUES ('q', 'a', '', 'import', :no, :yes, 0, "
+                          "'2026-01-01', '2026-01-01')"), {"no": False, "yes": True})
         command.upgrade(cfg, "head")
         row = conn.execute(text("SELECT train_attempts, learned_version, parked FROM knowledge_items")).one()
     assert tuple(row) == (0, None, 0)
     db.close()
 
 
-def test_the_models_and_the_migrated_schema_agree(tmp_path: Path) -> None:
+def test_the_models_and_the_migrated_schema_agree(db_url: str) -> None:
     """Alembic's autogenerate finds nothing to change between the models and a database migrated
     from empty: a model change without a migration (or the reverse) fails here."""
-    db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
+    db = Database(db_url)
     try:
         with db.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})

@@ -7,10 +7,12 @@ import pytest
 from feedback_db import store
 from feedback_db.db import Database
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
-def db(tmp_path):
-    d = Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
+def db(db_url):
+    d = Database(db_url)
     yield d
     d.close()
 
@@ -321,3 +323,27 @@ def test_a_withdrawn_rating_is_gone_with_its_correction(db, approved):
         store.review_feedback(session=s, feedback_id=fb.id, action="approve")
     with pytest.raises(store.NotFound), db.write() as s:
         store.withdraw_rating(session=s, exchange_id="nope")
+
+
+def test_nul_characters_are_removed_on_every_database(db):
+    """PostgreSQL refuses U+0000 in text; a model or a client can produce one. It is dropped on both
+    databases, so what is stored (and later exported for training) is the same."""
+    ex = _exchange(db, user="a\x00b xin chào", bot="reply\x00 ✓")
+    with db.write() as s:
+        store.rate_exchange(session=s, exchange_id=ex.id, rating="down", correction="right\x00 answer")
+        item = store.add_knowledge(session=s, question="q\x00?", answer="a\x00!", category="c\x00at")
+    with db.session() as s:
+        got = store.get_exchange(session=s, exchange_id=ex.id)
+        assert (got.user_text, got.bot_text) == ("ab xin chào", "reply ✓")
+        assert store.list_feedback(session=s)[0][0].correction == "right answer"
+        k = store.get_knowledge(session=s, item_id=item.id)
+        assert (k.question, k.answer, k.category) == ("q?", "a!", "cat")
+
+
+def test_a_category_longer_than_its_column_is_refused_clearly_on_every_database(db):
+    with pytest.raises(store.Invalid, match="at most 64 characters; this one has 65"), db.write() as s:
+        store.add_knowledge(session=s, question="q", answer="a", category="x" * 65)
+    with db.write() as s:
+        store.add_knowledge(session=s, question="q", answer="a", category="đ" * 64)  # characters, not bytes
+    with db.session() as s:
+        assert [k.category for k in store.list_knowledge(session=s)] == ["đ" * 64]

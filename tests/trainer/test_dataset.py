@@ -3,14 +3,14 @@
 import json
 import time
 
+import pytest
+
 from feedback_db import store
 from feedback_db.db import Database
 from kaizen.prompts import Persona
 from trainer.dataset import build_training_set, export_jsonl, system_prompt
 
-
-def _db(tmp_path):
-    return Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
+pytestmark = pytest.mark.both_databases
 
 
 def _exchange(db, user, bot, emotion="neutral"):
@@ -19,8 +19,8 @@ def _exchange(db, user, bot, emotion="neutral"):
                                      emotion_label=emotion, emotion_score=0.0).id
 
 
-def test_all_sources_become_rows_with_provenance(tmp_path):
-    db = _db(tmp_path)
+def test_all_sources_become_rows_with_provenance(db_url):
+    db = Database(db_url)
     with db.write() as s:
         k = store.add_knowledge(session=s, question="1. CHOREI có nghĩa là gì", answer="Buổi họp giao ban sáng.")
     up = _exchange(db, "Hi", "Hello! How can I help?")
@@ -55,8 +55,8 @@ def test_all_sources_become_rows_with_provenance(tmp_path):
         "knowledge_items": 2, "new_items": 2, "sft_rows": 10, "up_rows": 1, "down_rows": 2}
 
 
-def test_newer_answer_to_the_same_question_wins(tmp_path):
-    db = _db(tmp_path)
+def test_newer_answer_to_the_same_question_wins(db_url):
+    db = Database(db_url)
     with db.write() as s:
         store.add_knowledge(session=s, question="Giờ mở cửa?", answer="8 giờ")
     with db.write() as s:
@@ -67,8 +67,8 @@ def test_newer_answer_to_the_same_question_wins(tmp_path):
     assert {e.messages[-1]["content"] for e in ts.examples} == {"9 giờ"}
 
 
-def test_export_writes_standalone_chat_rows(tmp_path):
-    db = _db(tmp_path)
+def test_export_writes_standalone_chat_rows(tmp_path, db_url):
+    db = Database(db_url)
     with db.write() as s:
         store.add_knowledge(session=s, question="Xin chào", answer="Công ty BICweb kính chào quý khách!")
     n = export_jsonl(build_training_set(db=db, persona=Persona(), n_variants=4), tmp_path / "out" / "train.jsonl")
@@ -80,8 +80,8 @@ def test_export_writes_standalone_chat_rows(tmp_path):
         assert row["messages"][0]["content"].startswith("You are Kaizen")
 
 
-def test_empty_database_gives_no_rows(tmp_path):
-    ts = build_training_set(db=_db(tmp_path), persona=Persona())
+def test_empty_database_gives_no_rows(db_url):
+    ts = build_training_set(db=Database(db_url), persona=Persona())
     assert ts.examples == [] and ts.facts == []
 
 
@@ -107,8 +107,8 @@ def _finish_round(db, version, learned=(), attempted=()):
 BUDGET = {"max_new_facts": 8, "replay_facts": 16, "replay_ratings": 32}
 
 
-def test_a_rounds_size_stays_within_its_budget_as_history_grows(tmp_path):
-    db = _db(tmp_path)
+def test_a_rounds_size_stays_within_its_budget_as_history_grows(db_url):
+    db = Database(db_url)
     variants = 3
     bound = (BUDGET["max_new_facts"] + BUDGET["replay_facts"]) * variants  # SFT rows; ratings are KTO rows
     sizes = []
@@ -128,8 +128,8 @@ def test_a_rounds_size_stays_within_its_budget_as_history_grows(tmp_path):
         assert store.count_new_since_last_round(session=s) == 10  # facts still queued (no new ratings)
 
 
-def test_new_facts_are_the_oldest_queued_and_replay_is_resampled_each_round(tmp_path):
-    db = _db(tmp_path)
+def test_new_facts_are_the_oldest_queued_and_replay_is_resampled_each_round(db_url):
+    db = Database(db_url)
     _grow(db, 40, 0)
     with db.session() as s:
         ids = [i.id for i in store.list_training_queue(session=s)]
@@ -149,8 +149,8 @@ def test_new_facts_are_the_oldest_queued_and_replay_is_resampled_each_round(tmp_
     assert len(everything.facts) == 40  # `kaizen export` keeps every fact
 
 
-def test_ratings_since_the_last_round_come_first(tmp_path):
-    db = _db(tmp_path)
+def test_ratings_since_the_last_round_come_first(db_url):
+    db = Database(db_url)
     _grow(db, 0, 50)
     _finish_round(db, "v1")
     _grow(db, 0, 5, start=50)
@@ -160,8 +160,8 @@ def test_ratings_since_the_last_round_come_first(tmp_path):
     assert ts.counts["recent_ratings"] == 5
 
 
-def test_a_replayed_fact_gets_replay_variants_phrasings_and_a_new_one_all(tmp_path):
-    db = _db(tmp_path)
+def test_a_replayed_fact_gets_replay_variants_phrasings_and_a_new_one_all(db_url):
+    db = Database(db_url)
     _grow(db, 4, 0)
     with db.session() as s:
         ids = [i.id for i in store.list_training_queue(session=s)]
@@ -172,10 +172,10 @@ def test_a_replayed_fact_gets_replay_variants_phrasings_and_a_new_one_all(tmp_pa
     assert all(rows[i] == 6 for i in ids[2:])  # new: every phrasing
 
 
-def test_ratings_become_kto_rows_with_their_labels(tmp_path):
+def test_ratings_become_kto_rows_with_their_labels(db_url):
     """preference="kto" (the default): every rating is one unpaired KTO row (prompt up to the user turn,
     the reply as completion, 👍 = desirable), none becomes an SFT row; an approved correction is knowledge."""
-    db = _db(tmp_path)
+    db = Database(db_url)
     up = _exchange(db, "Hi", "Hello! How can I help?")
     down = _exchange(db, "2+2?", "5", "negative")
     fixed = _exchange(db, "Xin chào", "Hello")
