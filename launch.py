@@ -1,6 +1,6 @@
 """Kaizen's command line: `kaizen COMMAND ...` (or `python launch.py COMMAND ...`).
 
-    kaizen serve [--host H] [--port P] [--model M] [--no-schedule]   (the default command)
+    kaizen serve [--host H] [--port P] [--model M] [--no-schedule] [--role all|web|worker]   (the default)
     kaizen ask "QUESTION" ... [--no-memory] [--json]   answer each question (one model load)
     kaizen teach "QUESTION" "ANSWER"     store it, train a round now, exit 0 only if promoted
     kaizen train [--force]               train a round on everything approved
@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # heavy imports (torch) wait until a command needs them
     from bot.services import Kaizen
     from feedback_db.db import Database
     from kaizen.ports import ScopeRouter
+    from scheduler import KaizenScheduler, TrainingSupervisor
     from trainer.rounds import RoundOutcome
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}  # filled by @command
@@ -83,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", parents=[common], help="serve the chat UI, admin UI and HTTP API")
-    for name in ("host", "port", "schedule"):
+    for name in ("host", "port", "schedule", "role"):
         setting_flag(serve, name)
 
     ask = sub.add_parser("ask", parents=[common], help="print the answers to one or more questions")
@@ -153,26 +154,47 @@ def scope_router(db: Database, settings: Settings) -> ScopeRouter | None:
 
 
 def wire_serving(kaizen: Kaizen) -> Kaizen:
-    """Attach training, the schedule and adapter following to a serving process."""
-    from scheduler import KaizenScheduler, TrainingSupervisor
+    """Attach training, the schedule and adapter following to a serving process. Role all trains
+    here (and takes rounds that web replicas queued); role web queues rounds for a worker."""
+    from scheduler import KaizenScheduler, RequestedTraining
     from trainer.dataset import export_training_set
 
-    cfg, limits = training_knobs()
-    kaizen.training = TrainingSupervisor(db=kaizen.db, settings=kaizen.settings, cfg=cfg, limits=limits,
-                                         scope=scope_router,
-                                         on_finish=lambda _run_id: kaizen.follower.sync())
-    kaizen.scheduler = KaizenScheduler(db=kaizen.db, settings=kaizen.settings, supervisor=kaizen.training)
+    settings = kaizen.settings
+    if settings.role == "web":
+        kaizen.training = RequestedTraining(db=kaizen.db)
+        # The schedule's settings can be changed here; the worker runs the job.
+        kaizen.scheduler = KaizenScheduler(db=kaizen.db, settings=settings, supervisor=kaizen.training)
+    else:
+        supervisor, kaizen.scheduler = training_side(kaizen.db, settings,
+                                                     on_finish=lambda _run_id: kaizen.follower.sync())
+        kaizen.training = supervisor
     kaizen.export_dataset = export_training_set
-    if kaizen.settings.schedule:
-        kaizen.scheduler.start()
     kaizen.follower.start()
     return kaizen
+
+
+def training_side(db: Database, settings: Settings, *, on_finish: Callable[[int], object] | None = None,
+                  ) -> tuple[TrainingSupervisor, KaizenScheduler]:
+    """The training supervisor and the schedule of a process that trains (role all or worker), started:
+    the scheduled job (unless --no-schedule) and the poll for rounds that web replicas queued."""
+    from scheduler import KaizenScheduler, TrainingSupervisor
+
+    cfg, limits = training_knobs()
+    supervisor = TrainingSupervisor(db=db, settings=settings, cfg=cfg, limits=limits, scope=scope_router,
+                                    on_finish=on_finish)
+    schedule = KaizenScheduler(db=db, settings=settings, supervisor=supervisor)
+    if settings.schedule:
+        schedule.start()
+    supervisor.serve_requests(poll_s=settings.worker_poll_s, also=schedule.refresh)
+    return supervisor, schedule
 
 
 @command("serve")
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    if settings.role == "worker":
+        return serve_worker(settings)
     from bot.app import build_app
     from bot.auth import startup_notice
     from bot.services import build_services
@@ -188,7 +210,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # uvicorn re-raises SIGTERM after its shutdown, so atexit never runs: close (and stop a running
     # training child) in the shutdown event instead.
     app.router.add_event_handler("shutdown", kaizen.close)
-    print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir})", flush=True)
+    role = "" if settings.role == "all" else f", role {settings.role}"
+    print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir}{role})",
+          flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+def serve_worker(settings: Settings) -> int:
+    """`kaizen serve --role worker`: the schedule and training rounds (its own and those web replicas
+    queued), no chat model loaded; only GET /healthz is served, for a load balancer or an orchestrator."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    db = _open_db(settings)
+    supervisor, schedule = training_side(db, settings)
+    app = FastAPI(title="Kaizen training worker")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "role": "worker", "running_run": supervisor.running()}
+
+    def close() -> None:
+        schedule.shutdown()
+        supervisor.stop()
+        db.close()
+
+    app.router.add_event_handler("shutdown", close)
+    print(f"Kaizen training worker (health on http://{settings.host}:{settings.port}/healthz; data: "
+          f"{settings.data_dir})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 

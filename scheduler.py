@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import multiprocessing
 import os
+import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from apscheduler.job import Job
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from kaizen.ports import ScopeRouter
+    from kaizen.ports import ScopeRouter, TrainingControl
     from kaizen.settings import GateLimits, TrainConfig
 
     ScopeFactory = Callable[[Database, Settings], ScopeRouter | None]
@@ -82,6 +83,7 @@ class TrainingSupervisor:
         # Set once the watch thread has reaped the child and recorded its end. Only that thread joins
         # the child: a second join racing it could see the reaped child as alive (waitpid -> ECHILD).
         self._finished = threading.Event()
+        self._stopping = threading.Event()  # set by stop(): ends serve_requests
         self._finished.set()
 
     def running(self) -> int | None:
@@ -97,23 +99,59 @@ class TrainingSupervisor:
             with self.db.write() as s:
                 store.fail_stale_runs(session=s)
                 held = store.get_lock(session=s, name=store.TRAINING_LOCK)
-                if held is not None and store.pid_alive(held.pid):
+                if held is not None and store.holder_alive(host=held.host, pid=held.pid,
+                                                           heartbeat_at=held.heartbeat_at):
                     raise ConflictError("A training round is already running (started elsewhere).")
                 run = store.create_run(session=s, trigger=trigger, round_index=store.completed_rounds(session=s),
                                        status="queued")
                 run_id = run.id
-            args: tuple[object, ...] = (self.settings, run_id, trigger, force)
-            if self.cfg is not None or self.limits is not None:
-                args += (self.cfg, self.limits)
-            proc = self._ctx.Process(target=self._target, args=args, kwargs={"scope": self.scope} if self.scope else {},
-                                     name=f"kaizen-train-{run_id}", daemon=True)
-            proc.start()
-            self._proc, self._run_id = proc, run_id
-            self._finished.clear()
-            with self.db.write() as s:
-                store.update_run(session=s, run_id=run_id, pid=proc.pid)
-        threading.Thread(target=self._watch, args=(proc, run_id), name=f"kaizen-watch-{run_id}", daemon=True).start()
+            self._launch(run_id, trigger, force)
         return run_id
+
+    def take_requested(self) -> int | None:
+        """Claim the oldest round that a web replica requested (store.request_run) and start it here;
+        its run id, or None when none waits or a round of this supervisor still runs."""
+        with self._lock:
+            if not self._finished.is_set():
+                return None
+            with self.db.write() as s:
+                run = store.claim_requested_run(session=s, pid=os.getpid())
+                if run is None:
+                    return None
+                run_id, trigger = run.id, run.trigger
+                force = bool((run.config or {}).get("requested", {}).get("force", True))
+            self._launch(run_id, trigger, force)
+        return run_id
+
+    def serve_requests(self, *, poll_s: float, also: Callable[[], object] | None = None) -> None:
+        """Start a thread that, every poll_s seconds, starts a round a web replica requested
+        (take_requested) and then calls `also` (the worker refreshes its schedule there). Ends at stop()."""
+
+        def loop() -> None:
+            while not self._stopping.wait(poll_s):
+                for step in (self.take_requested, also):
+                    if step is None:
+                        continue
+                    try:
+                        step()
+                    except Exception as exc:  # the database may be briefly unreachable: try again next time
+                        print(f"kaizen: training worker: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+        threading.Thread(target=loop, name="kaizen-run-requests", daemon=True).start()
+
+    def _launch(self, run_id: int, trigger: str, force: bool) -> None:
+        """Start the child for run `run_id` and the thread that records its end (under self._lock)."""
+        args: tuple[object, ...] = (self.settings, run_id, trigger, force)
+        if self.cfg is not None or self.limits is not None:
+            args += (self.cfg, self.limits)
+        proc = self._ctx.Process(target=self._target, args=args, kwargs={"scope": self.scope} if self.scope else {},
+                                 name=f"kaizen-train-{run_id}", daemon=True)
+        proc.start()
+        self._proc, self._run_id = proc, run_id
+        self._finished.clear()
+        with self.db.write() as s:
+            store.update_run(session=s, run_id=run_id, pid=proc.pid)
+        threading.Thread(target=self._watch, args=(proc, run_id), name=f"kaizen-watch-{run_id}", daemon=True).start()
 
     def _watch(self, proc: BaseProcess, run_id: int) -> None:
         try:
@@ -134,7 +172,7 @@ class TrainingSupervisor:
                 store.update_run(session=s, run_id=run_id, status="failed", finished_at=store.utcnow(),
                                  error=run.error or f"The training process {how}; the active adapter is unchanged.")
             held = store.get_lock(session=s, name=store.TRAINING_LOCK)
-            if held is not None and held.pid == proc.pid:
+            if held is not None and held.pid == proc.pid and held.host in (None, store.HOST):
                 store.release_lock(session=s, name=store.TRAINING_LOCK)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -143,10 +181,33 @@ class TrainingSupervisor:
 
     def stop(self) -> None:
         """Kill a round in progress (server shutdown); its run is then marked failed."""
+        self._stopping.set()
         proc = self._proc
         if proc is not None and proc.is_alive():
             proc.kill()
             proc.join(10)
+
+
+class RequestedTraining:
+    """The TrainingControl of a web replica (`kaizen serve --role web`), which never trains: `start`
+    queues the round in the database (store.request_run) and a training worker's supervisor takes
+    it (TrainingSupervisor.take_requested). Its progress is read from the run row like any other."""
+
+    def __init__(self, *, db: Database) -> None:
+        self.db = db
+
+    def start(self, *, trigger: str, force: bool = True) -> int:
+        try:
+            with self.db.write() as s:
+                return store.request_run(session=s, trigger=trigger, force=force).id
+        except store.Conflict as exc:
+            raise ConflictError(str(exc)) from None
+
+    def running(self) -> int | None:
+        return None  # nothing trains in this process
+
+    def stop(self) -> None:
+        return None
 
 
 def _positive_int(name: str, value: object, low: int, high: int) -> int:
@@ -162,13 +223,14 @@ def _positive_int(name: str, value: object, low: int, high: int) -> int:
 
 
 class KaizenScheduler:
-    def __init__(self, *, db: Database, settings: Settings, supervisor: TrainingSupervisor,
+    def __init__(self, *, db: Database, settings: Settings, supervisor: TrainingControl,
                  count_new: Callable[[], int] | None = None) -> None:
         self.db = db
         self.settings = settings
         self.supervisor = supervisor
         self._count_new = count_new or self._count_new_items
         self._scheduler: BackgroundScheduler | None = None
+        self._applied: dict[str, Any] | None = None  # the config the running job was scheduled with
         self._lock = threading.Lock()
 
     def _count_new_items(self) -> int:
@@ -222,9 +284,16 @@ class KaizenScheduler:
         due = dt.datetime.fromisoformat(last).replace(tzinfo=dt.UTC) + dt.timedelta(minutes=minutes)
         return max(due, now + dt.timedelta(seconds=5))  # a missed check fires once, shortly after start
 
+    def refresh(self) -> None:
+        """Apply schedule settings that another process (a web replica's admin tab) stored."""
+        scheduler, cfg = self._scheduler, self.config()
+        if scheduler is not None and cfg != self._applied:
+            self._schedule(scheduler, cfg)
+
     def _schedule(self, scheduler: BackgroundScheduler, cfg: dict[str, Any]) -> None:
         from apscheduler.triggers.interval import IntervalTrigger
 
+        self._applied = dict(cfg)
         if not cfg["enabled"]:
             if scheduler.get_job(JOB_ID):
                 scheduler.remove_job(JOB_ID)

@@ -145,6 +145,8 @@ class TrainingRun(Base):
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # The machine of `pid` (migration 0004): a pid means nothing on another machine. None: this one.
+    host: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AdapterVersion(Base):
@@ -160,8 +162,9 @@ class AdapterVersion(Base):
 
 
 class Lock(Base):
-    """A named lock row. Inserting the row takes the lock (the primary key makes it atomic);
-    `heartbeat_at` and `pid` let a later process recover a lock whose owner died."""
+    """A named lock row. Inserting the row takes the lock (the primary key makes it atomic; on
+    PostgreSQL an advisory lock also serializes the check-and-take, see store.acquire_lock);
+    `heartbeat_at`, and `pid` on the same `host`, let a later process recover a lock whose owner died."""
 
     __tablename__ = "locks"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -169,3 +172,4 @@ class Lock(Base):
     pid: Mapped[int] = mapped_column(Integer)
     acquired_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    host: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the machine of `pid`; None: this one

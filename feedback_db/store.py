@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -583,8 +584,9 @@ def set_pinned_adapter(*, session: Session, version: str | None) -> None:
 
 def create_run(*, session: Session, trigger: str, round_index: int, config: dict | None = None,
                status: str = "running") -> TrainingRun:
+    running = status == "running"
     run = TrainingRun(trigger=trigger, round_index=round_index, status=status, config=config or {},
-                      pid=os.getpid() if status == "running" else None)
+                      pid=os.getpid() if running else None, host=HOST if running else None)
     session.add(run)
     session.flush()
     return run
@@ -596,6 +598,8 @@ def update_run(*, session: Session, run_id: int, **values: Any) -> TrainingRun:
         if not hasattr(TrainingRun, key):
             raise Invalid(f"training_runs has no column {key!r}")
         setattr(run, key, value)
+    if values.get("pid") is not None and "host" not in values:
+        run.host = HOST  # a pid is recorded by a process on this machine
     run.heartbeat_at = utcnow()
     session.flush()
     return run
@@ -688,36 +692,105 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_stale_runs(*, session: Session, alive: Any = pid_alive, exclude: int | None = None) -> list[int]:
-    """Mark unfinished runs whose process is gone as failed; `alive(pid)` tells if a pid lives."""
+HOST = socket.gethostname()[:64]  # this machine, as recorded beside a pid (training_runs.host, locks.host)
+
+
+def holder_alive(*, host: str | None, pid: int | None, heartbeat_at: dt.datetime,
+                 stale_after_s: float = STALE_LOCK_S, alive: Any = pid_alive) -> bool:
+    """Whether the process that holds a lock or a run still lives. A heartbeat older than
+    stale_after_s seconds means dead anywhere; on this machine (`host` is HOST, or None for rows
+    written before hosts were recorded) a pid that no longer exists means dead at once. A pid on
+    another machine says nothing here, so only its heartbeat counts."""
+    if (utcnow() - heartbeat_at).total_seconds() > stale_after_s:
+        return False
+    if host is None or host == HOST:
+        return pid is not None and bool(alive(pid))
+    return True
+
+
+def fail_stale_runs(*, session: Session, alive: Any = pid_alive, exclude: int | None = None,
+                    stale_after_s: float = STALE_LOCK_S) -> list[int]:
+    """Mark unfinished runs whose process is gone (holder_alive) as failed. A round requested by a
+    web replica and not yet claimed by a worker (queued, no pid) waits, unless no worker took it
+    within stale_after_s seconds."""
     failed = []
     for run in session.scalars(select(TrainingRun).where(TrainingRun.status.in_(("queued", "running")))):
-        if run.id != exclude and (run.pid is None or not alive(run.pid)):
-            run.status = "failed"
-            run.error = run.error or "The training process died (killed or crashed)."
-            run.finished_at = utcnow()
-            failed.append(run.id)
+        if run.id == exclude:
+            continue
+        if run.status == "queued" and run.pid is None:
+            if (utcnow() - run.heartbeat_at).total_seconds() <= stale_after_s:
+                continue
+            run.error = run.error or "No training worker took this round (is a `kaizen serve --role worker` running?)."
+        elif holder_alive(host=run.host, pid=run.pid, heartbeat_at=run.heartbeat_at,
+                          stale_after_s=stale_after_s, alive=alive):
+            continue
+        run.status = "failed"
+        run.error = run.error or "The training process died (killed or crashed)."
+        run.finished_at = utcnow()
+        failed.append(run.id)
     session.flush()
     return failed
+
+
+def request_run(*, session: Session, trigger: str, force: bool = True) -> TrainingRun:
+    """Queue a round for a training worker (`kaizen serve --role web` never trains itself).
+    Raises Conflict if a round is queued or running anywhere."""
+    fail_stale_runs(session=session)
+    busy = session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(("queued", "running"))).limit(1))
+    if busy is not None:
+        raise Conflict(f"Training run {busy} is queued or running; wait for it to finish.")
+    run = create_run(session=session, trigger=trigger, round_index=completed_rounds(session=session),
+                     status="queued", config={"requested": {"force": force}})
+    return run
+
+
+def claim_requested_run(*, session: Session, pid: int) -> TrainingRun | None:
+    """Claim the oldest round a web replica requested (queued, no pid yet) for process `pid` on this
+    machine; None if there is none. Two workers never claim the same run: the row is read with
+    `SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL, and the claim is a compare-and-set on
+    `pid IS NULL` on every database."""
+    q = (select(TrainingRun.id).where(TrainingRun.status == "queued", TrainingRun.pid.is_(None))
+         .order_by(TrainingRun.id).limit(1).with_for_update(skip_locked=True))
+    run_id = session.scalar(q)
+    if run_id is None:
+        return None
+    claimed = session.execute(
+        update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.pid.is_(None))
+        .values(pid=pid, host=HOST, heartbeat_at=utcnow()))
+    if getattr(claimed, "rowcount", 0) != 1:
+        return None
+    session.expire_all()
+    return session.get(TrainingRun, run_id)
 
 
 def acquire_lock(
     *, session: Session, name: str, owner: str, pid: int, stale_after_s: float = STALE_LOCK_S,
     alive: Any = pid_alive,
 ) -> bool:
-    """Take the named lock. A lock whose holder died, or whose heartbeat is older than
-    stale_after_s, is taken over (stale-lock recovery). Returns False if someone holds it."""
+    """Take the named lock. A lock whose holder died (holder_alive) is taken over (stale-lock
+    recovery). Returns False if someone holds it.
+
+    On PostgreSQL the check and the take run under a transaction-level advisory lock
+    (`pg_advisory_xact_lock`), so two processes that both find a dead holder cannot both take over;
+    SQLite has one writer at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"kaizen:{name}"))))
     now = utcnow()
     row = session.get(Lock, name)
     if row is not None:
-        stale = (now - row.heartbeat_at).total_seconds() > stale_after_s or not alive(row.pid)
-        if not stale:
+        session.refresh(row)  # what the holder wrote last, not what this session read before the advisory lock
+        if holder_alive(host=row.host, pid=row.pid, heartbeat_at=row.heartbeat_at, stale_after_s=stale_after_s,
+                        alive=alive):
             return False
-        session.delete(row)
-        session.flush()
+        # Compare-and-delete: only the dead holder's row, as read; a row another process took over meanwhile stays.
+        taken = session.execute(delete(Lock).where(Lock.name == name, Lock.owner == row.owner,
+                                                   Lock.heartbeat_at == row.heartbeat_at))
+        session.expunge(row)
+        if getattr(taken, "rowcount", 0) != 1:
+            return False
     try:
         with session.begin_nested():
-            session.add(Lock(name=name, owner=owner, pid=pid, acquired_at=now, heartbeat_at=now))
+            session.add(Lock(name=name, owner=owner, pid=pid, host=HOST, acquired_at=now, heartbeat_at=now))
     except IntegrityError:
         return False
     return True

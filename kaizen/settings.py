@@ -97,6 +97,13 @@ class Settings(_KaizenSettings):
     host: str = Field("127.0.0.1", min_length=1, description="Address the server listens on.")
     port: int = Field(7860, ge=1, le=65535, description="Port the server listens on.")
     schedule: bool = Field(True, description="Run the scheduled training job.")
+    role: Literal["all", "web", "worker"] = Field("all", description=(
+        "What `kaizen serve` runs. all: chat, API, admin and training in one process; web: chat, API and admin, "
+        "never training (Train now queues the round for a worker); worker: the schedule and training rounds, "
+        "serving only /healthz. Several web replicas and one or more workers share one database (PostgreSQL) "
+        "and one data directory."))
+    worker_poll_s: float = Field(2.0, gt=0, le=3600, description=(
+        "How often (seconds) a worker (role worker or all) looks for rounds that web replicas queued."))
     admin_password: str = Field("", description=(
         "Admin password for /admin; empty: serve generates one and prints it once."))
     max_message_chars: int = Field(32_000, ge=1, description=(

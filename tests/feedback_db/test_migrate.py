@@ -22,9 +22,9 @@ EXPECTED = {
     "settings": ["key", "value", "updated_at"],
     "training_runs": ["id", "status", "trigger", "round_index", "pid", "step", "total_steps", "loss", "lr",
                       "eta_s", "loss_curve", "phase", "config", "data_counts", "adapter_version", "error",
-                      "started_at", "heartbeat_at", "finished_at"],
+                      "started_at", "heartbeat_at", "finished_at", "host"],
     "adapter_versions": ["version", "run_id", "round_index", "verdict", "reason", "metrics", "path", "created_at"],
-    "locks": ["name", "owner", "pid", "acquired_at", "heartbeat_at"],
+    "locks": ["name", "owner", "pid", "acquired_at", "heartbeat_at", "host"],
 }
 
 
@@ -45,7 +45,7 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(db_url):
         if db_url.startswith("sqlite"):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
     db.close()
 
 

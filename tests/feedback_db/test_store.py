@@ -1,11 +1,14 @@
 """Store functions: exchanges, rating (and rating again), review, knowledge, settings, locks."""
 
+import datetime as dt
 import os
+import threading
 
 import pytest
 
 from feedback_db import store
 from feedback_db.db import Database
+from feedback_db.models import Lock, TrainingRun
 
 pytestmark = pytest.mark.both_databases
 
@@ -347,3 +350,95 @@ def test_a_category_longer_than_its_column_is_refused_clearly_on_every_database(
         store.add_knowledge(session=s, question="q", answer="a", category="đ" * 64)  # characters, not bytes
     with db.session() as s:
         assert [k.category for k in store.list_knowledge(session=s)] == ["đ" * 64]
+
+
+def _age(db, model, key, seconds):
+    """Make a row's heartbeat `seconds` old."""
+    with db.write() as s:
+        row = s.get(model, key)
+        row.heartbeat_at = store.utcnow() - dt.timedelta(seconds=seconds)
+
+
+def test_a_pid_on_another_machine_says_nothing_here_only_its_heartbeat_does(db):
+    """Replicas on several machines share the lock and the runs: a lock or a run held on another
+    machine is not taken for dead because its pid does not exist here, only when its heartbeat stops."""
+    with db.write() as s:
+        s.add(Lock(name="train", owner="other:1", pid=999_999, host="another-machine",
+                   acquired_at=store.utcnow(), heartbeat_at=store.utcnow()))
+        run = store.create_run(session=s, trigger="admin", round_index=0)
+        store.update_run(session=s, run_id=run.id, pid=999_999, host="another-machine")
+    with db.write() as s:
+        assert not store.acquire_lock(session=s, name="train", owner="here", pid=os.getpid())
+        assert store.fail_stale_runs(session=s) == []
+    _age(db, Lock, "train", 31 * 60)
+    _age(db, TrainingRun, run.id, 31 * 60)
+    with db.write() as s:
+        assert store.acquire_lock(session=s, name="train", owner="here", pid=os.getpid())
+        assert store.get_lock(session=s, name="train").host == store.HOST
+        assert store.fail_stale_runs(session=s) == [run.id]
+    with db.write() as s:  # on this machine a dead pid is dead at once, however fresh its heartbeat
+        store.release_lock(session=s, name="train")
+        s.add(Lock(name="train", owner="gone", pid=999_999, host=store.HOST, acquired_at=store.utcnow(),
+                   heartbeat_at=store.utcnow()))
+    with db.write() as s:
+        assert store.acquire_lock(session=s, name="train", owner="here", pid=os.getpid(),
+                                  alive=lambda pid: pid != 999_999)
+
+
+def test_a_requested_round_waits_for_a_worker_and_is_claimed_once(db):
+    with db.write() as s:
+        run = store.request_run(session=s, trigger="admin", force=True)
+    assert (run.status, run.pid, run.config) == ("queued", None, {"requested": {"force": True}})
+    with pytest.raises(store.Conflict, match="queued or running"), db.write() as s:
+        store.request_run(session=s, trigger="admin")
+    with db.write() as s:
+        assert store.fail_stale_runs(session=s) == []  # waiting for a worker is not dead
+        claimed = store.claim_requested_run(session=s, pid=4242)
+        assert (claimed.id, claimed.pid, claimed.host) == (run.id, 4242, store.HOST)
+        assert store.claim_requested_run(session=s, pid=4343) is None
+    with db.write() as s:
+        store.update_run(session=s, run_id=run.id, status="rejected", finished_at=store.utcnow())
+        late = store.request_run(session=s, trigger="admin")
+    _age(db, TrainingRun, late.id, 31 * 60)
+    with db.write() as s:
+        assert store.fail_stale_runs(session=s) == [late.id]
+        assert "No training worker took this round" in store.get_run(session=s, run_id=late.id).error
+
+
+def _race(db, attempt, n=4):
+    """Run `attempt(session)` in n threads at once, each in its own write transaction; the results."""
+    barrier, results, errors = threading.Barrier(n), [], []
+
+    def one():
+        try:
+            barrier.wait(10)
+            with db.write() as s:
+                results.append(attempt(s))
+        except Exception as exc:  # the test reports any
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return results
+
+
+def test_racing_workers_claim_a_requested_round_once(db):
+    with db.write() as s:
+        run = store.request_run(session=s, trigger="admin")
+    claims = _race(db, lambda s: (c.id if (c := store.claim_requested_run(session=s, pid=os.getpid())) else None))
+    assert sorted(claims, key=str) == sorted([run.id] + [None] * 3, key=str)
+
+
+def test_racing_takeovers_of_a_dead_holders_lock_give_it_to_one(db):
+    """Several processes find the holder dead at once; exactly one takes the lock over (on PostgreSQL
+    the advisory lock serializes the check and the take), and none fails."""
+    with db.write() as s:
+        s.add(Lock(name="train", owner="dead", pid=999_999, host="elsewhere", acquired_at=store.utcnow(),
+                   heartbeat_at=store.utcnow() - dt.timedelta(hours=1)))
+    won = _race(db, lambda s: store.acquire_lock(session=s, name="train", owner=f"w{threading.get_ident()}"[:64],
+                                                 pid=os.getpid()))
+    assert sorted(won) == [False, False, False, True]

@@ -150,7 +150,7 @@ def test_settings_are_immutable_and_replace_validates():
 
 
 @pytest.mark.parametrize(("command", "flags"), [
-    ("serve", ("data_dir", "model", "db_url", "host", "port", "schedule")),
+    ("serve", ("data_dir", "model", "db_url", "host", "port", "schedule", "role")),
     ("ask", ("data_dir", "model", "db_url", "memory")),
     ("train", ("data_dir", "model", "db_url")),
 ])

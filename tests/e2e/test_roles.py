@@ -1,0 +1,75 @@
+"""Beyond one machine: two web replicas and a training worker, separate processes on one PostgreSQL
+database and one shared data directory (issue: PostgreSQL, replicas, a training worker).
+
+A web replica never trains: the admin's "Train now" queues the round in the database and the worker
+claims it (SELECT … FOR UPDATE SKIP LOCKED) and runs it in its own child process. Every web replica
+follows the active version from the database and hot-swaps it. The worker serves only /healthz.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from feedback_db import store
+from feedback_db.db import Database
+from tests.harness import ProcessServer, wait_until
+from tests.seed import add_version
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+PASSWORD = "roles-tests-pw"
+
+
+def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp_path, tiny_model_dir,
+                                                                             postgres_url):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = Database(postgres_url)
+    with db.write() as s:
+        store.add_knowledge(session=s, question="Mã cửa kho là gì?", answer="Mã cửa kho là 4821.", origin="teach",
+                            verbatim=True)
+    env = {"KAIZEN_DB_URL": postgres_url, "KAIZEN_ADMIN_PASSWORD": PASSWORD, "KAIZEN_MEMORY": "false",
+           "KAIZEN_WORKER_POLL_S": "0.5"}
+    model = ("--model", str(tiny_model_dir), "--no-schedule")
+    admin = ("admin", PASSWORD)
+    with ProcessServer(data, *model, "--role", "web", env=env) as web1, \
+            ProcessServer(data, *model, "--role", "web", env=env) as web2:
+        # No worker yet: the round waits in the queue, and a second request is refused while it waits.
+        started = httpx.post(web1.url + "/admin/api/train", auth=admin, timeout=30)
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+        again = httpx.post(web2.url + "/admin/api/train", auth=admin, timeout=30)
+        assert again.status_code == 409 and "queued or running" in again.text, again.text
+        time.sleep(2)
+        assert httpx.get(f"{web1.url}/admin/api/runs/{run_id}", auth=admin).json()["status"] == "queued"
+
+        with ProcessServer(data, *model, "--role", "worker", env=env) as worker:
+            health = httpx.get(worker.url + "/healthz").json()
+            assert health["role"] == "worker"
+            assert httpx.get(worker.url + "/v1/models").status_code == 404  # serves nothing else
+
+            def finished() -> dict | None:
+                run = httpx.get(f"{web2.url}/admin/api/runs/{run_id}", auth=admin).json()
+                return run if run["status"] not in ("queued", "running") else None
+
+            run = wait_until(finished, 300, "the worker to finish the queued round", 1)
+            worker_output = worker.output()
+        assert run["status"] in ("promoted", "rejected"), (run, worker_output[-3000:])
+        with db.session() as s:
+            row = store.get_run(session=s, run_id=run_id)
+            assert row.host == store.HOST and row.pid not in (web1.proc.pid, web2.proc.pid, worker.proc.pid)
+
+        # A version made active in the database (as a round or `kaizen activate` on any machine would)
+        # is picked up by every replica.
+        with db.session() as s:
+            version = store.next_version(session=s)
+        add_version(db, data, version, tiny_model_dir, seed=7, active=True)
+        for web in (web1, web2):
+            wait_until(lambda web=web: httpx.get(web.url + "/healthz").json()["adapter"] == version, 60,
+                       f"{web.url} to serve {version}", 0.25)
+        for web in (web1, web2):
+            assert "Traceback" not in web.output(), web.output()[-3000:]
+    db.close()
