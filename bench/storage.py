@@ -1,7 +1,9 @@
 """Benchmark 6, storage: exchange-logging throughput with concurrent writers, and the admin
 dashboard's queries at 100,000 stored exchanges.
 
-Logging writes each exchange exactly as the chat service does (one `db.write()` transaction per
+Both are measured on SQLite and, where a PostgreSQL server can be started here (tests/postgres.py:
+a throwaway local cluster on a Unix socket), on PostgreSQL in the same run. Logging writes each
+exchange exactly as the chat service does (one `db.write()` transaction per
 finished reply, a new conversation each, as an API client without a conversation id), from 1,
 4 and 8 threads; the baseline is one writer. The dashboard runs the store queries the admin tab's
 dashboard runs (bot/ui_admin.py), plus the review queue, on generated data: first at 10,000
@@ -17,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import insert
 
@@ -125,19 +128,18 @@ def time_queries(db: Database, reps: int) -> dict[str, float]:
     return {name: median(ts[1:]) for name, ts in times.items()}
 
 
-def run(opts: Options) -> Result:
-    work = opts.fresh_dir("storage")
+def measure(make_db: Callable[[str], str], opts: Options) -> dict[str, object]:
+    """Logging rates by writer count, and the dashboard at 10,000 and 100,000 exchanges, on one kind
+    of database; `make_db(name)` gives the URL of a new empty database."""
     reps = opts.pick(3, 2)
     rows_per_rep = opts.pick(2000, 600)
-    db = Database(f"sqlite:///{work / 'logging.db'}")
+    db = Database(make_db("logging"))
     rates: dict[int, list[float]] = {w: [] for w in WRITERS}
     for _ in range(reps):
         for w in WRITERS:
             rates[w].append(logging_rate(db, w, rows_per_rep))
     db.close()
-    rate = {w: median(r) for w, r in rates.items()}
-
-    db = Database(f"sqlite:///{work / 'dashboard.db'}")
+    db = Database(make_db("dashboard"))
     rng = random.Random(0)
     small, big = 10_000, 100_000
     generate(db, small, rng)
@@ -149,23 +151,58 @@ def run(opts: Options) -> Result:
     with db.session() as s:
         counts = store.totals(session=s)
     db.close()
+    return {"rate": {w: median(r) for w, r in rates.items()}, "reps": reps, "rows_per_rep": rows_per_rep,
+            "small": small, "big": big, "t_small": t_small, "t_big": t_big, "gen_s": gen_s, "counts": counts}
 
-    log_table = Table(f"Exchange logging (SQLite WAL, one transaction per exchange; {rows_per_rep} rows per "
-                      f"measurement, median of {reps})", ["writers", "rows/s", "× one writer"],
-                      [[w, f"{rate[w]:.0f}", ratio(rate[w], rate[1])] for w in WRITERS])
-    dash_table = Table(f"Admin dashboard queries (median of {opts.pick(5, 3)}; {counts['exchanges']:,} exchanges, "
-                       f"{counts['ratings']:,} ratings, {counts['conversations']:,} conversations; generating the "
-                       f"last {big - small:,} took {gen_s:.1f} s)",
-                       ["query", f"{small:,} exchanges", f"{big:,} exchanges", "growth"],
-                       [[name, f"{1000 * t_small[name]:.1f} ms", f"{1000 * t_big[name]:.1f} ms",
-                         ratio(t_big[name], t_small[name])] for name in t_big])
+
+def run(opts: Options) -> Result:
+    from tests.postgres import PostgresCluster
+
+    work = opts.fresh_dir("storage")
+    kinds: dict[str, dict[str, Any]] = {
+        "SQLite": measure(lambda name: f"sqlite:///{work / (name + '.db')}", opts)}
+    bin_dir, why = PostgresCluster.find()
+    if bin_dir is not None:
+        cluster = PostgresCluster(bin_dir)  # a local server on a Unix socket, fsync off (as in the tests)
+        try:
+            kinds["PostgreSQL"] = measure(lambda _name: cluster.create_database(), opts)
+        finally:
+            cluster.stop()
+    rows: list[Row] = []
+    tables: list[Table] = []
+    sqlite = kinds["SQLite"]
     top = max(WRITERS)
-    rows = [
-        Row(f"Exchange logging, {top} concurrent writers", f"{rate[top]:.0f} rows/s", f"{rate[1]:.0f} rows/s, 1 writer",
-            ratio(rate[top], rate[1]), "SQLite takes one writer at a time"),
-        Row(f"Admin dashboard queries at {big:,} exchanges", f"{1000 * t_big['whole dashboard']:.0f} ms",
-            f"{1000 * t_small['whole dashboard']:.0f} ms at {small:,}", ratio(t_big["whole dashboard"],
-                                                                              t_small["whole dashboard"]),
-            "10× the rows"),
-    ]
-    return Result("storage", rows, [log_table, dash_table])
+    for kind, m in kinds.items():
+        rate, t_small, t_big, counts = m["rate"], m["t_small"], m["t_big"], m["counts"]
+        small, big = m["small"], m["big"]
+        tables.append(Table(
+            f"Exchange logging on {kind} (one transaction per exchange; {m['rows_per_rep']} rows per measurement, "
+            f"median of {m['reps']})", ["writers", "rows/s", "× one writer", "× SQLite"],
+            [[w, f"{rate[w]:.0f}", ratio(rate[w], rate[1]), ratio(rate[w], sqlite["rate"][w])] for w in WRITERS]))
+        tables.append(Table(
+            f"Admin dashboard queries on {kind} (median of {opts.pick(5, 3)}; {counts['exchanges']:,} exchanges, "
+            f"{counts['ratings']:,} ratings, {counts['conversations']:,} conversations; generating the last "
+            f"{big - small:,} took {m['gen_s']:.1f} s)",
+            ["query", f"{small:,} exchanges", f"{big:,} exchanges", "growth", "× SQLite"],
+            [[name, f"{1000 * t_small[name]:.1f} ms", f"{1000 * t_big[name]:.1f} ms", ratio(t_big[name], t_small[name]),
+              ratio(t_big[name], sqlite["t_big"][name])] for name in t_big]))
+        if kind == "SQLite":
+            rows.append(Row(f"Exchange logging, {top} concurrent writers", f"{rate[top]:.0f} rows/s",
+                            f"{rate[1]:.0f} rows/s, 1 writer", ratio(rate[top], rate[1]),
+                            "SQLite takes one writer at a time"))
+            rows.append(Row(f"Admin dashboard queries at {big:,} exchanges",
+                            f"{1000 * t_big['whole dashboard']:.0f} ms",
+                            f"{1000 * t_small['whole dashboard']:.0f} ms at {small:,}",
+                            ratio(t_big["whole dashboard"], t_small["whole dashboard"]), "10× the rows"))
+        else:
+            rows.append(Row(f"Exchange logging on {kind}, {top} concurrent writers", f"{rate[top]:.0f} rows/s",
+                            f"{sqlite['rate'][top]:.0f} rows/s on SQLite", ratio(rate[top], sqlite["rate"][top]),
+                            f"1 writer: {rate[1]:.0f} rows/s ({ratio(rate[1], sqlite['rate'][1])} SQLite); local "
+                            "server, Unix socket, fsync off"))
+            rows.append(Row(f"Admin dashboard queries on {kind} at {big:,} exchanges",
+                            f"{1000 * t_big['whole dashboard']:.0f} ms",
+                            f"{1000 * sqlite['t_big']['whole dashboard']:.0f} ms on SQLite",
+                            ratio(t_big["whole dashboard"], sqlite["t_big"]["whole dashboard"]), ""))
+    if "PostgreSQL" not in kinds:
+        rows.append(Row("PostgreSQL", "skipped", "", "", why))
+    return Result("storage", rows, tables)
