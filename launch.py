@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -335,7 +334,7 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
     with db.session() as s:
         active = store.get_active_adapter(session=s)
         rows = store.list_adapters(session=s)
-        served = store.get_served_adapter(session=s)
+        reports = store.live_servers(store.served_adapters(session=s))
     print(f"{'':2}{'version':8} {'verdict':9} {'round':>5}  {'created':19}  {'reliab.':>7} {'general.':>8} "
           f"{'locality':>8} {'retention':>9} {'pref.':>5} {'learned':>7} {'parked':>6}")
     print(f"{'*' if active == 'base' else ' ':2}{'base':8} {'':9} {'':>5}  {'':19}  the model without an adapter")
@@ -352,36 +351,28 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
     print("reliability: new facts recalled exactly; generality: unseen phrasings; locality: agreement with the "
           "base model on held-out prompts (1 = unchanged); retention: replayed facts kept; pref.: the preference "
           "adapter's agreement with held-out ratings (AUC, 0.5 = chance)")
-    print(f"* active (what the database asks for). {served_line(served, active)}")
+    print(f"* active (what the database asks for). {served_line(reports, active)}")
     return 0
 
 
-def served_line(served: dict | None, active: str) -> str:
-    """What the serving process last reported, against the active version."""
-    if served is None:
-        return "No server has reported what it serves yet."
-    line = f"The server last reported serving {served['version']} ({served['at'][:19]} UTC)"
-    if served["version"] != active:
-        line += f", not {active}" + (f": {served['error']}" if served.get("error") and served["wanted"] == active
-                                     else " yet")
-    return line + "."
+def served_line(reports: list[dict], active: str) -> str:
+    """What each running server last reported, against the active version."""
+    if not reports:
+        return "No running server has reported what it serves."
+
+    def one(r: dict) -> str:
+        line = f"{r['version']}"
+        if r["version"] != active:
+            line += f", not {active}" + (f": {r['error']}" if r.get("error") and r["wanted"] == active else " yet")
+        return line
+
+    if len(reports) == 1:
+        r = reports[0]
+        return f"The server last reported serving {one(r)} ({r['at'][:19]} UTC)."
+    return f"{len(reports)} servers run: " + "; ".join(f"{r['host']}:{r['pid']} serves {one(r)}" for r in reports) + "."
 
 
-SERVER_REPORT_SECONDS = 5.0  # how long `kaizen activate` waits for a running server to report
-
-
-def _server_running(served: dict | None) -> bool:
-    """Whether the process that last reported what it serves is a server still running (on another
-    host it cannot be checked, so it is taken to be)."""
-    if not served or not served.get("live"):
-        return False
-    if served.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(served["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
+SERVER_REPORT_SECONDS = 5.0  # how long `kaizen activate` waits for the running servers to report
 
 
 @command("activate")
@@ -398,28 +389,44 @@ def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
         if args.pin:
             store.set_pinned_adapter(session=s, version=version)
     print(f"active adapter: {version}" + (" (pinned: `kaizen unpin` lets rounds replace it)" if args.pin else ""))
-    # A running server follows the setting within about a second and reports what it serves.
+    # Each running server follows the setting within about a second and reports what it serves.
     with db.session() as s:
-        last = store.get_served_adapter(session=s)
-    if not _server_running(last):
+        running = {(r["host"], r["pid"]) for r in store.live_servers(store.served_adapters(session=s))}
+    if not running:
         print("no server is running; one started later serves it")
         return 0
     deadline = time.monotonic() + SERVER_REPORT_SECONDS
     while True:
         with db.session() as s:
-            served = store.get_served_adapter(session=s)
-        if served is not None and served["at"] >= asked_at and served["wanted"] == version:
-            if served["version"] == version:
-                print(f"the running server now serves {version}")
-                return 0
-            if served["error"]:
-                print(f"the running server still serves {served['version']}: {served['error']}", file=sys.stderr)
-                return 1
-        if time.monotonic() > deadline:
-            print(f"no running server has taken it yet (it serves {served['version'] if served else 'nothing'} "
-                  "as last reported); a server started later serves it")
-            return 0
+            reports = {(r["host"], r["pid"]): r for r in store.served_adapters(session=s)
+                       if (r["host"], r["pid"]) in running}
+        answered = [r for r in reports.values() if r["at"] >= asked_at and r["wanted"] == version
+                    and (r["version"] == version or r["error"])]
+        if len(answered) == len(running) or time.monotonic() > deadline:
+            return _activation_outcome(version, running, reports, answered)
         time.sleep(0.2)
+
+
+def _activation_outcome(version: str, running: set, reports: dict, answered: list[dict]) -> int:
+    """Print what the running servers did with an activation: 0 if all that answered serve it."""
+    def who(r: dict) -> str:
+        return "the running server" if len(running) == 1 else f"server {r['host']}:{r['pid']}"
+
+    failed = [r for r in answered if r["version"] != version]
+    for r in failed:
+        print(f"{who(r)} still serves {r['version']}: {r['error']}", file=sys.stderr)
+    served = [r for r in answered if r["version"] == version]
+    if len(served) == len(running):
+        print(f"the running server now serves {version}" if len(running) == 1
+              else f"all {len(running)} running servers now serve {version}")
+    elif served:
+        print(f"{len(served)} of {len(running)} running servers now serve {version}")
+    silent = [reports.get(key) for key in running if all((r["host"], r["pid"]) != key for r in answered)]
+    for report in silent:
+        last = report["version"] if report else "nothing"
+        print(f"{who(report) if report else 'a server'} has not taken it yet (it serves {last} as last reported); "
+              "it serves it at its next check or when started again")
+    return 1 if failed else 0
 
 
 @command("unpin")

@@ -180,12 +180,13 @@ class TrainingSupervisor:
         return self._finished.wait(timeout)
 
     def stop(self) -> None:
-        """Kill a round in progress (server shutdown); its run is then marked failed."""
+        """Kill a round in progress (server shutdown) and wait (up to 15 s) until the watch thread has
+        marked its run failed and freed its lock, so no run is left "running" behind a stopped server."""
         self._stopping.set()
         proc = self._proc
         if proc is not None and proc.is_alive():
             proc.kill()
-            proc.join(10)
+            self._finished.wait(15)  # the watch thread reaps the child (only it joins) and records the end
 
 
 class RequestedTraining:

@@ -6,14 +6,16 @@ Each serving process follows it (checked every second by a background thread), v
 version's checksums, and swaps it in between two generations. A version that fails to load is
 refused: the engine keeps serving what it had, and the error is kept for the admin tab. It is
 tried again when its files change or on an explicit activation (`store.request_activation`), and
-what is served is written back (`store.set_served_adapter`) for the command line to report.
+what is served is written back (`store.set_served_adapter`, one report per process, renewed every
+30 s while the server runs) for the command line to report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import threading
+import time
 from pathlib import Path
 
 from bot.engine_api import ChatEngine
@@ -36,6 +38,7 @@ class AdapterFollower:
         self._failed: tuple[str, tuple] | None = None
         self._request: dict[str, str] | None = None  # the last explicit activation seen
         self._reported: tuple[str, str, str | None, bool] | None = None
+        self._reported_at = 0.0  # time.monotonic() of the last report
         self._stop = threading.Event()
         self._sync_lock = threading.Lock()  # the admin tab and the background loop both sync
         self._thread: threading.Thread | None = None
@@ -86,11 +89,13 @@ class AdapterFollower:
         served = self.engine.adapter_version
         error = self.last_error if wanted != served else None
         live = self._thread is not None and not self._stop.is_set()  # a server, not a one-off command
-        if self._reported != (served, wanted, error, live):
-            process = {"pid": os.getpid(), "host": socket.gethostname(), "live": live}
+        due = live and time.monotonic() - self._reported_at >= store.SERVED_REPORT_EVERY_S  # "still here"
+        if self._reported != (served, wanted, error, live) or due:
+            process = {"pid": os.getpid(), "host": store.HOST, "live": live}
             with self.db.write() as s:
                 store.set_served_adapter(session=s, version=served, wanted=wanted, error=error, process=process)
             self._reported = (served, wanted, error, live)
+            self._reported_at = time.monotonic()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -111,6 +116,12 @@ class AdapterFollower:
                 self.last_error = f"Adapter follower: {type(exc).__name__}: {exc}"
 
     def stop(self) -> None:
+        """Stop following, and report this process no longer live (`kaizen activate` then does not wait for it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._reported is not None and self._reported[3]:
+            served, wanted, error, _live = self._reported
+            with contextlib.suppress(Exception), self.db.write() as s:  # the database may be gone at shutdown
+                store.set_served_adapter(session=s, version=served, wanted=wanted, error=error,
+                                         process={"pid": os.getpid(), "host": store.HOST, "live": False})

@@ -32,12 +32,30 @@ from feedback_db.models import (
     utcnow,
 )
 
+HOST = socket.gethostname()[:64]  # this machine, as recorded beside a pid (runs, locks, served reports)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this machine (signal 0 checks without killing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 RATINGS = ("up", "down")
 REVIEW_ACTIONS = ("approve", "reject")
 PINNED_ADAPTER_KEY = "pinned_adapter"
 ACTIVE_ADAPTER_KEY = "active_adapter"
 ACTIVATION_REQUEST_KEY = "activation_request"  # {"version", "at"}: an explicit activation, retried even after a failure
-SERVED_ADAPTER_KEY = "served_adapter"  # {"version", "wanted", "error", "at"}: what the serving process reports
+# "served_adapter:<host>:<pid>": {"version", "wanted", "error", "at", "pid", "host", "live"}, what each serving
+# process reports (set_served_adapter); a live one re-reports every SERVED_REPORT_EVERY_S seconds.
+SERVED_ADAPTER_PREFIX = "served_adapter:"
+SERVED_REPORT_EVERY_S = 30.0
+SERVED_REPORT_STALE_S = 3 * SERVED_REPORT_EVERY_S
 BASE = "base"
 SOURCE_ORDER = ("memory", "rag", "model")  # where a reply came from (exchanges.source)
 
@@ -553,16 +571,52 @@ def get_activation_request(*, session: Session) -> dict[str, str] | None:
 
 def set_served_adapter(*, session: Session, version: str, wanted: str, error: str | None,
                        process: dict[str, Any] | None = None) -> None:
-    """What the serving process serves, the version it was asked for, and why it could not (or None);
-    `process` says who reports ({"pid", "host", "live"}: live = it keeps following the active version)."""
-    set_setting(session=session, key=SERVED_ADAPTER_KEY,
-                value={"version": version, "wanted": wanted, "error": error, "at": utcnow().isoformat(),
-                       **(process or {})})
+    """What one serving process serves, the version it was asked for, and why it could not (or None).
+    `process` says who reports ({"pid", "host", "live"}: live = a server that keeps following the
+    active version). Each process has its own report (several web replicas share one database); a
+    report of a process on this machine that no longer runs is removed."""
+    proc = {"pid": os.getpid(), "host": HOST, "live": False, **(process or {})}
+    key = served_report_key(str(proc["host"]), int(proc["pid"]))
+    set_setting(session=session, key=key,
+                value={"version": version, "wanted": wanted, "error": error, "at": utcnow().isoformat(), **proc})
+    for report in served_adapters(session=session):
+        if report.get("host") == HOST and report.get("pid") != proc["pid"] and not pid_alive(int(report["pid"])):
+            session.execute(delete(Setting).where(Setting.key == served_report_key(HOST, int(report["pid"]))))
+
+
+def served_report_key(host: str, pid: int) -> str:
+    """The settings key of one process's report (fits settings.key, VARCHAR(64))."""
+    return f"{SERVED_ADAPTER_PREFIX}{host[:40]}:{pid}"
+
+
+def served_adapters(*, session: Session) -> list[dict[str, Any]]:
+    """Every serving process's latest report (set_served_adapter), newest first."""
+    rows = session.scalars(select(Setting).where(Setting.key.startswith(SERVED_ADAPTER_PREFIX)))
+    reports = [r.value for r in rows if isinstance(r.value, dict) and "pid" in r.value]
+    return sorted(reports, key=lambda r: str(r.get("at", "")), reverse=True)
+
+
+def live_servers(reports: list[dict[str, Any]], *, alive: Any = pid_alive,
+                 stale_after_s: float = SERVED_REPORT_STALE_S) -> list[dict[str, Any]]:
+    """The reports of servers still running: live ones whose pid exists, on this machine; on another
+    machine, those that reported within stale_after_s seconds (a live server reports every
+    SERVED_REPORT_EVERY_S seconds even with nothing new)."""
+    now = utcnow()
+
+    def running(r: dict[str, Any]) -> bool:
+        if not r.get("live"):
+            return False
+        if r.get("host") == HOST:
+            return bool(alive(int(r["pid"])))
+        return (now - dt.datetime.fromisoformat(str(r["at"]))).total_seconds() <= stale_after_s
+
+    return [r for r in reports if running(r)]
 
 
 def get_served_adapter(*, session: Session) -> dict[str, Any] | None:
-    value = get_setting(session=session, key=SERVED_ADAPTER_KEY, default=None)
-    return value if isinstance(value, dict) else None
+    """The newest report of any serving process (see served_adapters for all of them)."""
+    reports = served_adapters(session=session)
+    return reports[0] if reports else None
 
 
 def get_pinned_adapter(*, session: Session) -> str | None:
@@ -679,20 +733,6 @@ def list_adapters(*, session: Session) -> list[AdapterVersion]:
 
 TRAINING_LOCK = "training"  # the one lock row: only one training round runs at a time, anywhere
 STALE_LOCK_S = 30 * 60  # a holder whose heartbeat is older than this is taken to be dead
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists on this machine (signal 0 checks without killing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-HOST = socket.gethostname()[:64]  # this machine, as recorded beside a pid (training_runs.host, locks.host)
 
 
 def holder_alive(*, host: str | None, pid: int | None, heartbeat_at: dt.datetime,

@@ -45,15 +45,15 @@ def server(tmp_path_factory, tiny_model_dir):
 
 def snapshot(data: Path) -> dict:
     """Every row of every table that a request could change. The serving process's own report of
-    what it serves (`store.SERVED_ADAPTER_KEY`) is left out: the server rewrites it on its own
+    what it serves (`store.SERVED_ADAPTER_PREFIX`) is left out: the server rewrites it on its own
     schedule (it turns "live" once its follower thread runs), whatever requests come."""
     con = sqlite3.connect(data / "kaizen.db")
     try:
         tables = ["conversations", "exchanges", "feedback", "knowledge_items", "training_runs", "adapter_versions",
                   "settings"]
         rows = {t: sorted(map(repr, con.execute(f"SELECT * FROM {t}"))) for t in tables}
-        rows["settings"] = sorted(map(repr, con.execute("SELECT * FROM settings WHERE key != ?",
-                                                        (store.SERVED_ADAPTER_KEY,))))
+        rows["settings"] = sorted(map(repr, con.execute("SELECT * FROM settings WHERE key NOT LIKE ?",
+                                                        (store.SERVED_ADAPTER_PREFIX + "%",))))
         return rows
     finally:
         con.close()

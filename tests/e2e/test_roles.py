@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 
 import httpx
+import openai
 import pytest
 
+import launch
 from feedback_db import store
 from feedback_db.db import Database
 from tests.harness import ProcessServer, wait_until
@@ -24,7 +26,7 @@ PASSWORD = "roles-tests-pw"
 
 
 def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp_path, tiny_model_dir,
-                                                                             postgres_url):
+                                                                             postgres_url, capsys):
     data = tmp_path / "data"
     data.mkdir()
     db = Database(postgres_url)
@@ -62,14 +64,47 @@ def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp
             row = store.get_run(session=s, run_id=run_id)
             assert row.host == store.HOST and row.pid not in (web1.proc.pid, web2.proc.pid, worker.proc.pid)
 
-        # A version made active in the database (as a round or `kaizen activate` on any machine would)
-        # is picked up by every replica.
+        # Chats and ratings through both replicas are each stored exactly once.
+        sent = []
+        for web in (web1, web2, web1, web2):
+            client = openai.OpenAI(base_url=web.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            text = f"Xin chào từ {web.port}, lần {len(sent)}"
+            reply = client.chat.completions.create(model="kaizen", max_tokens=8,
+                                                   messages=[{"role": "user", "content": text}])
+            rated = httpx.post(web.url + "/v1/feedback", json={"id": reply.id, "rating": "up"}, timeout=30)
+            assert rated.status_code == 200, rated.text
+            sent.append((reply.id, text))
+        with db.session() as s:
+            for reply_id, text in sent:
+                assert store.get_exchange(session=s, exchange_id=reply_id).user_text == text
+            assert store.totals(session=s)["ratings"] == len(sent)
+
+        # A version activated from the command line (any machine) is taken by every running replica.
         with db.session() as s:
             version = store.next_version(session=s)
-        add_version(db, data, version, tiny_model_dir, seed=7, active=True)
+        add_version(db, data, version, tiny_model_dir, seed=7)
+        where = ["--data-dir", str(data), "--db-url", postgres_url]
+        capsys.readouterr()
+        assert launch.main(["activate", version, *where]) == 0
+        assert f"all 2 running servers now serve {version}" in capsys.readouterr().out
         for web in (web1, web2):
-            wait_until(lambda web=web: httpx.get(web.url + "/healthz").json()["adapter"] == version, 60,
-                       f"{web.url} to serve {version}", 0.25)
+            assert httpx.get(web.url + "/healthz").json()["adapter"] == version
+        assert launch.main(["adapters", *where]) == 0
+        assert "2 servers run" in capsys.readouterr().out
+
+        # A worker stopped in the middle of a round: the round is marked failed and both replicas serve on.
+        started = httpx.post(web2.url + "/admin/api/train", auth=admin, timeout=30)
+        assert started.status_code == 202, started.text
+        second = started.json()["run_id"]
+        with ProcessServer(data, *model, "--role", "worker", env=env) as worker:
+            wait_until(lambda: httpx.get(f"{web1.url}/admin/api/runs/{second}", auth=admin).json()["status"]
+                       == "running", 120, "the worker to start the second round", 0.2)
+        run = wait_until(lambda: (r := httpx.get(f"{web1.url}/admin/api/runs/{second}", auth=admin).json())[
+            "status"] not in ("queued", "running") and r, 60, "the stopped worker's round to be closed", 0.5)
+        assert run["status"] == "failed", run
         for web in (web1, web2):
+            client = openai.OpenAI(base_url=web.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            assert client.chat.completions.create(model="kaizen", max_tokens=4,
+                                                  messages=[{"role": "user", "content": "hi"}]).choices
             assert "Traceback" not in web.output(), web.output()[-3000:]
     db.close()

@@ -442,3 +442,28 @@ def test_racing_takeovers_of_a_dead_holders_lock_give_it_to_one(db):
     won = _race(db, lambda s: store.acquire_lock(session=s, name="train", owner=f"w{threading.get_ident()}"[:64],
                                                  pid=os.getpid()))
     assert sorted(won) == [False, False, False, True]
+
+
+def test_each_serving_process_reports_on_its_own_and_only_running_ones_count(db):
+    """Web replicas share one database: each one's report of what it serves is kept apart, and the
+    command line waits only for servers still running (a dead pid here, a silent one elsewhere)."""
+    def report(version, host, pid, live=True):
+        with db.write() as s:
+            store.set_served_adapter(session=s, version=version, wanted="v2", error=None,
+                                     process={"pid": pid, "host": host, "live": live})
+
+    report("v2", store.HOST, 999_999)  # a server on this machine that has since died
+    report("v1", "replica-b", 7)
+    report("v2", store.HOST, os.getpid())
+    report("v2", "replica-c", 8, live=False)  # a one-off command, not a server
+    with db.session() as s:
+        reports = store.served_adapters(session=s)
+        newest = store.get_served_adapter(session=s)
+    who = {(r["host"], r["pid"]) for r in reports}
+    assert who == {("replica-b", 7), (store.HOST, os.getpid()), ("replica-c", 8)}  # the dead one's report is gone
+    assert newest["host"] == "replica-c"
+    live = {(r["host"], r["version"]) for r in store.live_servers(reports)}
+    assert live == {("replica-b", "v1"), (store.HOST, "v2")}
+    old = (store.utcnow() - dt.timedelta(minutes=5)).isoformat()
+    stale = [{**r, "at": old} for r in reports]
+    assert [r["host"] for r in store.live_servers(stale)] == [store.HOST]  # elsewhere, only a fresh report counts
