@@ -102,8 +102,10 @@ class TrainingSupervisor:
                 if held is not None and store.holder_alive(host=held.host, pid=held.pid,
                                                            heartbeat_at=held.heartbeat_at):
                     raise ConflictError("A training round is already running (started elsewhere).")
+                # Queued under this process's pid (the child's replaces it): a worker polling for requested
+                # rounds (pid None) must not take this one too.
                 run = store.create_run(session=s, trigger=trigger, round_index=store.completed_rounds(session=s),
-                                       status="queued")
+                                       status="queued", pid=os.getpid())
                 run_id = run.id
             self._launch(run_id, trigger, force)
         return run_id

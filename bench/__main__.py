@@ -42,6 +42,7 @@ BENCHMARKS = {
     "loops": "bench.loops",
     "facts": "bench.facts",
     "concurrency": "bench.concurrency",
+    "replicas": "bench.replicas",
     "training": "bench.training_load",
     "hotswap": "bench.hotswap",
     "storage": "bench.storage",

@@ -236,16 +236,19 @@ class Wave:
     wall: float
 
 
-def wave(url: str, users: int, messages: Sequence[str], max_tokens: int, first: int = 0) -> Wave:
+def wave(url: str | Sequence[str], users: int, messages: Sequence[str], max_tokens: int, first: int = 0) -> Wave:
     """`users` clients start one streamed reply each at the same moment, user i sending message
-    `first + i` (round the list); returns when all end."""
+    `first + i` (round the list) to server i mod n of the `url`s (one URL or several replicas);
+    returns when all end."""
+    urls = [url] if isinstance(url, str) else list(url)
     timings: list[ChatTiming | None] = [None] * users
     barrier = threading.Barrier(users)
 
     def user(i: int) -> None:
         with httpx.Client() as client:
             barrier.wait()
-            timings[i] = stream_chat(client, url, messages[(first + i) % len(messages)], max_tokens=max_tokens)
+            timings[i] = stream_chat(client, urls[i % len(urls)], messages[(first + i) % len(messages)],
+                                     max_tokens=max_tokens)
 
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(users)]
     t0 = time.perf_counter()

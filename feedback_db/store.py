@@ -637,10 +637,13 @@ def set_pinned_adapter(*, session: Session, version: str | None) -> None:
 
 
 def create_run(*, session: Session, trigger: str, round_index: int, config: dict | None = None,
-               status: str = "running") -> TrainingRun:
-    running = status == "running"
+               status: str = "running", pid: int | None = None) -> TrainingRun:
+    """A new run row. A running run (and a queued one given `pid`) belongs to a process on this
+    machine; a queued run with no pid is a request that a worker claims (claim_requested_run)."""
+    if pid is None and status == "running":
+        pid = os.getpid()
     run = TrainingRun(trigger=trigger, round_index=round_index, status=status, config=config or {},
-                      pid=os.getpid() if running else None, host=HOST if running else None)
+                      pid=pid, host=HOST if pid is not None else None)
     session.add(run)
     session.flush()
     return run

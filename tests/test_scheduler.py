@@ -188,3 +188,23 @@ def test_bad_schedule_settings_are_refused(env, change):
     with pytest.raises(InputError):
         sched.update(**change)
     assert sched.config()["minutes"] == 30
+
+
+def test_a_round_this_supervisor_starts_is_never_claimed_by_a_worker(env):
+    """A round started here is committed as queued under this process before its child starts: a
+    worker polling for rounds that web replicas requested (no pid) must not take it in between."""
+    settings, db = env
+    sup = TrainingSupervisor(db=db, settings=settings, target=quick_child)
+    launch = sup._launch
+    seen = []
+
+    def launch_spy(run_id, trigger, force):
+        with db.write() as s:  # what another process sees between the commit and the child's start
+            seen.append((store.get_run(session=s, run_id=run_id).pid,
+                         store.claim_requested_run(session=s, pid=1)))
+        launch(run_id, trigger, force)
+
+    sup._launch = launch_spy
+    sup.start(trigger="admin")
+    assert seen == [(os.getpid(), None)]
+    assert sup.wait(30)
