@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaizen import errors
-from kaizen.text import fold, question_key
+from kaizen.text import fold, is_follow_up, question_key
 
 FORMATS = (".csv", ".jsonl", ".txt")
 MAX_CATEGORY_CHARS = 100
@@ -319,7 +319,9 @@ def _json_rows(obj: object) -> list[tuple[str, str, str]] | str:
 
 def _chat_pairs(messages: object) -> list[tuple[str, str]] | str:
     """Every user message with the assistant message right after it; a user message without an
-    answer, or an answer without a question, refuses the line rather than being dropped."""
+    answer, or an answer without a question, refuses the line rather than being dropped. A
+    follow-up question (kaizen.text.is_follow_up: "Còn chủ nhật?") is stored after the question
+    before it ("Giờ mở cửa thứ Bảy? Còn chủ nhật?"), its context, so the item means something alone."""
     if not isinstance(messages, list):
         return '"messages" must be a list'
     for m in messages:
@@ -342,7 +344,10 @@ def _chat_pairs(messages: object) -> list[tuple[str, str]] | str:
         if m["role"] == "assistant" and before != "user":
             return f"message {i + 1} (assistant) does not answer a user message"
         if m["role"] == "user":
-            pairs.append((m["content"], messages[i + 1]["content"]))
+            question = m["content"]
+            if pairs and is_follow_up(question):  # "Còn chủ nhật?" means nothing without the turn before it
+                question = f"{pairs[-1][0].strip()} {question.strip()}"
+            pairs.append((question, messages[i + 1]["content"]))
     return pairs
 
 

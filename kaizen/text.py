@@ -24,6 +24,25 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn"))
 
 
+# Words that open a question leaning on the turn before it ("And on Sunday?", "Còn chủ nhật?").
+FOLLOW_UP_OPENERS = (
+    "and", "what about", "how about", "also", "then", "or", "and what about",
+    "còn", "vậy còn", "thế còn", "và", "thế", "vậy", "rồi", "hay", "cái đó", "nó",
+)
+
+
+def is_follow_up(question: str) -> bool:
+    """Whether a question leans on the turn before it: it opens with a follow-up word
+    (FOLLOW_UP_OPENERS, English or Vietnamese, diacritics kept: "còn" is not "con") or has at most
+    two words ("Chủ nhật?", "And Sunday?"). A standalone question of three words or more without
+    such an opener ("Số điện thoại?") is not one."""
+    words = question_key(question).rstrip(",").split()
+    if len(words) <= 2:
+        return True
+    text = " ".join(words)
+    return any(text == o or text.startswith((o + " ", o + ",")) for o in FOLLOW_UP_OPENERS)
+
+
 def question_key(question: str) -> str:
     """The form under which two questions count as duplicates: NFC, casefolded, single spaces,
     without trailing question marks or full stops (diacritics are kept: "ban" is not "bán")."""

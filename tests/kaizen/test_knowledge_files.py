@@ -573,3 +573,30 @@ def test_a_chat_line_with_several_pairs_imports_every_pair():
     result = parse(jsonl(line), "k.jsonl")
     assert result.errors == []
     assert pairs(result) == [("Mấy giờ mở cửa?", "8 giờ sáng.", "", 1), ("Số điện thoại?", "0243 826 1234.", "", 1)]
+
+
+def test_a_follow_up_question_is_imported_with_the_question_before_it():
+    # issue 14, kind 6: "each with its preceding context where that matters"
+    line = chat(("user", "Giờ mở cửa thứ Bảy?"), ("assistant", "8 giờ đến 12 giờ."),
+                ("user", "Còn chủ nhật?"), ("assistant", "Chủ nhật nghỉ."),
+                ("user", "Số điện thoại?"), ("assistant", "0243 826 1234."),
+                ("user", "And on holidays?"), ("assistant", "Closed."))
+    result = parse(jsonl(line), "k.jsonl")
+    assert result.errors == []
+    assert pairs(result) == [
+        ("Giờ mở cửa thứ Bảy?", "8 giờ đến 12 giờ.", "", 1),
+        ("Giờ mở cửa thứ Bảy? Còn chủ nhật?", "Chủ nhật nghỉ.", "", 1),  # means nothing alone
+        ("Số điện thoại?", "0243 826 1234.", "", 1),  # a question of its own
+        ("Số điện thoại? And on holidays?", "Closed.", "", 1),
+    ]
+
+
+@pytest.mark.parametrize(("question", "follow_up"), [
+    ("Còn chủ nhật?", True), ("Vậy còn giá vé?", True), ("And on Sunday?", True), ("What about Hue?", True),
+    ("Chủ nhật?", True), ("Why?", True), ("Số điện thoại?", False), ("Con mèo ăn gì?", False),
+    ("Who founded BICweb?", False), ("Andrew là ai vậy?", False), ("Giờ mở cửa thứ Bảy?", False),
+])
+def test_which_questions_lean_on_the_turn_before(question, follow_up):
+    from kaizen.text import is_follow_up
+
+    assert is_follow_up(question) is follow_up
