@@ -335,7 +335,7 @@ def _chat_pairs(messages: object) -> list[tuple[str, str]] | str:
             return f"unsupported message role {m['role']!r}"
     if not any(m["role"] == "user" for m in messages):
         return "no user message"
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for i, m in enumerate(messages):
         after = messages[i + 1]["role"] if i + 1 < len(messages) else None
         before = messages[i - 1]["role"] if i > 0 else None
