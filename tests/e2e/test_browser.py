@@ -110,8 +110,11 @@ def feedback_of(db: Database, exchange_id: str):
 
 def test_chat_streams_a_reply_and_stores_a_thumbs_down_with_a_better_answer(server, db, page):
     chat = ChatPage(page, server.url)
-    question = "Công ty mở cửa lúc mấy giờ?"
-    better = "Công ty mở cửa lúc 8 giờ sáng, từ thứ Hai đến thứ Sáu."
+    # A question the 135M model answers at length on every CPU tried: its greedy reply to some Vietnamese
+    # questions is an echo (replaced by the short "no good answer" text, one chunk) on AMD EPYC in bf16, where
+    # Intel Xeon gave a real reply. Vietnamese is exercised in the correction test below.
+    question = "What is machine learning?"
+    better = "Machine learning: programs that improve with data. Học máy: chương trình tiến bộ nhờ dữ liệu."
     seen = chat.send(question, lambda: exchange_count(db))
     ex = newest_exchange(db)
     assert ex.user_text == question and ex.source == "model" and ex.bot_text.strip()
