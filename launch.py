@@ -209,11 +209,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # uvicorn re-raises SIGTERM after its shutdown, so atexit never runs: close (and stop a running
     # training child) in the shutdown event instead.
     app.router.add_event_handler("shutdown", kaizen.close)
-    role = "" if settings.role == "all" else f", role {settings.role}"
-    print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir}{role})",
-          flush=True)
+    role_warning(kaizen.db, settings)
+    role = "" if settings.role == "all" else f"; role {settings.role}"
+    print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir}; database: "
+          f"{kaizen.db.describe()}{role})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
+
+
+def role_warning(db: Database, settings: Settings) -> None:
+    """Warn when web replicas and workers are split over SQLite: they work only as processes on one
+    machine sharing one file; several machines need PostgreSQL (docs/deploy.md)."""
+    if settings.role != "all" and db.engine.url.get_backend_name() == "sqlite":
+        print(f"warning: --role {settings.role} on SQLite ({db.describe()}): processes on other machines cannot "
+              "share it; set KAIZEN_DB_URL to a PostgreSQL database for several machines", file=sys.stderr, flush=True)
 
 
 def serve_worker(settings: Settings) -> int:
@@ -221,14 +230,19 @@ def serve_worker(settings: Settings) -> int:
     queued), no chat model loaded; only GET /healthz is served, for a load balancer or an orchestrator."""
     import uvicorn
     from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
     db = _open_db(settings)
+    role_warning(db, settings)
     supervisor, schedule = training_side(db, settings)
-    app = FastAPI(title="Kaizen training worker")
+    app = FastAPI(title="Kaizen training worker", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, object]:
-        return {"status": "ok", "role": "worker", "running_run": supervisor.running()}
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    def healthz() -> JSONResponse:
+        problem = db.ping()
+        body = {"status": "unavailable" if problem else "ok", "role": "worker", "running_run": supervisor.running(),
+                **({"error": problem} if problem else {})}
+        return JSONResponse(body, status_code=503 if problem else 200)
 
     def close() -> None:
         schedule.shutdown()
@@ -237,7 +251,7 @@ def serve_worker(settings: Settings) -> int:
 
     app.router.add_event_handler("shutdown", close)
     print(f"Kaizen training worker (health on http://{settings.host}:{settings.port}/healthz; data: "
-          f"{settings.data_dir})", flush=True)
+          f"{settings.data_dir}; database: {db.describe()})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 

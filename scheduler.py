@@ -117,6 +117,7 @@ class TrainingSupervisor:
             if not self._finished.is_set():
                 return None
             with self.db.write() as s:
+                store.fail_stale_runs(session=s)  # a request no worker took in time is failed, not run late
                 run = store.claim_requested_run(session=s, pid=os.getpid())
                 if run is None:
                     return None
@@ -185,8 +186,12 @@ class TrainingSupervisor:
         """Kill a round in progress (server shutdown) and wait (up to 15 s) until the watch thread has
         marked its run failed and freed its lock, so no run is left "running" behind a stopped server."""
         self._stopping.set()
-        proc = self._proc
+        proc, run_id = self._proc, self._run_id
         if proc is not None and proc.is_alive():
+            if run_id is not None:  # say why, before the watch thread records "killed (signal 9)"
+                with contextlib.suppress(Exception), self.db.write() as s:
+                    store.update_run(session=s, run_id=run_id, error="The server was stopped during the round; "
+                                     "the active adapter is unchanged. Start it again with Train now.")
             proc.kill()
             self._finished.wait(15)  # the watch thread reaps the child (only it joins) and records the end
 
@@ -207,7 +212,9 @@ class RequestedTraining:
             raise ConflictError(str(exc)) from None
 
     def running(self) -> int | None:
-        return None  # nothing trains in this process
+        """The round queued or running anywhere (nothing trains in this process), for the admin views."""
+        with self.db.session() as s:
+            return store.run_in_progress(session=s)
 
     def stop(self) -> None:
         return None

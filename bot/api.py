@@ -7,7 +7,8 @@
     POST /v1/feedback           {"id", "rating": "up"|"down", "correction"?}: 200, 404, 422 (a correction
                                 needs "down")
     DELETE /v1/feedback/{id}    take a rating back (with its correction): 200 {"id", "withdrawn"}, 404
-    GET  /healthz               {"status": "ok", "adapter": "<active version or base>"}
+    GET  /healthz               {"status": "ok", "adapter": "<active version or base>"}; 503 with
+                                status "unavailable" and the error when the database cannot be reached
 
 Errors come back as {"error": {"message", "type"}} with a 4xx or 503 status, never as a 5xx
 for anything the client sent.
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.engine_api import FinishReason
 from feedback_db import store
+from feedback_db.db import UNAVAILABLE
 from kaizen.errors import ContextLengthError, KaizenError, NotFoundError
 from kaizen.prompts import INVALID_CHARS, MAX_CORRECTION_CHARS
 
@@ -329,8 +331,9 @@ class Withdrawn(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "unavailable"] = "ok"  # unavailable (HTTP 503): the database cannot be reached
     adapter: str  # the active version, or "base"
+    error: str | None = None  # why it is unavailable
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -352,6 +355,11 @@ def install_error_handlers(app: FastAPI) -> None:
             return _error(400, exc.message, "invalid_request_error", param=param, code=exc.code)
         kind = "invalid_request_error" if type(exc) is KaizenError else type(exc).__name__  # a plain 400
         return _error(exc.status, exc.message, kind, code=exc.code)
+
+    @app.exception_handler(UNAVAILABLE[0])
+    @app.exception_handler(UNAVAILABLE[1])
+    async def _unavailable(_req: Request, _exc: Exception) -> JSONResponse:
+        return _error(503, "The database cannot be reached right now; please try again in a moment.", "server_error")
 
     @app.exception_handler(store.NotFound)
     async def _not_found(_req: Request, exc: store.NotFound) -> JSONResponse:
@@ -483,8 +491,13 @@ def build_router(kaizen: Kaizen) -> APIRouter:
         with kaizen.db.write() as s:
             return Withdrawn(id=exchange_id, withdrawn=store.withdraw_rating(session=s, exchange_id=exchange_id))
 
-    @router.get("/healthz", response_model=Health)
-    def healthz() -> Health:
+    @router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, response_model_exclude_none=True,
+                      responses={503: {"model": Health, "description": "the database cannot be reached"}})
+    def healthz() -> Health | JSONResponse:
+        problem = kaizen.db.ping()
+        if problem is not None:  # a load balancer should send this replica's users elsewhere
+            body = Health(status="unavailable", adapter=kaizen.engine.adapter_version, error=problem)
+            return JSONResponse(body.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "2"})
         return Health(adapter=kaizen.engine.adapter_version)
 
     return router

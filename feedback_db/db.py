@@ -14,12 +14,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# What a database that cannot be reached raises (a PostgreSQL server down or restarting, a lost
+# connection): the API answers these with 503 and Retry-After, and /healthz says so.
+UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 
 def make_engine(url: str) -> Engine:
@@ -79,6 +84,25 @@ class Database:
         finally:
             if self._write_lock is not None:
                 self._write_lock.release()
+
+    def ping(self) -> str | None:
+        """None if the database answers `SELECT 1`, else why not (one line)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except UNAVAILABLE as exc:
+            cause = getattr(exc, "orig", None) or exc  # the driver's own message, without the SQL
+            return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        return None
+
+    def describe(self) -> str:
+        """The database for a log line, without its password: "sqlite (/path/kaizen.db)" or
+        "postgresql (db.example.com/kaizen)"."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite":
+            return f"sqlite ({url.database})"
+        where = url.host or url.query.get("host") or "local socket"
+        return f"{url.get_backend_name()} ({where}/{url.database})"
 
     def close(self) -> None:
         self.engine.dispose()

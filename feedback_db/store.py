@@ -787,6 +787,12 @@ def request_run(*, session: Session, trigger: str, force: bool = True) -> Traini
     return run
 
 
+def run_in_progress(*, session: Session) -> int | None:
+    """The id of the newest run that is queued or running (in any process), or None."""
+    return session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(("queued", "running")))
+                          .order_by(TrainingRun.id.desc()).limit(1))
+
+
 def claim_requested_run(*, session: Session, pid: int) -> TrainingRun | None:
     """Claim the oldest round a web replica requested (queued, no pid yet) for process `pid` on this
     machine; None if there is none. Two workers never claim the same run: the row is read with

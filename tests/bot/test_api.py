@@ -421,3 +421,23 @@ def test_openai_error_shapes_developer_role_and_one_model(client, http):
     assert client.models.retrieve(card.id).id == card.id
     r = http.get("/v1/models/no-such-model")
     assert r.status_code == 404 and "does not exist" in r.json()["error"]["message"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_kind", ["postgresql"], indirect=True)
+def test_a_database_outage_is_a_503_with_retry_after_and_healthz_says_so(http, kaizen, fake_engine, postgres_cluster):
+    """PostgreSQL goes away under a running replica (here: its database is dropped, every connection
+    ended): requests get OpenAI's JSON error shape with 503 and Retry-After, not a bare 500, and
+    /healthz answers 503 so a load balancer sends users to another replica."""
+    assert http.get("/healthz").status_code == 200
+    assert http.head("/healthz").status_code == 200  # what some load balancers send
+    postgres_cluster.drop_database(kaizen.settings.database_url)
+    health = http.get("/healthz")
+    assert health.status_code == 503 and health.headers["retry-after"] == "2"
+    assert health.json()["status"] == "unavailable" and health.json()["error"]
+    fake_engine.enqueue("a reply")
+    for resp in (http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}),
+                 http.post("/v1/feedback", json={"id": "0" * 32, "rating": "up"})):
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["retry-after"] == "2"
+        assert resp.json()["error"]["type"] == "server_error" and "database" in resp.json()["error"]["message"]

@@ -45,13 +45,17 @@ def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp
         run_id = started.json()["run_id"]
         again = httpx.post(web2.url + "/admin/api/train", auth=admin, timeout=30)
         assert again.status_code == 409 and "queued or running" in again.text, again.text
+        # Every replica shows the waiting round as the one in progress.
+        assert httpx.get(web2.url + "/admin/api/runs", auth=admin).json()["running"] == run_id
         time.sleep(2)
         assert httpx.get(f"{web1.url}/admin/api/runs/{run_id}", auth=admin).json()["status"] == "queued"
 
         with ProcessServer(data, *model, "--role", "worker", env=env) as worker:
             health = httpx.get(worker.url + "/healthz").json()
             assert health["role"] == "worker"
-            assert httpx.get(worker.url + "/v1/models").status_code == 404  # serves nothing else
+            for path in ("/v1/models", "/docs", "/openapi.json", "/admin"):
+                assert httpx.get(worker.url + path).status_code == 404, path  # serves nothing else
+            assert httpx.head(worker.url + "/healthz").status_code == 200
 
             def finished() -> dict | None:
                 run = httpx.get(f"{web2.url}/admin/api/runs/{run_id}", auth=admin).json()
@@ -101,7 +105,7 @@ def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp
                        == "running", 120, "the worker to start the second round", 0.2)
         run = wait_until(lambda: (r := httpx.get(f"{web1.url}/admin/api/runs/{second}", auth=admin).json())[
             "status"] not in ("queued", "running") and r, 60, "the stopped worker's round to be closed", 0.5)
-        assert run["status"] == "failed", run
+        assert run["status"] == "failed" and "stopped during the round" in run["error"], run
         for web in (web1, web2):
             client = openai.OpenAI(base_url=web.url + "/v1", api_key="unused", max_retries=0, timeout=120)
             assert client.chat.completions.create(model="kaizen", max_tokens=4,
