@@ -2,6 +2,7 @@
 bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
 
     POST   /admin/api/train                          start a round: 202 {"run_id"}; 409 if one runs
+    GET    /admin/api/train/next                     the next round's learning rates and why (decay, results)
     GET    /admin/api/runs                           recent runs, newest first
     GET    /admin/api/runs/{id}                      status, step, total_steps, loss, lr, eta_s, phase, error, ...
     GET    /admin/api/adapters                       versions with metrics, verdict, reason, active flag
@@ -49,6 +50,7 @@ from bot.admin_models import (
     KnowledgeDeleted,
     KnowledgeList,
     KnowledgeView,
+    LrPlanView,
     RatingsByVersion,
     RunsView,
     RunView,
@@ -143,6 +145,11 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
     @router.post("/train", status_code=202, response_model=TrainStarted)
     def train() -> TrainStarted:
         return TrainStarted(run_id=service.start_training())
+
+    @router.get("/train/next", response_model=LrPlanView)
+    def next_round_lr() -> LrPlanView:
+        """The next round's peak learning rates and the reason (decay, adjusted by the last results)."""
+        return service.lr_plan()
 
     @router.get("/runs", response_model=RunsView)
     def runs(limit: int = Query(50, ge=1, le=500)) -> RunsView:

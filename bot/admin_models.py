@@ -230,6 +230,18 @@ class PersonaPreview(_View):
     warning: str | None
 
 
+class LrPlanView(_View):
+    """The next round's peak learning rates and why (`kaizen.lr_schedule.plan_lr`): `lr` = `decayed` × `scale`."""
+
+    round_index: int
+    decayed: float
+    scale: float
+    lr: float
+    kto_scale: float
+    kto_lr: float
+    reason: str
+
+
 class ScheduleView(_View):
     enabled: bool
     minutes: int

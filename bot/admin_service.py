@@ -29,6 +29,7 @@ from bot.admin_models import (
     KnowledgeDeleted,
     KnowledgeList,
     KnowledgeView,
+    LrPlanView,
     PersonaPreview,
     RatingGroup,
     RatingsByVersion,
@@ -47,6 +48,7 @@ from feedback_db.models import AdapterVersion, Exchange, Feedback, KnowledgeItem
 from kaizen import adapters
 from kaizen.errors import AdapterError, ConflictError, InputError, KaizenError
 from kaizen.knowledge_files import validate_import
+from kaizen.lr_schedule import past_rounds, plan_lr
 from kaizen.metrics import RoundMetrics
 from kaizen.prompts import SETTING_KEY as PERSONA_KEY
 from kaizen.prompts import (
@@ -57,6 +59,7 @@ from kaizen.prompts import (
     load_persona,
     tone_instruction,
 )
+from kaizen.settings import TrainConfig
 
 if TYPE_CHECKING:
     from bot.services import Kaizen
@@ -176,6 +179,17 @@ class AdminService:
         """The index of the next training round (the number of completed rounds)."""
         with self._kaizen.db.session() as s:
             return store.completed_rounds(session=s)
+
+    def train_config(self) -> TrainConfig:
+        """The trainer's knobs this server's rounds use (defaults where training is not wired)."""
+        return self._kaizen.train_config or TrainConfig.model_construct()
+
+    def lr_plan(self) -> LrPlanView:
+        """The next round's learning rates: the per-round decay adjusted by the results so far."""
+        with self._kaizen.db.session() as s:
+            rows = store.list_adapters(session=s)
+            plan = plan_lr(self.train_config(), store.completed_rounds(session=s), past_rounds(rows))
+        return LrPlanView(**plan.to_dict())
 
     # --- adapters -----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from feedback_db import store
 from feedback_db.db import Database
 from kaizen.base_model import resolve_model
 from kaizen.ports import DatasetExporter, ScheduleControl, TrainingControl
-from kaizen.settings import Settings
+from kaizen.settings import Settings, TrainConfig
 
 AUTO_APPROVE_KEY = "auto_approve"
 
@@ -38,6 +38,7 @@ class Kaizen:
     training: TrainingControl | None = None
     scheduler: ScheduleControl | None = None  # None with --no-schedule
     export_dataset: DatasetExporter | None = None
+    train_config: TrainConfig | None = None  # the trainer's knobs, for the admin tab (None: not wired)
 
     def auto_approve(self) -> bool:
         with self.db.session() as s:

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from bot import admin_api, plots
 from bot import admin_views as views
+from bot.admin_models import LrPlanView
 from bot.admin_service import USER_ERRORS, AdminService
 from bot.admin_views import (
     ADAPTER_COLUMNS,
@@ -86,12 +87,13 @@ def _filter(value: str | None) -> str | None:
     return None if value in (None, "all") else value
 
 
-def hyperparameters_markdown(next_round: int) -> str:
-    cfg = TrainConfig()
+def hyperparameters_markdown(plan: LrPlanView, cfg: TrainConfig) -> str:
+    """The next round's learning rate with its reason, then every trainer knob with its value."""
     rows = [f"| `{name}` | `{getattr(cfg, name)}` | {f.description or ''} |"
             for name, f in TrainConfig.model_fields.items()]
-    return (f"Next round: #{next_round}, peak learning rate **{cfg.round_lr(next_round):.2e}** "
-            f"(lr0 × gamma^round, floored).\n\n| setting | value | meaning |\n|---|---|---|\n" + "\n".join(rows))
+    kto = f", KTO **{plan.kto_lr:.2e}**" if cfg.preference == "kto" else ""
+    return (f"Next round: #{plan.round_index}, peak learning rate **{plan.lr:.2e}**{kto} ({plan.reason}).\n\n"
+            "| setting | value | meaning |\n|---|---|---|\n" + "\n".join(rows))
 
 
 class AdminPanel:
@@ -303,13 +305,13 @@ class AdminPanel:
     def training_settings(self, request: gr.Request) -> tuple[str, gr.Checkbox, gr.Number, gr.Number, str]:
         """The hyperparameters and the schedule (read-only without a scheduler)."""
         _require_admin(request)
-        next_round = self.service.next_round()
+        plan, train_cfg = self.service.lr_plan(), self.service.train_config()
         cfg = self.service.schedule()
         enabled = gr.Checkbox(value=bool(cfg and cfg.enabled), interactive=cfg is not None)
         minutes = gr.Number(value=cfg.minutes if cfg else None, interactive=cfg is not None)
         min_items = gr.Number(value=cfg.min_items if cfg else None, interactive=cfg is not None)
         note = "" if cfg else "Scheduled training is off in this server (started with --no-schedule)."
-        return hyperparameters_markdown(next_round), enabled, minutes, min_items, note
+        return hyperparameters_markdown(plan, train_cfg), enabled, minutes, min_items, note
 
     def save_schedule(self, enabled: bool, minutes: float | None, min_items: float | None,
                       request: gr.Request) -> str:

@@ -61,6 +61,9 @@ class RoundMetrics:
     tokens_per_s: float | None = None
     stopped_early: bool | None = None  # stopped at exact recall before max_steps
     lr: float | None = None  # the round's peak learning rate
+    kto_lr: float | None = None  # the preference adapter's peak learning rate (KTO)
+    lr_reason: str | None = None  # how the rates were set (kaizen.lr_schedule.LrPlan.reason)
+    failed_checks: list[str] = field(default_factory=list)  # the gate's failed checks (trainer.gate.decide)
     seconds: float | None = None  # the whole round, wall time
 
     def to_dict(self) -> dict[str, Any]:

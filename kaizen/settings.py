@@ -174,6 +174,13 @@ class TrainConfig(_KaizenSettings):
         "Decay per round: lr_k = floor + (lr0 - floor) * gamma**k, lower every round."))
     min_lr_ratio: float = Field(0.5, ge=0.0, le=1.0, description=(
         "The floor the per-round lr approaches (never reaches), as a fraction of lr0, so late rounds still learn."))
+    lr_feedback: bool = Field(True, description=(
+        "Also adjust the next round's lr by the last results (kaizen/lr_schedule.py): lower after a round the gate "
+        "found harmful (retention, leak, locality), back up after a promoted one."))
+    lr_feedback_factor: float = Field(0.5, gt=0.0, lt=1.0, description=(
+        "Factor applied to the lr scale after a harmful round (and divided out again after a good one)."))
+    lr_feedback_min_scale: float = Field(0.25, gt=0.0, le=1.0, description=(
+        "Lowest scale results may bring the lr to, as a fraction of the decayed lr."))
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description=(
         "Fraction of max_steps spent warming the learning rate up from 0."))
     rank: int = Field(8, ge=1, description="LoRA rank r.")

@@ -40,6 +40,7 @@ class Verdict:
     promote: bool
     reason: str
     held: bool = False  # passed the gate, but not activated: the admin pinned another version
+    failed: tuple[str, ...] = ()  # the failed checks' names (kaizen.lr_schedule reads them)
 
     @property
     def label(self) -> str:
@@ -51,41 +52,46 @@ class Verdict:
         if not self.promote or pinned is None:
             return self
         return Verdict(False, f"{self.reason}; passed the gate but not activated: the admin pinned {pinned} "
-                              "(release the pin to serve new versions again)", held=True)
+                              "(release the pin to serve new versions again)", held=True, failed=self.failed)
 
 
 def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:
     """Judge `metrics` (new_facts/new_recall, retention/baseline_retention, leak, locality; None = not measured)."""
     failures: list[str] = []
     passes: list[str] = []
+    failed: list[str] = []
+
+    def check(name: str, ok: bool, text: str) -> None:
+        (passes if ok else failures).append(text)
+        if not ok:
+            failed.append(name)
+
     n, new = metrics.new_facts, metrics.new_recall
     if n and new is not None:
         learned = round(new * n)
         need = max(1, math.ceil(limits.min_new_recall * n - 1e-9))
-        (passes if learned >= need else failures).append(
-            f"new-fact recall {new:.0%} ({learned} of {n} learned; needs {need})")
+        check("new_recall", learned >= need, f"new-fact recall {new:.0%} ({learned} of {n} learned; needs {need})")
     retention, baseline = metrics.retention, metrics.baseline_retention
     if retention is not None and baseline is not None:
-        (passes if retention >= baseline - limits.retention_slack - 1e-9 else failures).append(
-            f"retention {retention:.0%} (active version: {baseline:.0%})")
+        check("retention", retention >= baseline - limits.retention_slack - 1e-9,
+              f"retention {retention:.0%} (active version: {baseline:.0%})")
     leak = metrics.leak
     if leak is not None:
-        (passes if leak <= limits.max_leak else failures).append(
-            f"taught answers leaking into {leak:.0%} of held-out prompts (limit {limits.max_leak:.0%})")
+        check("leak", leak <= limits.max_leak,
+              f"taught answers leaking into {leak:.0%} of held-out prompts (limit {limits.max_leak:.0%})")
     loc = metrics.locality
     if loc is None:
-        failures.append("locality was not measured")
+        check("unmeasured", False, "locality was not measured")
     else:
-        (passes if loc >= limits.min_locality else failures).append(
-            f"locality {loc:.3f} as served (needs {limits.min_locality:.3f})")
+        check("locality", loc >= limits.min_locality, f"locality {loc:.3f} as served (needs {limits.min_locality:.3f})")
     auc, base_auc = metrics.preference_auc, metrics.baseline_preference_auc
     if auc is not None and base_auc is not None:
-        (passes if auc >= base_auc - limits.preference_slack - 1e-9 else failures).append(
-            f"agreement with {metrics.heldout_ratings} held-out ratings {auc:.2f} (active version: {base_auc:.2f})")
+        check("preference", auc >= base_auc - limits.preference_slack - 1e-9,
+              f"agreement with {metrics.heldout_ratings} held-out ratings {auc:.2f} (active version: {base_auc:.2f})")
     notes = [f"drift {metrics.drift:.2f} (reported, not gated)"] if metrics.drift is not None else []
     if failures:
         return Verdict(False, "rejected: " + "; ".join(failures + notes) + (
-            "; passed: " + "; ".join(passes) if passes else ""))
+            "; passed: " + "; ".join(passes) if passes else ""), failed=tuple(failed))
     return Verdict(True, "passed: " + "; ".join(passes + notes))
 
 

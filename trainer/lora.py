@@ -261,12 +261,13 @@ def train_round(*, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
                 lora: LoraConfig, cfg: TrainConfig,
                 round_index: int, init_adapter_dir: Path | None, out_dir: Path,
                 progress: Callable[[Progress], None] | None = None,
-                probe: Probe | None = None) -> RoundResult:
+                probe: Probe | None = None, peak_lr: float | None = None) -> RoundResult:
     """Train one round and save the adapter (safetensors) into out_dir.
 
     With init_adapter_dir the round continues that adapter (its own LoRA config applies and
-    `lora` is ignored); otherwise a new LoRA from `lora` is attached. The peak lr is
-    cfg.round_lr(round_index). `probe` lists (messages or question, expected answer) pairs for the
+    `lora` is ignored); otherwise a new LoRA from `lora` is attached. The peak lr is `peak_lr`, by
+    default cfg.round_lr(round_index) (the round's plan, `kaizen.lr_schedule.plan_lr`, adjusts it).
+    `probe` lists (messages or question, expected answer) pairs for the
     early stop; by default the taught rows themselves. Returns when exact (cfg.early_stop_exact)
     or after cfg.max_steps steps.
     """
@@ -294,7 +295,8 @@ def train_round(*, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
         peft_model = get_peft_model(model, lora)
     try:
         return _train(peft_model, rows=(taught, anchors, exact_rows), pad_id=pad_id, cfg=cfg,
-                      peak_lr=cfg.round_lr(round_index), rng=rng, out_dir=Path(out_dir), progress=progress)
+                      peak_lr=cfg.round_lr(round_index) if peak_lr is None else peak_lr, rng=rng,
+                      out_dir=Path(out_dir), progress=progress)
     finally:
         peft_model.unload()  # removes the LoRA layers without merging: the base weights stay as they were
 

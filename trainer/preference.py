@@ -135,11 +135,13 @@ def _callback(total: int, progress: Callable[[Progress], None] | None) -> Any:
 
 def train_preference(*, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Rated],
                      lora: LoraConfig, cfg: TrainConfig, out_dir: Path,
-                     progress: Callable[[Progress], None] | None = None) -> PreferenceResult:
+                     progress: Callable[[Progress], None] | None = None,
+                     lr: float | None = None) -> PreferenceResult:
     """Train a fresh preference LoRA with KTO on `rows` and save it (safetensors) into `out_dir`.
 
     At most cfg.kto_max_steps optimizer steps of cfg.kto_batch_size rows (cfg.kto_epochs passes),
-    peak learning rate cfg.kto_lr, beta cfg.kto_beta; the rarer rating is weighted up
+    peak learning rate `lr` (default cfg.kto_lr; the round's plan, `kaizen.lr_schedule.plan_lr`, adjusts
+    it), beta cfg.kto_beta; the rarer rating is weighted up
     (`balanced_weights`). The caller's base model comes back clean (the LoRA layers are removed
     again, not merged). Raises InputError if `can_train` says no.
     """
@@ -161,7 +163,8 @@ def train_preference(*, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     dropout = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
     args = KTOConfig(
         output_dir=str(scratch), use_cpu=True, bf16=False, gradient_checkpointing=False,
-        learning_rate=cfg.kto_lr, lr_scheduler_type="cosine", warmup_steps=steps // 10,  # a warmup step has lr 0
+        learning_rate=cfg.kto_lr if lr is None else lr,
+        lr_scheduler_type="cosine", warmup_steps=steps // 10,  # a warmup step has lr 0
         per_device_train_batch_size=batch, max_steps=steps, beta=cfg.kto_beta,
         desirable_weight=w_d, undesirable_weight=w_u, max_length=cfg.kto_max_length,
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=cfg.seed,

@@ -35,6 +35,7 @@ from kaizen import adapters
 from kaizen.adapters import PREFERENCE_DIR
 from kaizen.base_model import load_model, resolve_model
 from kaizen.errors import ConflictError, KaizenError
+from kaizen.lr_schedule import past_rounds, plan_lr
 from kaizen.metrics import RoundMetrics
 from kaizen.ports import ScopeRouter
 from kaizen.prompts import load_persona
@@ -145,6 +146,9 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     with db.session() as s:
         active = store.get_active_adapter(session=s)
         active_row = store.get_adapter(session=s, version=active) if active != adapters.BASE else None
+        plan = plan_lr(cfg, round_index, past_rounds(store.list_adapters(session=s)))
+    with db.write() as s:  # the run row says which rates this round uses, and why
+        store.update_run(session=s, run_id=run_id, config={**cfg.model_dump(), "lr_plan": plan.to_dict()})
     training = build_training_set(db=db, persona=persona, seed=cfg.seed, round_index=round_index,
                                   max_new_facts=cfg.max_new_facts, replay_facts=cfg.replay_facts,
                                   replay_ratings=cfg.replay_ratings, replay_variants=cfg.replay_variants,
@@ -180,14 +184,14 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
     if training.examples:
         result = train_round(model=model, tokenizer=tokenizer, examples=training.examples + anchors, lora=lora,
                              cfg=cfg, round_index=round_index, init_adapter_dir=init_dir, out_dir=workdir,
-                             progress=reporter, probe=probe or None)
+                             progress=reporter, probe=probe or None, peak_lr=plan.lr)
     else:  # a preference-only round: the knowledge adapter stays what it was
         result = carry_adapter(model, lora, init_dir, workdir)
     preference = None
     if train_kto:
         reporter.phase("preference")
         preference = train_preference(model=model, tokenizer=tokenizer, rows=kto_rows, lora=lora, cfg=cfg,
-                                      out_dir=workdir / PREFERENCE_DIR, progress=reporter)
+                                      out_dir=workdir / PREFERENCE_DIR, progress=reporter, lr=plan.kto_lr)
     elif init_dir is not None and has_preference(init_dir) and cfg.preference == "kto":
         shutil.copytree(init_dir / PREFERENCE_DIR, workdir / PREFERENCE_DIR)  # too few new ratings: keep it
 
@@ -200,10 +204,12 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
             measured, baseline_retention=baseline_retention, steps=result.steps,
             train_seconds=round(result.seconds, 2), train_tokens=result.train_tokens,
             tokens_per_s=round(result.train_tokens / max(result.seconds, 1e-9), 1),
-            stopped_early=result.stopped_early, lr=cfg.round_lr(round_index),
+            stopped_early=result.stopped_early, lr=plan.lr, kto_lr=plan.kto_lr if preference else None,
+            lr_reason=plan.reason,
             kto_steps=preference.steps if preference else None,
             kto_seconds=preference.seconds if preference else None)
-        return measured, decide(measured, limits)
+        verdict = decide(measured, limits)
+        return dataclasses.replace(measured, failed_checks=list(verdict.failed)), verdict
 
     metrics, verdict = judge()
     if not verdict.promote and preference is not None and training.examples:
@@ -215,7 +221,8 @@ def _run(db: Database, settings: Settings, cfg: TrainConfig, limits: GateLimits,
         dropped = verdict.reason
         metrics, verdict = judge()
         metrics.preference_dropped = dropped
-        verdict = Verdict(verdict.promote, f"{verdict.reason}; the new preference adapter was left out ({dropped})")
+        verdict = Verdict(verdict.promote, f"{verdict.reason}; the new preference adapter was left out ({dropped})",
+                          failed=verdict.failed)
     with db.session() as s:
         verdict = verdict.held_by(store.get_pinned_adapter(session=s))
     outcome = settle(training.new_facts, metrics, promoted=verdict.promote, park_after=cfg.park_after)

@@ -470,3 +470,19 @@ def test_a_knowledge_item_can_be_edited_and_served_word_for_word(api, kaizen):
     assert api.patch(f"/knowledge/{item_id}", json={"answer": " "}, auth=RIGHT).status_code == 422
     assert api.patch(f"/knowledge/{item_id}", json={"answr": "x"}, auth=RIGHT).status_code == 422
     assert api.patch("/knowledge/999", json={"verbatim": True}, auth=RIGHT).status_code == 404
+
+
+def test_the_next_rounds_learning_rate_and_why(api, kaizen):
+    """GET /admin/api/train/next: the decay, adjusted by the last results (issue 17, part 4)."""
+    from kaizen.settings import TrainConfig
+
+    kaizen.train_config = cfg = TrainConfig.model_construct(lr0=1e-3, gamma=0.5, min_lr_ratio=0.0)
+    assert api.get("/train/next").status_code == 401
+    got = api.get("/train/next", auth=RIGHT).json()
+    assert got["round_index"] == 0 and got["lr"] == pytest.approx(1e-3) and got["scale"] == 1.0
+    with kaizen.db.write() as s:
+        store.record_adapter(session=s, version="v1", run_id=None, round_index=0, verdict="rejected",
+                             reason="rejected: ...", metrics={"failed_checks": ["retention"]}, path="x")
+    got = api.get("/train/next", auth=RIGHT).json()
+    assert got["round_index"] == 1 and got["scale"] == 0.5
+    assert got["lr"] == pytest.approx(cfg.round_lr(1) * 0.5) and "v1 hurt (retention)" in got["reason"]

@@ -352,6 +352,10 @@ def test_progress_html_escapes_error_text():
 def test_schedule_and_hyperparameters(kaizen, panel):
     hyper, _enabled, minutes, _min_items, note = panel.training_settings(ADMIN)
     assert "`lr0`" in hyper and "Peak learning rate" in hyper and minutes.value == 30 and note == ""
+    assert "Next round: #0" in hyper and "lr0 × gamma^0, floored" in hyper and "`lr_feedback`" in hyper
+    from kaizen.settings import TrainConfig
+    kaizen.train_config = TrainConfig.model_construct(lr0=5e-3)  # the server's own knobs are shown
+    assert "peak learning rate **5.00e-03**" in panel.training_settings(ADMIN)[0]
     assert "Every 10 min" in panel.save_schedule(True, 10, 3, ADMIN)
     assert kaizen.scheduler.config() == {"enabled": True, "minutes": 10, "min_items": 3}
     with pytest.raises(gr.Error, match="minutes"):

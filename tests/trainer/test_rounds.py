@@ -284,3 +284,39 @@ def test_a_preference_adapter_that_fails_the_gate_is_left_out_and_the_facts_stil
     assert out.promoted and out.metrics.learned_ids == [1] and out.metrics.kto_steps == 2
     assert "left out" in out.reason and "held-out ratings 0.20" in out.metrics.preference_dropped
     assert not any(f.startswith("preference/") for f in adapters.verify(settings.adapters_dir / "v1")["files"])
+    from kaizen.lr_schedule import past_rounds, plan_lr
+    with db.session() as s:  # the next round's KTO rate is lowered, the knowledge rate is not
+        plan = plan_lr(KTO, 1, past_rounds(store.list_adapters(session=s)))
+    assert (plan.scale, plan.kto_scale) == (1.0, KTO.lr_feedback_factor) and "KTO × 0.5 since v1 hurt" in plan.reason
+
+
+def test_a_round_the_gate_found_harmful_halves_the_next_rounds_rate_and_the_run_says_why(env, monkeypatch):
+    """Issue 17, part 4: the decay also listens to results (kaizen/lr_schedule.py), on real rounds."""
+    import dataclasses
+
+    from kaizen.lr_schedule import past_rounds, plan_lr
+
+    settings, db = env
+    scripted = scripted_evaluation(lambda fact: True)
+    harmful = {"first": True}
+
+    def evaluate(*args, **kwargs):
+        metrics = scripted(*args, **kwargs)
+        return dataclasses.replace(metrics, locality=0.5) if harmful["first"] else metrics
+
+    monkeypatch.setattr(trainer.rounds, "evaluate_adapter", evaluate)
+    _teach(db)
+    first = run_round(db=db, settings=settings, cfg=FAST)
+    assert not first.promoted and first.metrics.failed_checks == ["locality"]
+    assert first.metrics.lr == pytest.approx(FAST.round_lr(0))
+    harmful["first"] = False
+    second = run_round(db=db, settings=settings, cfg=FAST, force=True)
+    assert second.promoted and second.metrics.failed_checks == []
+    assert second.metrics.lr == pytest.approx(FAST.round_lr(1) * FAST.lr_feedback_factor)
+    assert "since v1 hurt (locality)" in second.metrics.lr_reason
+    with db.session() as s:
+        run = store.list_runs(session=s)[0]
+        assert run.config["lr_plan"]["lr"] == pytest.approx(second.metrics.lr)
+        assert max(run.loss_curve) > 0 and run.lr <= second.metrics.lr  # the optimizer ran at the planned rate
+        after = plan_lr(FAST, 2, past_rounds(store.list_adapters(session=s)))
+    assert after.scale == 1.0 and "v2 was promoted" in after.reason  # a good round recovers the full rate
