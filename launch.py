@@ -4,7 +4,9 @@
     kaizen ask "QUESTION" ... [--no-memory] [--json]   answer each question (one model load)
     kaizen teach "QUESTION" "ANSWER"     store it, train a round now, exit 0 only if promoted
     kaizen train [--force]               train a round on everything approved
-    kaizen import FILE [--skip-invalid]  add knowledge from .csv, .jsonl or .txt
+    kaizen import SOURCE [--skip-invalid] [--split S] [--question-column C] [--answer-column C] [--category-column C]
+                                         add knowledge from .csv, .jsonl or .txt, or from datasets data (.parquet,
+                                         .arrow, .json, a save_to_disk directory, a hub dataset owner/name)
     kaizen export OUT.jsonl              write the training set as chat JSONL
     kaizen adapters                      list the adapter versions
     kaizen activate VERSION [--no-pin]   promote or roll back (VERSION or 'base'), pinned against rounds
@@ -99,10 +101,25 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", parents=[common], help="train a round on everything approved")
     train.add_argument("--force", action="store_true", help="train even if nothing new arrived")
 
-    imp = sub.add_parser("import", parents=[common], help="import knowledge from .csv, .jsonl or .txt")
-    imp.add_argument("file")
+    imp = sub.add_parser(
+        "import", parents=[common],
+        help="import knowledge from .csv, .jsonl or .txt, or from Hugging Face datasets data",
+        description="SOURCE is a knowledge file (.csv question,answer[,category]; .jsonl chat messages, "
+                    "prompt/completion or question/answer; .txt 'question -> answer' lines), a .parquet, .arrow or "
+                    ".json file, a directory written by Dataset.save_to_disk or DatasetDict.save_to_disk, or a "
+                    "Hugging Face hub dataset owner/name (streamed; only from the local datasets cache unless "
+                    "HF_HUB_OFFLINE=0). "
+                    "A .csv or .jsonl is read as a dataset table when a column option is given.")
+    imp.add_argument("file", metavar="SOURCE", help="file, save_to_disk directory or hub dataset owner/name")
     imp.add_argument("--skip-invalid", action="store_true", help="import the good rows and list the bad ones")
     imp.add_argument("--verbatim", action="store_true", help="serve these answers word for word from memory")
+    imp.add_argument("--split", default=None,
+                     help="the split of a DatasetDict directory or hub dataset (default: train)")
+    imp.add_argument("--question-column", default=None, help="dataset column holding the questions (default: "
+                     "the first of question, q, prompt, instruction, input)")
+    imp.add_argument("--answer-column", default=None, help="dataset column holding the answers (default: "
+                     "the first of answer, a, response, output, completion)")
+    imp.add_argument("--category-column", default=None, help="dataset column holding categories (default: none)")
 
     exp = sub.add_parser("export", parents=[common], help="write the training set as chat JSONL")
     exp.add_argument("out")
@@ -168,6 +185,7 @@ def wire_serving(kaizen: Kaizen) -> Kaizen:
                                                      on_finish=lambda _run_id: kaizen.follower.sync())
         kaizen.training = supervisor
     kaizen.export_dataset = export_training_set
+    kaizen.train_config = training_knobs()[0]
     kaizen.follower.start()
     return kaizen
 
@@ -317,16 +335,28 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 @command("import")
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from feedback_db import store
+    from kaizen.dataset_source import RowError, is_dataset_source, read_dataset
+    from kaizen.errors import InputError
     from kaizen.knowledge_files import read_knowledge_file
 
-    result = read_knowledge_file(args.file, skip_invalid=args.skip_invalid)
+    columns = {"question_column": args.question_column, "answer_column": args.answer_column,
+               "category_column": args.category_column}
+    given = any(v is not None for v in columns.values())
+    if is_dataset_source(args.file, columns_given=given):
+        result = read_dataset(args.file, split=args.split or "train", skip_invalid=args.skip_invalid, **columns)
+    elif given or args.split is not None:
+        raise InputError(f"--split and the column options apply to datasets (.parquet, .arrow, .json, .csv, .jsonl, "
+                         f"a save_to_disk directory, a hub dataset), not to {args.file}")
+    else:
+        result = read_knowledge_file(args.file, skip_invalid=args.skip_invalid)
     db = _open_db(settings)
     with db.write() as s:
         added, skipped = store.import_knowledge(
             session=s, rows=[(r.question, r.answer, r.category) for r in result.rows], verbatim=args.verbatim)
     print(f"imported {len(added)} item(s) from {args.file}; {skipped} already known")
     for err in result.errors:
-        print(f"  skipped line {err.line}: {err.reason}", file=sys.stderr)
+        where = "row" if isinstance(err, RowError) else "line"
+        print(f"  skipped {where} {err.line}: {err.reason}", file=sys.stderr)
     return 0
 
 

@@ -132,7 +132,7 @@ def parse_knowledge(
         if isinstance(fields, LineError):
             row: KnowledgeRow | LineError = fields
         else:
-            row = _check_row(*fields, line=line, limits=limits)
+            row = check_row(*fields, line=line, limits=limits)
         if isinstance(row, LineError):
             result.errors.append(row)
         elif (key := question_key(row.question)) in seen:
@@ -351,9 +351,11 @@ def _chat_pairs(messages: object) -> list[tuple[str, str]] | str:
     return pairs
 
 
-def _check_row(
+def check_row(
     question: str, answer: str, category: str, *, line: int, limits: ImportLimits
 ) -> KnowledgeRow | LineError:
+    """The row, stripped and NFC-normalized, or why it is refused (empty question or answer, a field over
+    its length limit, a control or invalid character). ``line`` is the row's number in its source."""
     # NFC again per field: JSON escapes (\uXXXX) are decoded after the file-level normalization.
     question, answer, category = (
         unicodedata.normalize("NFC", s.replace("\r\n", "\n").replace("\r", "\n")).strip()
