@@ -7,6 +7,7 @@
     kaizen import SOURCE [--skip-invalid] [--split S] [--question-column C] [--answer-column C] [--category-column C]
                                          add knowledge from .csv, .jsonl or .txt, or from datasets data (.parquet,
                                          .arrow, .json, a save_to_disk directory, a hub dataset owner/name)
+    kaizen curious [--limit N] [--json]  the "to teach" queue: questions answered badly, most asked first
     kaizen export OUT.jsonl              write the training set as chat JSONL
     kaizen adapters                      list the adapter versions
     kaizen activate VERSION [--no-pin]   promote or roll back (VERSION or 'base'), pinned against rounds
@@ -28,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from feedback_db.store import StoreError
-from kaizen.errors import KaizenError
+from kaizen.errors import InputError, KaizenError
 from kaizen.settings import (
     GateLimits,
     Settings,
@@ -125,6 +126,9 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("out")
 
     sub.add_parser("adapters", parents=[common], help="list adapter versions")
+    cur = sub.add_parser("curious", parents=[common], help="list the \"to teach\" queue: questions answered badly")
+    cur.add_argument("--limit", type=int, default=20, help="most questions listed (default 20)")
+    cur.add_argument("--json", action="store_true", help="one JSON object per question")
     act = sub.add_parser("activate", parents=[common], help="serve VERSION (or 'base') and pin it")
     act.add_argument("version")
     act.add_argument("--no-pin", dest="pin", action="store_false",
@@ -336,7 +340,6 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from feedback_db import store
     from kaizen.dataset_source import RowError, is_dataset_source, read_dataset
-    from kaizen.errors import InputError
     from kaizen.knowledge_files import read_knowledge_file
 
     columns = {"question_column": args.question_column, "answer_column": args.answer_column,
@@ -366,6 +369,38 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     n = export_training_set(db=_open_db(settings), path=args.out)
     print(f"wrote {n} rows to {args.out}")
+    return 0
+
+
+@command("curious")
+def cmd_curious(args: argparse.Namespace, settings: Settings) -> int:
+    """The "to teach" queue (bot/curiosity.py), ranked, as the admin tab's To teach tab shows it."""
+    from bot.curiosity import Curiosity
+    from bot.recall import KnowledgeRecall
+    from bot.services import build_memory
+
+    if args.limit < 1:
+        raise InputError("--limit must be at least 1.")
+    db = _open_db(settings)
+    recall = KnowledgeRecall(db=db, memory=build_memory(settings))
+    queue = Curiosity(db, min_confidence=settings.curiosity_min_confidence, in_scope=recall.in_scope,
+                      embedder=recall.memory.cross).queue(args.limit)
+    if args.json:
+        for q in queue:
+            print(json.dumps({"key": q.key, "question": q.question, "count": q.count, "origin": q.origin,
+                              "reasons": q.reasons, "phrasings": q.phrasings,
+                              "last_asked": q.last_asked.isoformat() if q.last_asked else None,
+                              "from_item_id": q.from_item_id}, ensure_ascii=False))
+        return 0
+    if not queue:
+        print("Nothing to teach: no question was answered badly since the last answers.")
+        return 0
+    print(f"{'asked':>5}  {'why':34}  question")
+    for q in queue:
+        why = ("proposed" if q.origin == "proposed"
+               else ", ".join(f"{k} ×{n}" for k, n in sorted(q.reasons.items())))
+        print(f"{q.count:>5}  {why:34}  {q.question}")
+    print("Answer them in the admin tab (To teach) or with POST /admin/api/curious/answer.")
     return 0
 
 

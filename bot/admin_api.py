@@ -15,11 +15,17 @@ bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
     PUT    /admin/api/settings                       change any of them
     GET    /admin/api/feedback?status=&rating=       ratings and corrections (status: pending|approved|rejected)
     POST   /admin/api/feedback/{id}/approve|reject   {"correction": "edited text"?}; 409 if it has no correction
-    GET    /admin/api/knowledge                      knowledge items (limit, offset)
+    GET    /admin/api/knowledge                      knowledge items (limit, offset, status=approved|pending)
     POST   /admin/api/knowledge                      multipart `file` (+ skip_invalid, verbatim): 422 lists bad lines
     PATCH  /admin/api/knowledge/{id}                 {"answer"?, "verbatim"?}: edit an item
     DELETE /admin/api/knowledge/{id}
     POST   /admin/api/knowledge/{id}/disable|enable
+    POST   /admin/api/knowledge/{id}/approve         a pending item (a Wikipedia summary), {"answer": "edited"?}
+    GET    /admin/api/curious                        the "to teach" queue, ranked (key, question, count, reasons)
+    POST   /admin/api/curious/answer                 {"key", "answer", "question"?}: approved knowledge
+    POST   /admin/api/curious/dismiss                {"key"}: off the queue for good
+    POST   /admin/api/curious/propose                {"items"?, "per_item"?}: the model proposes follow-ups
+    POST   /admin/api/curious/wikipedia              {"key"} or {"question"}: a PENDING item from Wikipedia
     GET    /admin/api/export                         the JSONL training set as a download
 
 Wrong or missing credentials get 401 with `WWW-Authenticate: Basic` before anything runs.
@@ -51,11 +57,14 @@ from bot.admin_models import (
     KnowledgeList,
     KnowledgeView,
     LrPlanView,
+    ProposedQuestions,
     RatingsByVersion,
     RunsView,
     RunView,
     SettingsView,
     StatsView,
+    ToTeachList,
+    ToTeachView,
     TrainStarted,
 )
 from bot.admin_service import AdminService
@@ -80,6 +89,33 @@ class KnowledgeEdit(BaseModel):
     model_config = ConfigDict(extra="forbid")
     answer: str | None = Field(default=None, max_length=MAX_CORRECTION_CHARS)
     verbatim: bool | None = None
+
+
+class KeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1, max_length=500, description="The queued question's key (GET /curious).")
+
+
+class TeachBody(KeyBody):
+    answer: str = Field(min_length=1, max_length=MAX_CORRECTION_CHARS)
+    question: str | None = Field(None, max_length=1000, description="Store under this phrasing instead.")
+
+
+class ProposeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: int = Field(5, ge=1, le=50, description="How many of the newest taught items to ask about.")
+    per_item: int = Field(3, ge=1, le=10)
+
+
+class WikipediaBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str | None = Field(None, min_length=1, max_length=500)
+    question: str | None = Field(None, min_length=1, max_length=1000)
+
+
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer: str | None = Field(None, max_length=MAX_CORRECTION_CHARS, description="An edited answer.")
 
 
 class ScheduleBody(BaseModel):
@@ -202,8 +238,30 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
         return service.review(feedback_id, action, req.correction if req else None)
 
     @router.get("/knowledge", response_model=KnowledgeList)
-    def list_knowledge(limit: int = Query(200, ge=1, le=5000), offset: int = Query(0, ge=0)) -> KnowledgeList:
-        return service.knowledge_list(limit, offset)
+    def list_knowledge(limit: int = Query(200, ge=1, le=5000), offset: int = Query(0, ge=0),
+                       status: Literal["approved", "pending"] | None = None) -> KnowledgeList:
+        return service.knowledge_list(limit, offset, status)
+
+    @router.get("/curious", response_model=ToTeachList)
+    def to_teach(limit: int = Query(50, ge=1, le=1000)) -> ToTeachList:
+        return service.to_teach(limit)
+
+    @router.post("/curious/answer", response_model=KnowledgeView)
+    def teach_question(body: TeachBody) -> KnowledgeView:
+        return service.teach_question(body.key, body.answer, body.question)
+
+    @router.post("/curious/dismiss", response_model=ToTeachView)
+    def dismiss_question(body: KeyBody) -> ToTeachView:
+        return service.dismiss_question(body.key)
+
+    @router.post("/curious/propose", response_model=ProposedQuestions)
+    def propose_questions(body: ProposeBody | None = None) -> ProposedQuestions:
+        body = body or ProposeBody()
+        return service.propose_questions(body.items, body.per_item)
+
+    @router.post("/curious/wikipedia", response_model=KnowledgeView)
+    def wikipedia(body: WikipediaBody) -> KnowledgeView:
+        return service.wikipedia(body.key, body.question)
 
     @router.post("/knowledge", response_model=ImportResult)
     async def upload_knowledge(request: Request) -> ImportResult | Response:
@@ -234,6 +292,10 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
     @router.delete("/knowledge/{item_id}", response_model=KnowledgeDeleted)
     def delete_knowledge(item_id: int) -> KnowledgeDeleted:
         return service.delete_knowledge(item_id)
+
+    @router.post("/knowledge/{item_id}/approve", response_model=KnowledgeView)
+    def approve_knowledge(item_id: int, body: ApproveBody | None = None) -> KnowledgeView:
+        return service.approve_knowledge(item_id, body.answer if body else None)
 
     @router.post("/knowledge/{item_id}/{action}", response_model=KnowledgeView)
     def toggle_knowledge(item_id: int, action: Literal["enable", "disable"]) -> KnowledgeView:

@@ -199,10 +199,34 @@ class KnowledgeView(_View):
     train_attempts: int = 0  # rounds that trained it without learning it
     learned_version: str | None = None  # the version whose weights first recalled it exactly
     parked: bool = False  # not learned after park_after rounds: served by the memory only
+    status: str = "approved"  # approved | pending (waiting for review: never served or trained)
+    source_url: str | None = None  # where it came from (a Wikipedia article)
 
 
 class KnowledgeList(_View):
     items: list[KnowledgeView]
+
+
+class ToTeachView(_View):
+    """One group of the "to teach" queue (bot/curiosity.py): `key` names it in answer/dismiss/wikipedia."""
+
+    key: str
+    question: str
+    count: int  # times asked (0: a question Kaizen proposed)
+    origin: str  # asked | proposed
+    phrasings: list[str]
+    reasons: dict[str, int]  # down | low_confidence | unsure -> exchanges
+    last_asked: UtcTime | None
+    from_item_id: int | None
+
+
+class ToTeachList(_View):
+    questions: list[ToTeachView]
+
+
+class ProposedQuestions(_View):
+    items: int  # taught items the model was asked about
+    added: list[str]  # new questions in the queue
 
 
 class KnowledgeDeleted(_View):

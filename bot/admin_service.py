@@ -31,6 +31,7 @@ from bot.admin_models import (
     KnowledgeView,
     LrPlanView,
     PersonaPreview,
+    ProposedQuestions,
     RatingGroup,
     RatingsByVersion,
     RunProgress,
@@ -40,8 +41,12 @@ from bot.admin_models import (
     SettingsView,
     SkippedLine,
     StatsView,
+    ToTeachList,
+    ToTeachView,
     VersionRatings,
 )
+from bot.curiosity import Curiosity, ToTeach
+from bot.engine_api import GenParams
 from bot.services import AUTO_APPROVE_KEY
 from feedback_db import store
 from feedback_db.models import AdapterVersion, Exchange, Feedback, KnowledgeItem, TrainingRun
@@ -60,9 +65,12 @@ from kaizen.prompts import (
     tone_instruction,
 )
 from kaizen.settings import TrainConfig
+from kaizen.wikipedia import WikipediaClient, default_user_agent
 
 if TYPE_CHECKING:
     from bot.services import Kaizen
+
+FOLLOW_UP_TOKENS = 96  # room for three short questions
 
 # What the service raises for the caller to show as a message (not a bug).
 USER_ERRORS: tuple[type[Exception], ...] = (KaizenError, store.StoreError)
@@ -87,7 +95,13 @@ def _knowledge_view(item: KnowledgeItem) -> KnowledgeView:
         id=item.id, question=item.question, answer=item.answer, category=item.category, origin=item.origin,
         verbatim=item.verbatim, enabled=item.enabled, hit_count=item.hit_count, feedback_id=item.feedback_id,
         updated_at=item.updated_at, train_attempts=item.train_attempts, learned_version=item.learned_version,
-        parked=item.parked)
+        parked=item.parked, status=item.status, source_url=item.source_url)
+
+
+def _to_teach_view(group: ToTeach) -> ToTeachView:
+    return ToTeachView(key=group.key, question=group.question, count=group.count, origin=group.origin,
+                       phrasings=group.phrasings, reasons=group.reasons, last_asked=group.last_asked,
+                       from_item_id=group.from_item_id)
 
 
 def _exchange_view(ex: Exchange) -> ExchangeView:
@@ -332,10 +346,10 @@ class AdminService:
 
     # --- knowledge ----------------------------------------------------------------------------
 
-    def knowledge_list(self, limit: int | None = None, offset: int = 0) -> KnowledgeList:
-        """Knowledge items in id order (all of them when `limit` is None)."""
+    def knowledge_list(self, limit: int | None = None, offset: int = 0, status: str | None = None) -> KnowledgeList:
+        """Knowledge items in id order (all of them when `limit` is None; only `status` ones if given)."""
         with self._kaizen.db.session() as s:
-            items = store.list_knowledge(session=s, limit=limit, offset=offset)
+            items = store.list_knowledge(session=s, limit=limit, offset=offset, status=status)
             return KnowledgeList(items=[_knowledge_view(k) for k in items])
 
     def parked_knowledge(self) -> KnowledgeList:
@@ -378,6 +392,67 @@ class AdminService:
         """Enable or disable one item; returns it. Raises store.NotFound for an unknown id."""
         with self._kaizen.db.write() as s:
             return _knowledge_view(store.set_knowledge_enabled(session=s, item_id=item_id, enabled=enabled))
+
+    def approve_knowledge(self, item_id: int, answer: str | None = None) -> KnowledgeView:
+        """Approve a pending item (a Wikipedia summary), optionally with an edited answer (checked as
+        corrections are): the memory serves it at once. Raises store.NotFound, store.Conflict, InputError."""
+        with self._kaizen.db.write() as s:
+            checked = check_correction(answer) if answer is not None and answer.strip() else None
+            return _knowledge_view(store.approve_knowledge(session=s, item_id=item_id, answer=checked))
+
+    # --- curiosity: the "to teach" queue ------------------------------------------------------
+
+    def curiosity(self) -> Curiosity:
+        """The queue over this server's database, memory and model."""
+        kz = self._kaizen
+        recall = kz.recall
+        return Curiosity(
+            kz.db, min_confidence=kz.settings.curiosity_min_confidence,
+            in_scope=recall.in_scope if recall is not None else None,
+            embedder=recall.memory.cross if recall is not None else None,
+            generate=lambda messages: kz.engine.generate(messages, GenParams(max_new_tokens=FOLLOW_UP_TOKENS)))
+
+    def to_teach(self, limit: int = 50) -> ToTeachList:
+        """The ranked "to teach" queue."""
+        return ToTeachList(questions=[_to_teach_view(g) for g in self.curiosity().queue(limit)])
+
+    def teach_question(self, key: str, answer: str, question: str | None = None) -> KnowledgeView:
+        """Answer a queued question: approved knowledge, served by the memory at once. Raises
+        NotFoundError for a key not in the queue, InputError for a bad answer."""
+        item = self.curiosity().answer(key, check_correction(answer), question=question)
+        with self._kaizen.db.session() as s:
+            return _knowledge_view(store.get_knowledge(session=s, item_id=item.id))
+
+    def dismiss_question(self, key: str) -> ToTeachView:
+        """Take a question off the queue for good. Raises NotFoundError."""
+        return _to_teach_view(self.curiosity().dismiss(key))
+
+    def propose_questions(self, items: int = 5, per_item: int = 3) -> ProposedQuestions:
+        """Ask the model for follow-up questions to the `items` newest approved items."""
+        with self._kaizen.db.session() as s:
+            newest = list(store.list_knowledge(session=s, enabled_only=True))[-items:]
+            for item in newest:
+                s.expunge(item)
+        added = self.curiosity().propose(newest, per_item=per_item)
+        return ProposedQuestions(items=len(newest), added=added)
+
+    def wikipedia(self, key: str | None = None, question: str | None = None) -> KnowledgeView:
+        """Look a queued question (or any `question`) up on Wikipedia (vi or en, by its language) and store
+        the summary as PENDING knowledge with its source URL, for review. Raises NotFoundError (no
+        such key, no article), kaizen.wikipedia.SourceUnavailable (no network, timeout, bad reply)."""
+        if key is not None:
+            question = self.curiosity().find(key).question
+        if not question or not question.strip():
+            raise InputError("Give the key of a queued question or a question.")
+        settings = self._kaizen.settings
+        client = WikipediaClient(base_url=settings.wikipedia_url, timeout_s=settings.wikipedia_timeout_s,
+                                 user_agent=default_user_agent(settings.wikipedia_contact or None))
+        found = client.summary(question)
+        with self._kaizen.db.write() as s:
+            item = store.add_knowledge(session=s, question=question.strip(), answer=found.extract,
+                                       category=f"wikipedia:{found.lang}", origin="wikipedia", pending=True,
+                                       source_url=found.url)
+            return _knowledge_view(item)
 
     # --- settings -----------------------------------------------------------------------------
 

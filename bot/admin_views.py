@@ -22,12 +22,17 @@ from bot.admin_models import (
     RunsView,
     RunView,
     ScheduleView,
+    ToTeachList,
+    ToTeachView,
 )
 from kaizen.knowledge_files import ImportFileError
 from kaizen.metrics import PHASE_LABELS, ROUND_PHASES
 
 FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correction", "updated"]
-KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "verbatim", "enabled", "hits", "weights"]
+KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "status", "verbatim", "enabled", "hits",
+                     "weights"]
+TO_TEACH_COLUMNS = ["question", "asked", "why", "last asked", "other phrasings"]
+REASON_LABELS = {"down": "👎", "low_confidence": "unsure (low confidence)", "unsure": "said it did not know"}
 RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "applied", "ms"]
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
 # reliability = new facts recalled exactly, generality = unseen phrasings, locality = as served (routing by scope)
@@ -182,8 +187,21 @@ def weights_state(item: KnowledgeView) -> str:
 
 def knowledge_frame(view: KnowledgeList) -> pd.DataFrame:
     """The knowledge table; parked items say "memory only" (the weights did not learn them)."""
-    return pd.DataFrame([[i.id, short(i.question), short(i.answer), i.category, i.origin, i.verbatim, i.enabled,
+    return pd.DataFrame([[i.id, short(i.question), short(i.answer), i.category, i.origin,
+                          "⏳ pending review" if i.status == "pending" else i.status, i.verbatim, i.enabled,
                           i.hit_count, weights_state(i)] for i in view.items], columns=KNOWLEDGE_COLUMNS)
+
+
+def to_teach_frame(view: ToTeachList) -> pd.DataFrame:
+    """The "to teach" queue, most asked first; a question Kaizen proposed itself says so."""
+    def why(q: ToTeachView) -> str:
+        if q.origin == "proposed":
+            return f"proposed by Kaizen (from item #{q.from_item_id})" if q.from_item_id else "proposed by Kaizen"
+        return ", ".join(f"{REASON_LABELS.get(k, k)} ×{n}" for k, n in sorted(q.reasons.items()))
+
+    return pd.DataFrame([[short(q.question), q.count, why(q), when(q.last_asked),
+                          " · ".join(short(p, 60) for p in q.phrasings if p != q.question)]
+                         for q in view.questions], columns=TO_TEACH_COLUMNS)
 
 
 def import_message(filename: str, result: ImportResult) -> str:

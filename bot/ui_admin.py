@@ -36,6 +36,7 @@ from bot.admin_views import (
     KNOWLEDGE_COLUMNS,
     RECENT_COLUMNS,
     RUN_COLUMNS,
+    TO_TEACH_COLUMNS,
 )
 from bot.auth import ADMIN_USER, AdminAuth
 from bot.ui_errors import Refusal, refusals_as_warnings
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 # Fixed widths for the short columns, so that headers never break letter by letter; the long
 # text columns wrap within a share of the row. Each set fits the 1,216 px of a 1,280 px window.
 FEEDBACK_WIDTHS: list[str | int] = ["56px", "80px", "100px", "20%", "23%", "23%", "160px"]
-KNOWLEDGE_WIDTHS: list[str | int] = ["56px", "22%", "33%", "96px", "110px", "96px", "96px", "64px"]
+TO_TEACH_WIDTHS: list[str | int] = ["34%", "72px", "22%", "160px", "30%"]
+KNOWLEDGE_WIDTHS: list[str | int] = ["56px", "20%", "30%", "96px", "96px", "110px", "80px", "80px", "56px", "110px"]
 RECENT_WIDTHS: list[str | int] = ["170px", "20%", "32%", "90px", "90px", "84px", "76px", "70px"]
 RUN_WIDTHS: list[str | int] = ["56px", "100px", "90px", "72px", "80px", "100px", "90px", "170px", "35%"]
 ADAPTER_WIDTHS: list[str | int] = ["84px", "84px", "100px", "96px", "110px", "124px", "72px", "96px", "72px", "90px",
@@ -244,6 +246,78 @@ class AdminPanel:
     def delete_knowledge(self, item_id: float | None, request: gr.Request) -> tuple[str, pd.DataFrame, gr.Button]:
         """Delete an item (the confirm button); the message, the refreshed table, the button hidden."""
         return *self._knowledge_action(item_id, "delete", request), gr.Button(visible=False)
+
+    def approve_knowledge(self, item_id: float | None, answer: str | None,
+                          request: gr.Request) -> tuple[str, pd.DataFrame]:
+        """Approve a pending item (a Wikipedia summary) with the answer in the box; the message and the table."""
+        _require_admin(request)
+        if item_id is None:
+            raise Refusal("Choose a pending knowledge item first (click it in the table or type its id).")
+        with _user_errors():
+            item = self.service.approve_knowledge(int(item_id), answer)
+        return f"Knowledge item #{item.id} approved: the memory serves it now.", self.knowledge_table(request)
+
+    # --- to teach -------------------------------------------------------------------------------
+
+    def to_teach_table(self, request: gr.Request) -> tuple[pd.DataFrame, list[str]]:
+        """The "to teach" queue and its keys in table order."""
+        _require_admin(request)
+        with _user_errors():
+            view = self.service.to_teach()
+        return views.to_teach_frame(view), [q.key for q in view.questions]
+
+    def select_to_teach(self, keys: list[str], evt: gr.SelectData, request: gr.Request) -> tuple[str, str, str]:
+        """A click on a queued question: its key, its phrasing to store, and an empty answer box."""
+        _require_admin(request)
+        row = evt.index[0]
+        if not keys or row >= len(keys):
+            raise Refusal("That question is gone; the queue was refreshed.")
+        group = next((q for q in self.service.to_teach(limit=1000).questions if q.key == keys[row]), None)
+        if group is None:
+            raise Refusal("That question was answered or dismissed meanwhile.")
+        return group.key, group.question, ""
+
+    def teach(self, key: str, question: str, answer: str,
+              request: gr.Request) -> tuple[str, pd.DataFrame, list[str], str]:
+        """Answer the selected question: approved knowledge, served at once."""
+        _require_admin(request)
+        if not key:
+            raise Refusal("Click a question in the queue first.")
+        if not (answer or "").strip():
+            raise Refusal("Write the answer first.")
+        with _user_errors():
+            item = self.service.teach_question(key, answer, question=(question or "").strip() or None)
+        return (f"✅ Taught as knowledge item #{item.id}: the memory answers \"{views.short(item.question, 80)}\" "
+                "now, and the next round learns it.", *self.to_teach_table(request), "")
+
+    def dismiss(self, key: str, request: gr.Request) -> tuple[str, pd.DataFrame, list[str]]:
+        """Take the selected question off the queue for good."""
+        _require_admin(request)
+        if not key:
+            raise Refusal("Click a question in the queue first.")
+        with _user_errors():
+            group = self.service.dismiss_question(key)
+        return f"Dismissed \"{views.short(group.question, 80)}\".", *self.to_teach_table(request)
+
+    def wikipedia(self, key: str, request: gr.Request) -> tuple[str, pd.DataFrame]:
+        """Look the selected question up on Wikipedia: a pending item for review in the Knowledge tab."""
+        _require_admin(request)
+        if not key:
+            raise Refusal("Click a question in the queue first.")
+        with _user_errors():
+            item = self.service.wikipedia(key=key)
+        return (f"📚 Pending knowledge item #{item.id} from {item.source_url}: review it in the Knowledge tab "
+                f"(it is not served until approved).\n\n> {views.short(item.answer, 400)}",
+                self.knowledge_table(request))
+
+    def propose(self, request: gr.Request) -> tuple[str, pd.DataFrame, list[str]]:
+        """Ask the model for follow-up questions to the newest taught items."""
+        _require_admin(request)
+        with _user_errors():
+            result = self.service.propose_questions()
+        added = "".join(f"\n- {views.short(q, 120)}" for q in result.added)
+        return (f"Asked about {result.items} taught item(s): {len(result.added)} new question(s).{added}",
+                *self.to_teach_table(request))
 
     # --- persona ------------------------------------------------------------------------------
 
@@ -478,7 +552,29 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
                 item_answer = gr.Textbox(label="Answer (edit, then Save)", lines=2, elem_id="knowledge-answer")
                 item_verbatim = gr.Checkbox(label="Serve word for word", elem_id="knowledge-verbatim")
                 save_item = gr.Button("Save", elem_id="knowledge-save")
+                approve_item = gr.Button("Approve (pending)", elem_id="knowledge-approve")
             knowledge_msg = gr.Markdown(elem_id="knowledge-message")
+
+        with gr.Tab("To teach", elem_id="tab-to-teach") as teach_tab:
+            gr.Markdown("Questions Kaizen answered badly (👎 without a correction, low confidence, or it said it "
+                        "did not know), grouped and ranked by how often they were asked, and questions it "
+                        "proposes itself. Answer one to teach it: the memory serves it at once.")
+            with gr.Row():
+                teach_refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90, elem_id="teach-refresh")
+                propose = gr.Button("Propose follow-up questions", size="sm", scale=0, elem_id="teach-propose")
+            teach_table = gr.Dataframe(headers=TO_TEACH_COLUMNS, column_widths=TO_TEACH_WIDTHS, interactive=False,
+                                       wrap=True, label="To teach (click a question to answer it)",
+                                       elem_id="teach-table")
+            teach_keys = gr.State([])
+            teach_key = gr.Textbox(visible=False, elem_id="teach-key")
+            teach_question = gr.Textbox(label="Question (stored as written here)", elem_id="teach-question")
+            teach_answer = gr.Textbox(label="Answer", lines=3, max_length=MAX_CORRECTION_CHARS,
+                                      elem_id="teach-answer")
+            with gr.Row():
+                teach_btn = gr.Button("Teach", variant="primary", elem_id="teach")
+                wiki_btn = gr.Button("Look up on Wikipedia", elem_id="teach-wikipedia")
+                dismiss_btn = gr.Button("Dismiss", variant="stop", elem_id="teach-dismiss")
+            teach_msg = gr.Markdown(elem_id="teach-message")
 
         with gr.Tab("Persona", elem_id="tab-persona"):
             with gr.Row():
@@ -566,6 +662,18 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         save_item.click(h.save_knowledge, [item_id, item_answer, item_verbatim], [knowledge_msg, knowledge], **ordered)
         delete.click(h.ask_delete_knowledge, item_id, [knowledge_msg, confirm_delete], **private)
         confirm_delete.click(h.delete_knowledge, item_id, [knowledge_msg, knowledge, confirm_delete], **ordered)
+
+        approve_item.click(h.approve_knowledge, [item_id, item_answer], [knowledge_msg, knowledge], **ordered)
+
+        teach_out = [teach_table, teach_keys]
+        for trigger in (teach_tab.select, teach_refresh.click):
+            trigger(h.to_teach_table, None, teach_out, **ordered)
+        teach_table.select(h.select_to_teach, teach_keys, [teach_key, teach_question, teach_answer], **private)
+        teach_btn.click(h.teach, [teach_key, teach_question, teach_answer], [teach_msg, *teach_out, teach_answer],
+                        **ordered)
+        dismiss_btn.click(h.dismiss, teach_key, [teach_msg, *teach_out], **ordered)
+        wiki_btn.click(h.wikipedia, teach_key, [teach_msg, knowledge], **ordered)
+        propose.click(h.propose, None, [teach_msg, *teach_out], **ordered)
 
         persona_in = [name, creator, company, style]
         # .input, not .change: filling the boxes at page load fired four previews at once, and the one

@@ -15,6 +15,7 @@ from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Inte
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 CATEGORY_LENGTH = 64  # knowledge_items.category is VARCHAR(64); PostgreSQL enforces the length, SQLite does not
+SOURCE_URL_LENGTH = 1000  # knowledge_items.source_url, likewise
 
 
 class CleanText(TypeDecorator[str]):
@@ -73,6 +74,9 @@ class Exchange(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    # The model's mean log-probability per reply token (nats, <= 0; migration 0005): how sure it was. None for
+    # a reply the model did not write (memory, a fallback) and for replies stored before it was measured.
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Feedback(Base):
@@ -114,6 +118,26 @@ class KnowledgeItem(Base):
     train_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     learned_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     parked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # approved: served and trained (when enabled); pending: waiting for the admin's review (a Wikipedia
+    # summary, a synthetic paraphrase), stored disabled and never served, trained or exported until approved.
+    status: Mapped[str] = mapped_column(String(10), default="approved", server_default="approved")
+    source_url: Mapped[str | None] = mapped_column(String(SOURCE_URL_LENGTH), nullable=True)  # where it came from
+
+
+class CuriousQuestion(Base):
+    """A question Kaizen wants taught that no exchange holds (`origin` "proposed": a follow-up the model
+    proposed from taught knowledge `item_id`), or any question the admin dismissed from the "to teach"
+    queue (`status` "dismissed", matched by `key`, `kaizen.text.question_key`). Questions users asked
+    and Kaizen answered badly are read from the exchanges, not stored here."""
+
+    __tablename__ = "curious_questions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    question: Mapped[str] = mapped_column(CleanText)
+    key: Mapped[str] = mapped_column(String(500), index=True)
+    origin: Mapped[str] = mapped_column(String(10))  # proposed | asked
+    status: Mapped[str] = mapped_column(String(10))  # open | dismissed | answered
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("knowledge_items.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Setting(Base):

@@ -20,8 +20,10 @@ from sqlalchemy.orm import Session
 
 from feedback_db.models import (
     CATEGORY_LENGTH,
+    SOURCE_URL_LENGTH,
     AdapterVersion,
     Conversation,
+    CuriousQuestion,
     Exchange,
     Feedback,
     KnowledgeItem,
@@ -118,8 +120,10 @@ def create_exchange(
     started_at: dt.datetime | None = None,
     client: str = "ui",
     exchange_id: str | None = None,
+    confidence: float | None = None,
 ) -> Exchange:
-    """Store a finished exchange (called once the whole reply exists, never half-way)."""
+    """Store a finished exchange (called once the whole reply exists, never half-way). `confidence` is
+    the model's mean log-probability per reply token (nats), None if the model did not write the reply."""
     if not bot_text:
         raise Invalid("An exchange needs the bot's reply.")
     conv = ensure_conversation(session=session, conversation_id=conversation_id, client=client)
@@ -138,6 +142,7 @@ def create_exchange(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         started_at=started_at or utcnow(),
+        confidence=confidence,
     )
     session.add(ex)
     session.flush()
@@ -336,13 +341,21 @@ def add_knowledge(
     category: str = "",
     origin: str = "import",
     verbatim: bool = False,
+    pending: bool = False,
+    source_url: str | None = None,
 ) -> KnowledgeItem:
+    """Add an item. A `pending` item (a Wikipedia summary, a synthetic paraphrase) waits for the admin's
+    review: it is stored disabled with status "pending", so nothing serves, trains or exports it until
+    `approve_knowledge`. `source_url` says where it came from."""
     question, answer, category = question.strip(), answer.strip(), category.replace("\x00", "").strip()
     if not question or not answer:
         raise Invalid("A knowledge item needs a question and an answer.")
     if len(category) > CATEGORY_MAX:
         raise Invalid(f"A category is at most {CATEGORY_MAX} characters; this one has {len(category)}.")
-    item = KnowledgeItem(question=question, answer=answer, category=category, origin=origin, verbatim=verbatim)
+    if source_url is not None and len(source_url) > SOURCE_URL_LENGTH:
+        raise Invalid(f"A source URL is at most {SOURCE_URL_LENGTH} characters; this one has {len(source_url)}.")
+    item = KnowledgeItem(question=question, answer=answer, category=category, origin=origin, verbatim=verbatim,
+                         status="pending" if pending else "approved", enabled=not pending, source_url=source_url)
     session.add(item)
     session.flush()
     return item
@@ -381,11 +394,14 @@ def get_knowledge(*, session: Session, item_id: int) -> KnowledgeItem:
 
 
 def list_knowledge(
-    *, session: Session, enabled_only: bool = False, limit: int | None = None, offset: int = 0
+    *, session: Session, enabled_only: bool = False, limit: int | None = None, offset: int = 0,
+    status: str | None = None,
 ) -> list[KnowledgeItem]:
     q = select(KnowledgeItem).order_by(KnowledgeItem.id).offset(min(offset, 2**63 - 1))  # SQLite's largest integer
     if enabled_only:
         q = q.where(KnowledgeItem.enabled.is_(True))
+    if status is not None:
+        q = q.where(KnowledgeItem.status == status)
     if limit is not None:
         q = q.limit(limit)
     return list(session.scalars(q))
@@ -476,8 +492,25 @@ def record_fact_outcomes(*, session: Session, attempted: Iterable[int], learned:
 
 def set_knowledge_enabled(*, session: Session, item_id: int, enabled: bool) -> KnowledgeItem:
     item = get_knowledge(session=session, item_id=item_id)
+    if enabled and item.status == "pending":
+        raise Conflict(f"Knowledge item {item_id} is waiting for review: approve it (or delete it) instead.")
     item.enabled = enabled
     item.updated_at = utcnow()
+    session.flush()
+    return item
+
+
+def approve_knowledge(*, session: Session, item_id: int, answer: str | None = None) -> KnowledgeItem:
+    """Approve a pending item (optionally with an edited answer): from now on it is served and trained.
+    Raises NotFound, or Conflict if the item is not pending."""
+    item = get_knowledge(session=session, item_id=item_id)
+    if item.status != "pending":
+        raise Conflict(f"Knowledge item {item_id} is not waiting for review.")
+    if answer is not None:
+        if not answer.strip():
+            raise Invalid("The answer is empty.")
+        _set_answer(item, answer.strip())
+    item.status, item.enabled, item.updated_at = "approved", True, utcnow()
     session.flush()
     return item
 
@@ -965,3 +998,50 @@ def ratings_by_version_and_source(*, session: Session) -> list[RatingCount]:
             for version, source, applied, n, ups in session.execute(q)]
     return sorted(rows, key=lambda r: (_version_order(r.version, created), sources.get(r.source, len(sources)),
                                        r.source, applied_order[r.adapter_applied]))
+
+
+# --- curiosity: the "to teach" queue ------------------------------------------------------------
+
+def curiosity_exchanges(*, session: Session, limit: int = 5000) -> list[tuple[Exchange, Feedback | None]]:
+    """The newest `limit` exchanges the model answered itself (source model or rag, not memory), each
+    with its rating if any: what the "to teach" queue is drawn from (bot/curiosity.py decides)."""
+    q = (select(Exchange, Feedback).outerjoin(Feedback, Feedback.exchange_id == Exchange.id)
+         .where(Exchange.source != "memory").order_by(Exchange.created_at.desc()).limit(limit))
+    return [(ex, fb) for ex, fb in session.execute(q)]
+
+
+def add_curious_question(*, session: Session, question: str, key: str, origin: str, status: str = "open",
+                         item_id: int | None = None) -> CuriousQuestion:
+    """Store a question Kaizen proposes (`origin` "proposed") or one the admin dismissed or answered."""
+    question = question.strip()
+    if not question:
+        raise Invalid("A question is needed.")
+    row = CuriousQuestion(question=question, key=key[:500], origin=origin, status=status, item_id=item_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_curious_questions(*, session: Session, status: str | None = None,
+                           origin: str | None = None) -> list[CuriousQuestion]:
+    q = select(CuriousQuestion).order_by(CuriousQuestion.id)
+    if status is not None:
+        q = q.where(CuriousQuestion.status == status)
+    if origin is not None:
+        q = q.where(CuriousQuestion.origin == origin)
+    return list(session.scalars(q))
+
+
+def set_curious_status(*, session: Session, keys: Iterable[str], status: str, question: str = "",
+                       item_id: int | None = None) -> None:
+    """Mark every stored question with one of `keys` as `status` ("dismissed" or "answered"); a key no
+    row holds yet (a question users asked) gets a row of origin "asked" with `question`."""
+    keys = [k[:500] for k in keys]
+    rows = list(session.scalars(select(CuriousQuestion).where(CuriousQuestion.key.in_(keys))))
+    for row in rows:
+        row.status = status
+        row.item_id = item_id if item_id is not None else row.item_id
+    for key in set(keys) - {r.key for r in rows}:
+        session.add(CuriousQuestion(question=question or key, key=key, origin="asked", status=status,
+                                    item_id=item_id))
+    session.flush()

@@ -142,6 +142,16 @@ class Settings(_KaizenSettings):
     schedule_minutes: int = Field(30, ge=1, le=7 * 24 * 60, description="Minutes between scheduled training checks.")
     schedule_min_items: int = Field(1, ge=1, le=1_000_000, description=(
         "New approved items needed before a scheduled round trains."))
+    curiosity_min_confidence: float = Field(-1.5, le=0.0, description=(
+        "A reply whose mean log-probability per token (nats) is below this puts its question in the \"to teach\" "
+        "queue (calibrated on a labelled set: bench/confidence.py)."))
+    wikipedia_url: str = Field("https://{lang}.wikipedia.org", description=(
+        "Base URL of the MediaWiki sites that \"to teach\" questions are looked up on; {lang} becomes vi or en."))
+    wikipedia_timeout_s: float = Field(10.0, gt=0.0, le=120.0, description=(
+        "Seconds to wait for each Wikipedia request step (connect, read)."))
+    wikipedia_contact: str = Field("", description=(
+        "An e-mail address or web page where Wikimedia can reach this server's operator, sent in the "
+        "User-Agent as Wikimedia's policy asks."))
 
     @model_validator(mode="after")
     def _reply_fits_the_context(self) -> Settings:

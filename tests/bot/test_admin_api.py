@@ -424,7 +424,8 @@ def test_every_answer_keeps_its_json_fields(api, kaizen):
     feedback_fields = {"id", "exchange_id", "rating", "status", "correction", "question", "answer", "emotion",
                        "adapter_version", "updated_at"}
     knowledge_fields = {"id", "question", "answer", "category", "origin", "verbatim", "enabled", "hit_count",
-                        "feedback_id", "updated_at", "train_attempts", "learned_version", "parked"}
+                        "feedback_id", "updated_at", "train_attempts", "learned_version", "parked", "status",
+                        "source_url"}
     runs = api.get("/runs", auth=RIGHT).json()
     assert set(runs) == {"running", "runs"} and set(runs["runs"][0]) == run_fields
     run = api.get(f"/runs/{run_id}", auth=RIGHT).json()

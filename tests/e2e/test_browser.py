@@ -41,8 +41,8 @@ PASSWORD = "browser-test-Đúng-1"
 TRAIN_TIMEOUT_S = 1500  # 1-3 min on an idle 2-core machine; over 10 min when others share the cores
 # Each admin tab, and an element that only that tab shows.
 ADMIN_PANELS = {"Dashboard": "#totals", "Feedback review": "#review-table", "Knowledge": "#knowledge-table",
-                "Persona": "#persona-preview", "Training": "#runs-table", "Adapters": "#adapters-table",
-                "Export": "#export"}
+                "To teach": "#teach-table", "Persona": "#persona-preview", "Training": "#runs-table",
+                "Adapters": "#adapters-table", "Export": "#export"}
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +277,45 @@ def test_admin_panels_follow_changes_made_elsewhere_and_show_the_pin(server, db,
     expect(page.locator("#adapter-message")).not_to_contain_text("is pinned")
     with db.session() as s:
         assert store.get_pinned_adapter(session=s) is None
+
+
+def test_a_question_answered_badly_waits_in_to_teach_and_answering_it_teaches_the_memory(server, db, page):
+    """Issue 17: 👎 without a correction puts the question in the To teach tab; the admin answers it
+    there and the chat answers from the memory at once; a dismissed question leaves the queue."""
+    question, other = "Văn phòng BICweb ở tầng mấy?", "BICweb có bán áo thun không?"
+    answer = "Văn phòng BICweb ở tầng 5, tòa nhà Vĩnh Trung, Đà Nẵng."
+    for text in (question, other):
+        reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+            "model": "kaizen", "max_tokens": 8, "messages": [{"role": "user", "content": text}]})
+        rated = httpx.post(server.url + "/v1/feedback", json={"id": reply.json()["id"], "rating": "down"})
+        assert rated.status_code == 200, rated.text
+    admin = AdminPage(page, server.url)
+    admin.login(PASSWORD)
+    admin.tab("To teach")
+    table = page.locator("#teach-table")
+    expect(table).to_contain_text(question)
+    expect(table).to_contain_text("👎 ×1")
+    table.get_by_test_id(re.compile(r"^cell-\d+-0$")).filter(has_text=other).click()
+    expect(page.locator("#teach-question textarea")).to_have_value(other)
+    page.locator("#teach-dismiss").click()
+    expect(page.locator("#teach-message")).to_contain_text("Dismissed")
+    expect(table).not_to_contain_text(other)
+
+    table.get_by_test_id(re.compile(r"^cell-\d+-0$")).filter(has_text=question).click()
+    expect(page.locator("#teach-question textarea")).to_have_value(question)
+    page.locator("#teach-answer textarea").fill(answer)
+    page.locator("#teach").click()
+    expect(page.locator("#teach-message")).to_contain_text("Taught as knowledge item")
+    expect(table).not_to_contain_text(question)
+    screenshot(page, "to-teach-answered")
+    with db.session() as s:
+        [item] = [i for i in store.list_knowledge(session=s) if i.question == question]
+    assert (item.answer, item.origin, item.status, item.enabled) == (answer, "curiosity", "approved", True)
+
+    chat = ChatPage(page, server.url)
+    chat.send(question, lambda: exchange_count(db))
+    again = newest_exchange(db)
+    assert again.source in ("memory", "rag") and item.id in again.memory_item_ids, again.bot_text
 
 
 def test_a_long_paste_is_not_cut_and_its_size_in_tokens_shows_before_sending(server, db, page):

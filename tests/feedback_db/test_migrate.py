@@ -15,10 +15,12 @@ EXPECTED = {
     "conversations": ["id", "client", "created_at"],
     "exchanges": ["id", "conversation_id", "user_text", "bot_text", "emotion_label", "emotion_score",
                   "adapter_version", "source", "memory_item_ids", "latency_ms", "prompt_tokens",
-                  "completion_tokens", "started_at", "created_at", "adapter_applied"],
+                  "completion_tokens", "started_at", "created_at", "adapter_applied", "confidence"],
     "feedback": ["id", "exchange_id", "rating", "correction", "status", "created_at", "updated_at", "reviewed_at"],
     "knowledge_items": ["id", "question", "answer", "category", "origin", "feedback_id", "verbatim", "enabled",
-                        "hit_count", "created_at", "updated_at", "train_attempts", "learned_version", "parked"],
+                        "hit_count", "created_at", "updated_at", "train_attempts", "learned_version", "parked",
+                        "status", "source_url"],
+    "curious_questions": ["id", "question", "key", "origin", "status", "item_id", "created_at"],
     "settings": ["key", "value", "updated_at"],
     "training_runs": ["id", "status", "trigger", "round_index", "pid", "step", "total_steps", "loss", "lr",
                       "eta_s", "loss_curve", "phase", "config", "data_counts", "adapter_version", "error",
@@ -45,7 +47,7 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(db_url):
         if db_url.startswith("sqlite"):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
     db.close()
 
 

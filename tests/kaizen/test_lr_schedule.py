@@ -99,5 +99,5 @@ def test_stored_rows_are_read_in_order_and_the_adjustment_can_be_turned_off():
     plan = plan_lr(off, 1, past_rounds(rows))
     assert plan.scale == 1.0 and plan.lr == pytest.approx(off.round_lr(1))
     assert "off" in plan.reason
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="round_index"):
         plan_lr(CFG, -1, [])

@@ -1,0 +1,279 @@
+"""Curiosity: the "to teach" queue of questions Kaizen could not answer well, ranked by how often
+they were asked, and follow-up questions it proposes itself from what it was taught.
+
+A user's question becomes a candidate when Kaizen answered it itself (not from memory) and
+- it was rated 👎 without a correction (a correction goes through review instead), or
+- the model's confidence was low: the mean log-probability per reply token (`exchanges.confidence`,
+  nats) is below `Settings.curiosity_min_confidence`, calibrated on a labelled set (bench/confidence.py), or
+- the reply says it does not know (`says_unsure`: "I don't know", "mình không biết", the fallback's
+  "Xin lỗi, mình chưa có câu trả lời tốt…").
+
+Candidates are grouped: the same question up to case, spacing and diacritics (`kaizen.text.fold` of
+`question_key`) is one group, and so are questions whose multilingual-e5 embeddings (the memory's
+cross-lingual embedder) have a cosine of at least `GROUP_COSINE`. A group whose question the memory now
+answers (in the taught scope: `KnowledgeRecall.in_scope`) is known and leaves the queue; so does one
+the admin dismissed. Groups are ranked by how many times they were asked, then by how recently.
+
+Proposed questions: for a taught item, the serving model is asked what else someone would ask about
+it (`FOLLOW_UP_PROMPT`, greedy); each line that is a question, not known yet and not a duplicate is
+stored as a proposed question (`curious_questions`, origin "proposed") and joins the queue after
+the asked ones.
+
+Answering a group stores the answer as approved knowledge (origin "curiosity"): the memory serves it
+at once and the next round learns it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bot.fallback import NO_ANSWER
+from bot.memory import Embedder
+from feedback_db import store
+from feedback_db.db import Database
+from feedback_db.models import Exchange, Feedback, KnowledgeItem
+from kaizen.errors import InputError, NotFoundError
+from kaizen.text import fold, question_key
+
+# Cosine (multilingual-e5-small, "query: " on both sides) at which two asked questions are one group.
+# Measured on 13 pairs: paraphrases of one question 0.956-0.990 ("What is the warranty period?" / "How
+# long is the warranty?" 0.956); different questions 0.80-0.89, and 0.917 for "Do you work on
+# Saturday?" / "Are you open on Sunday?", which must stay apart. The same question in the other
+# language scores 0.865: each language keeps its own group.
+GROUP_COSINE = 0.94
+MAX_PHRASINGS = 5  # phrasings shown per group
+
+REASONS = {"down": "👎 without a correction", "low_confidence": "low confidence", "unsure": "said it did not know"}
+
+# Replies that say the model does not know, in English and Vietnamese (folded, lower-case).
+_UNSURE = re.compile("|".join([
+    r"\bi (?:do not|don't|dont) (?:know|have (?:any |enough )?(?:information|details|data))",
+    r"\bi(?:'m| am) not (?:sure|certain|aware)", r"\bi (?:cannot|can't|can not) (?:answer|say|tell|find)",
+    r"\bi have no (?:information|idea|details|data)", r"\bno information (?:about|on)",
+    r"\b(?:minh|toi|em) (?:khong|chua) (?:biet|ro|chac|co thong tin|co cau tra loi)",
+    r"\bkhong co thong tin", r"\bchua co thong tin", r"\bxin loi,? (?:minh|toi|em) khong",
+    *[re.escape(fold(text).casefold().rstrip(".")) for text in NO_ANSWER.values()],
+]))
+
+FOLLOW_UP_PROMPT = (
+    "A customer learned this:\nQ: {question}\nA: {answer}\n\n"
+    "Write {n} different short questions the same customer is likely to ask next about this topic, "
+    "in the language of the question above, one per line, each ending with a question mark."
+)
+
+
+def says_unsure(reply: str) -> bool:
+    """Whether a reply says it does not know ("I'm not sure…", "Mình không biết…", the fallback)."""
+    return bool(_UNSURE.search(fold(reply).casefold()))
+
+
+def group_key(question: str) -> str:
+    """The key two questions share when they are the same up to case, spacing and diacritics."""
+    return fold(question_key(question))
+
+
+@dataclass
+class ToTeach:
+    """One group of the "to teach" queue. `keys` are its members' `group_key`s (what dismissing or
+    answering marks), `count` the times it was asked (0 for a proposed question)."""
+
+    question: str  # the most asked phrasing
+    count: int
+    origin: str  # asked | proposed
+    keys: list[str]
+    phrasings: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # REASONS key -> exchanges
+    last_asked: dt.datetime | None = None
+    from_item_id: int | None = None  # the taught item a proposed question follows
+
+    @property
+    def key(self) -> str:
+        """The group's identity in the admin tab and the REST API: its first member's key."""
+        return self.keys[0]
+
+
+@dataclass
+class _Candidate:
+    question: str
+    key: str
+    reasons: set[str]
+    at: dt.datetime | None
+    origin: str = "asked"
+    item_id: int | None = None
+
+
+class Curiosity:
+    """The queue over the database. `in_scope(question)` is the memory's scope test (None: nothing is
+    known), `embedder` the cross-lingual embedder for grouping (None: group by key only), `generate`
+    the serving model's greedy completion of a chat (None: no proposals)."""
+
+    def __init__(self, db: Database, *, min_confidence: float, in_scope: Callable[[str], bool] | None = None,
+                 embedder: Embedder | None = None,
+                 generate: Callable[[list[dict[str, str]]], str] | None = None, scan_limit: int = 5000) -> None:
+        self.db, self.min_confidence, self.in_scope = db, min_confidence, in_scope
+        self.embedder, self.generate, self.scan_limit = embedder, generate, scan_limit
+
+    # --- the queue --------------------------------------------------------------------------------
+
+    def reasons(self, ex: Exchange, fb: Feedback | None) -> set[str]:
+        """Why an exchange makes its question a candidate (empty: it does not)."""
+        if fb is not None and fb.correction:
+            return set()  # a correction is on its way through review
+        why = set()
+        if fb is not None and fb.rating == "down":
+            why.add("down")
+        if ex.confidence is not None and ex.confidence < self.min_confidence:
+            why.add("low_confidence")
+        if says_unsure(ex.bot_text):
+            why.add("unsure")
+        return why
+
+    def queue(self, limit: int = 50) -> list[ToTeach]:
+        """The ranked "to teach" queue: asked groups by count, then by last asked; then proposed ones."""
+        with self.db.session() as s:
+            rows = store.curiosity_exchanges(session=s, limit=self.scan_limit)
+            stored = store.list_curious_questions(session=s)
+            candidates = [_Candidate(ex.user_text, group_key(ex.user_text), why, ex.created_at)
+                          for ex, fb in rows if (why := self.reasons(ex, fb))]
+        closed = {q.key for q in stored if q.status != "open"}
+        candidates += [_Candidate(q.question, q.key, set(), q.created_at, "proposed", q.item_id)
+                       for q in stored if q.status == "open" and q.origin == "proposed"]
+        candidates = [c for c in candidates if c.key not in closed]
+        groups = [g for g in self._group(candidates) if not self._known(g.question)]
+        groups.sort(key=lambda g: (g.origin != "asked", -g.count,
+                                   -(g.last_asked.timestamp() if g.last_asked else 0.0)))
+        return groups[:limit]
+
+    def _known(self, question: str) -> bool:
+        return self.in_scope is not None and self.in_scope(question)
+
+    def _group(self, candidates: Sequence[_Candidate]) -> list[ToTeach]:
+        """Union the candidates by key, then by embedding cosine (GROUP_COSINE)."""
+        by_key: dict[str, list[_Candidate]] = {}
+        for c in candidates:
+            by_key.setdefault(c.key, []).append(c)
+        keys = list(by_key)
+        parent = list(range(len(keys)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        if self.embedder is not None and len(keys) > 1:
+            vectors = self.embedder.encode([by_key[k][0].question for k in keys])
+            sims = vectors @ vectors.T
+            for i, j in zip(*np.nonzero(np.triu(sims, 1) >= GROUP_COSINE), strict=True):
+                parent[find(int(i))] = find(int(j))
+        members: dict[int, list[str]] = {}
+        for i, k in enumerate(keys):
+            members.setdefault(find(i), []).append(k)
+        return [self._summarize([by_key[k] for k in ks]) for ks in members.values()]
+
+    @staticmethod
+    def _summarize(parts: list[list[_Candidate]]) -> ToTeach:
+        flat = [c for part in parts for c in part]
+        asked = [c for c in flat if c.origin == "asked"]
+        reasons: dict[str, int] = {}
+        for c in asked:
+            for r in c.reasons:
+                reasons[r] = reasons.get(r, 0) + 1
+        times = [c.at for c in asked if c.at is not None]
+        proposed = next((c for c in flat if c.origin == "proposed"), None)
+        return ToTeach(question=_name(flat), count=len(asked), origin="asked" if asked else "proposed",
+                       keys=[part[0].key for part in parts], phrasings=_phrasings(flat)[:MAX_PHRASINGS],
+                       reasons=reasons, last_asked=max(times) if times else None,
+                       from_item_id=proposed.item_id if proposed else None)
+
+    def find(self, key: str) -> ToTeach:
+        """The queue's group with `key` among its members. Raises NotFoundError."""
+        for group in self.queue(limit=10_000):
+            if key in group.keys:
+                return group
+        raise NotFoundError(f"No question with key {key!r} is waiting to be taught.")
+
+    # --- actions ----------------------------------------------------------------------------------
+
+    def answer(self, key: str, answer: str, *, question: str | None = None) -> KnowledgeItem:
+        """Teach the group `key`: its question (or `question`) with `answer` becomes approved knowledge,
+        served by the memory at once and learned by the next round. Raises NotFoundError, InputError."""
+        group = self.find(key)
+        answer = answer.strip()
+        if not answer:
+            raise InputError("Write the answer first.")
+        with self.db.write() as s:
+            item = store.add_knowledge(session=s, question=(question or group.question).strip(), answer=answer,
+                                       origin="curiosity")
+            store.set_curious_status(session=s, keys=group.keys, status="answered", question=group.question,
+                                     item_id=item.id)
+        return item
+
+    def dismiss(self, key: str) -> ToTeach:
+        """Take the group `key` off the queue for good (its phrasings stay off). Raises NotFoundError."""
+        group = self.find(key)
+        with self.db.write() as s:
+            store.set_curious_status(session=s, keys=group.keys, status="dismissed", question=group.question)
+        return group
+
+    def propose(self, items: Iterable[KnowledgeItem], *, per_item: int = 3,
+                progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Ask the model for follow-up questions to each of `items`; store and return the new ones
+        (a question, not known, not already waiting or dismissed). Raises InputError without a model."""
+        if self.generate is None:
+            raise InputError("No model is loaded in this process to propose questions.")
+        items = list(items)
+        with self.db.session() as s:
+            seen = {q.key for q in store.list_curious_questions(session=s)}
+            seen |= {group_key(i.question) for i in store.list_knowledge(session=s)}
+        added: list[tuple[str, str, int]] = []
+        for n, item in enumerate(items, start=1):
+            prompt = FOLLOW_UP_PROMPT.format(question=item.question, answer=item.answer, n=per_item)
+            for line in follow_up_lines(self.generate([{"role": "user", "content": prompt}]))[:per_item]:
+                key = group_key(line)
+                if key in seen or self._known(line):
+                    continue
+                seen.add(key)
+                added.append((line, key, item.id))
+            if progress is not None:
+                progress(n, len(items))
+        with self.db.write() as s:
+            for line, key, item_id in added:
+                store.add_curious_question(session=s, question=line, key=key, origin="proposed", item_id=item_id)
+        return [line for line, _, _ in added]
+
+
+def _phrasings(candidates: Sequence[_Candidate]) -> list[str]:
+    """The distinct phrasings (up to surrounding spaces), most asked first, then the oldest."""
+    counts: dict[str, int] = {}
+    for c in sorted(candidates, key=lambda c: c.at or dt.datetime.min):
+        text = " ".join(c.question.split())
+        counts[text] = counts.get(text, 0) + 1
+    return sorted(counts, key=lambda t: -counts[t])
+
+
+def _name(candidates: Sequence[_Candidate]) -> str:
+    """The phrasing that names a group: the most asked one, preferring one written with diacritics and
+    not in capitals (what an admin would write), then the oldest."""
+    phrasings = _phrasings(candidates)
+    order = {t: i for i, t in enumerate(phrasings)}
+    return min(phrasings, key=lambda t: (fold(t) == t, t.isupper(), order[t]))
+
+
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|Q:|Câu hỏi:)?\s*", re.IGNORECASE)
+
+
+def follow_up_lines(text: str) -> list[str]:
+    """The questions in a model's list: one per line, bullets and numbers removed, ending with "?",
+    3 to 200 characters."""
+    out = []
+    for raw in text.splitlines():
+        line = _BULLET.sub("", raw).strip().strip('"“”')
+        if line.endswith(("?", "？")) and 3 <= len(line) <= 200:
+            out.append(line)
+    return out

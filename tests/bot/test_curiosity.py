@@ -1,0 +1,212 @@
+"""Curiosity (issue 17, part 1): the "to teach" queue of questions Kaizen answered badly, grouped and
+ranked; answering, dismissing, proposing follow-ups, and a Wikipedia summary as PENDING knowledge."""
+
+import datetime as dt
+
+import pytest
+
+from bot.admin_service import AdminService
+from bot.curiosity import GROUP_COSINE, Curiosity, follow_up_lines, group_key, says_unsure
+from feedback_db import store
+from kaizen.settings import Settings
+from tests.bot.test_admin_api import PASSWORD, RIGHT, api  # noqa: F401 (the admin routes on the fake engine)
+from tests.kaizen.test_wikipedia import wiki  # noqa: F401 (a local MediaWiki server with recorded replies)
+
+pytestmark = pytest.mark.both_databases
+
+LOW, HIGH = -3.0, -0.2  # mean log-prob per token; the default threshold is -1.5
+
+
+@pytest.fixture
+def settings(tmp_path, settings_db_url) -> Settings:
+    """The admin API's settings, with the memory on: it decides what is known."""
+    return Settings(data_dir=tmp_path / "data", schedule=False, admin_password=PASSWORD, db_url=settings_db_url)
+
+
+def ask(db, question, reply="Some answer.", *, confidence=HIGH, rating=None, correction=None, source="model",
+        minutes_ago=0):
+    with db.write() as s:
+        ex = store.create_exchange(session=s, conversation_id=None, user_text=question, bot_text=reply,
+                                   emotion_label="neutral", emotion_score=0.0, source=source,
+                                   confidence=confidence)
+        ex.created_at = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=minutes_ago)
+        if rating:
+            store.rate_exchange(session=s, exchange_id=ex.id, rating=rating, correction=correction)
+        return ex.id
+
+
+@pytest.mark.parametrize(("reply", "unsure"), [
+    ("I'm not sure about that, sorry.", True),
+    ("I don't have any information about BICweb's prices.", True),
+    ("Xin lỗi, mình không biết giờ mở cửa của công ty.", True),
+    ("Tôi không chắc về điều đó.", True),
+    ("Hiện mình chưa có thông tin về gói này.", True),
+    ("Xin lỗi, mình chưa có câu trả lời tốt cho câu hỏi này.", True),  # the fallback's own words
+    ("Sorry, I don't have a good answer to that yet.", True),
+    ("The capital of France is Paris.", False),
+    ("Công ty mở cửa lúc 8 giờ sáng.", False),
+    ("I know a lot about Hanoi: it is the capital.", False),
+])
+def test_a_reply_that_says_it_does_not_know_is_recognised(reply, unsure):
+    assert says_unsure(reply) is unsure
+
+
+def test_follow_up_lines_keeps_the_questions_of_a_model_list():
+    text = "1. What are the prices?\n- Có giao hàng không?\nHere are some ideas:\n3) When do you open?\n\nQ: ?"
+    assert follow_up_lines(text) == ["What are the prices?", "Có giao hàng không?", "When do you open?"]
+
+
+def test_the_queue_takes_badly_answered_questions_groups_them_and_ranks_by_how_often(kaizen):
+    db = kaizen.db
+    ask(db, "Công ty mở cửa lúc mấy giờ?", confidence=LOW, minutes_ago=30)
+    ask(db, "cong ty mo cua luc may gio", confidence=LOW, minutes_ago=20)  # the same question, folded
+    ask(db, "CÔNG TY MỞ CỬA LÚC MẤY GIỜ ?", rating="down", minutes_ago=10)
+    ask(db, "Gói CHOREI Pro giá bao nhiêu?", "Mình không biết.", minutes_ago=5)
+    ask(db, "Who founded BICweb?", rating="down", minutes_ago=1)
+    # Not candidates: a good reply, a 👎 with a correction (it goes through review), a memory reply.
+    ask(db, "What is the capital of France?", "Paris.")
+    ask(db, "Số điện thoại?", rating="down", correction="0234 123 456")
+    ask(db, "Xin chào", "Công ty BICweb kính chào quý khách!", confidence=None, source="memory", rating="down")
+    queue = AdminService(kaizen).to_teach().questions
+    assert [(q.question, q.count) for q in queue] == [
+        ("Công ty mở cửa lúc mấy giờ?", 3), ("Who founded BICweb?", 1), ("Gói CHOREI Pro giá bao nhiêu?", 1)]
+    first = queue[0]
+    assert first.reasons == {"low_confidence": 2, "down": 1} and first.origin == "asked"
+    assert len(first.phrasings) == 3 and first.key == group_key("Công ty mở cửa lúc mấy giờ?")
+    assert queue[2].reasons == {"unsure": 1}
+
+
+def test_the_confidence_threshold_is_the_setting(kaizen):
+    ask(kaizen.db, "Q one?", confidence=-1.0)
+    assert AdminService(kaizen).to_teach().questions == []
+    kaizen.settings = kaizen.settings.model_copy(update={"curiosity_min_confidence": -0.5})
+    assert [q.question for q in AdminService(kaizen).to_teach().questions] == ["Q one?"]
+
+
+def test_paraphrases_group_by_their_e5_embeddings_and_different_questions_do_not(kaizen):
+    from bot.memory import load_cross_embedder
+
+    for q in ("What is the warranty period?", "How long is the warranty?", "How long is the warranty?",
+              "Do you work on Saturday?", "Are you open on Sunday?"):
+        ask(kaizen.db, q, confidence=LOW)
+    queue = Curiosity(kaizen.db, min_confidence=-1.5, embedder=load_cross_embedder()).queue()
+    assert GROUP_COSINE > 0.917  # Saturday / Sunday measured 0.917: they must stay apart
+    assert sorted((q.count, sorted(q.phrasings)) for q in queue) == [
+        (1, ["Are you open on Sunday?"]), (1, ["Do you work on Saturday?"]),
+        (3, ["How long is the warranty?", "What is the warranty period?"])]
+
+
+def test_answering_teaches_at_once_and_the_question_leaves_the_queue(kaizen, api):  # noqa: F811
+    ask(kaizen.db, "Công ty có làm việc thứ Bảy không?", confidence=LOW)
+    got = api.get("/curious", auth=RIGHT).json()["questions"]
+    assert [q["question"] for q in got] == ["Công ty có làm việc thứ Bảy không?"]
+    assert api.get("/curious").status_code == 401
+    r = api.post("/curious/answer", auth=RIGHT, json={"key": got[0]["key"], "answer": "Có, sáng thứ Bảy 8-12 giờ."})
+    assert r.status_code == 200, r.text
+    item = r.json()
+    assert item["origin"] == "curiosity" and item["status"] == "approved" and item["enabled"] is True
+    assert api.get("/curious", auth=RIGHT).json()["questions"] == []
+    reply = kaizen.chat.answer("Công ty có làm việc thứ Bảy không?")
+    assert reply.source in ("memory", "rag") and item["id"] in reply.item_ids  # served by the memory at once
+    # Asked again badly later: still known, so not queued again.
+    ask(kaizen.db, "Công ty có làm việc thứ Bảy không?", confidence=LOW)
+    assert api.get("/curious", auth=RIGHT).json()["questions"] == []
+
+
+def test_bad_requests_get_clear_messages(kaizen, api):  # noqa: F811
+    r = api.post("/curious/answer", auth=RIGHT, json={"key": "nothing like this", "answer": "x"})
+    assert r.status_code == 404 and "waiting to be taught" in r.json()["error"]["message"]
+    ask(kaizen.db, "Q?", confidence=LOW)
+    key = api.get("/curious", auth=RIGHT).json()["questions"][0]["key"]
+    assert api.post("/curious/answer", auth=RIGHT, json={"key": key, "answer": ""}).status_code == 422
+    assert api.post("/curious/answer", auth=RIGHT, json={"key": key}).status_code == 422
+    assert api.post("/curious/wikipedia", auth=RIGHT, json={}).status_code == 422
+    assert len(api.get("/curious", auth=RIGHT).json()["questions"]) == 1  # nothing was lost
+
+
+def test_a_dismissed_question_stays_off_the_queue(kaizen, api):  # noqa: F811
+    ask(kaizen.db, "Bạn có người yêu chưa?", rating="down")
+    ask(kaizen.db, "Giá gói Pro?", rating="down")
+    key = group_key("Bạn có người yêu chưa?")
+    r = api.post("/curious/dismiss", auth=RIGHT, json={"key": key})
+    assert r.status_code == 200 and r.json()["question"] == "Bạn có người yêu chưa?"
+    ask(kaizen.db, "bạn có người yêu chưa", rating="down")  # asked again: still dismissed
+    assert [q["question"] for q in api.get("/curious", auth=RIGHT).json()["questions"]] == ["Giá gói Pro?"]
+
+
+def test_the_model_proposes_follow_up_questions_from_taught_knowledge(kaizen, api):  # noqa: F811
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Gói CHOREI Pro giá bao nhiêu?", answer="490.000 đồng mỗi tháng.")
+    kaizen.engine.enqueue("1. Gói CHOREI Pro có dùng thử không?\n2. Gói CHOREI Pro giá bao nhiêu?\n"
+                          "3. Thanh toán bằng cách nào?\nCảm ơn!")
+    r = api.post("/curious/propose", auth=RIGHT, json={"items": 1})
+    assert r.status_code == 200, r.text
+    # The second line is the taught question itself: known, so not proposed.
+    assert r.json() == {"items": 1, "added": ["Gói CHOREI Pro có dùng thử không?", "Thanh toán bằng cách nào?"]}
+    prompt = kaizen.engine.history[-1]["messages"][-1]["content"]
+    assert "Gói CHOREI Pro giá bao nhiêu?" in prompt and "490.000" in prompt
+    queue = api.get("/curious", auth=RIGHT).json()["questions"]
+    assert [(q["question"], q["origin"], q["count"]) for q in queue] == [
+        ("Gói CHOREI Pro có dùng thử không?", "proposed", 0), ("Thanh toán bằng cách nào?", "proposed", 0)]
+    assert queue[0]["from_item_id"] == 1
+    kaizen.engine.enqueue("1. Gói CHOREI Pro có dùng thử không?")  # already waiting: not added twice
+    assert api.post("/curious/propose", auth=RIGHT, json={"items": 1}).json()["added"] == []
+
+
+def test_a_wikipedia_summary_is_pending_until_approved_and_never_served_before(kaizen, api, wiki):  # noqa: F811
+    kaizen.settings = kaizen.settings.model_copy(update={"wikipedia_url": wiki.base,
+                                                         "wikipedia_contact": "admin@example.org"})
+    ask(kaizen.db, "Hà Nội là gì?", confidence=LOW)
+    key = api.get("/curious", auth=RIGHT).json()["questions"][0]["key"]
+    r = api.post("/curious/wikipedia", auth=RIGHT, json={"key": key})
+    assert r.status_code == 200, r.text
+    item = r.json()
+    assert item["status"] == "pending" and item["enabled"] is False and item["origin"] == "wikipedia"
+    assert item["source_url"].startswith("https://vi.wikipedia.org/wiki/") and "Hà Nội" in item["answer"]
+    assert wiki.requests[0].path.startswith("/vi/") and "admin@example.org" in wiki.requests[0].headers["User-Agent"]
+    pending = api.get("/knowledge", auth=RIGHT, params={"status": "pending"}).json()["items"]
+    assert [i["id"] for i in pending] == [item["id"]]
+    assert kaizen.chat.answer("Hà Nội là gì?").source == "model"  # pending: not served
+    assert api.post(f"/knowledge/{item['id']}/enable", auth=RIGHT).status_code == 409  # review, not enable
+    with kaizen.db.session() as s:
+        assert store.count_training_queue(session=s) == 0  # nor trained
+    r = api.post(f"/knowledge/{item['id']}/approve", auth=RIGHT, json={"answer": "Hà Nội là thủ đô của Việt Nam."})
+    assert r.status_code == 200 and r.json()["status"] == "approved" and r.json()["enabled"] is True
+    assert api.post(f"/knowledge/{item['id']}/approve", auth=RIGHT).status_code == 409  # not pending any more
+    assert kaizen.chat.answer("Hà Nội là gì?").source in ("memory", "rag")
+    assert api.get("/curious", auth=RIGHT).json()["questions"] == []  # known now
+
+
+def test_wikipedia_unreachable_is_a_clear_503_and_nothing_is_stored(kaizen, api):  # noqa: F811
+    from tests.kaizen.test_wikipedia import closed_port
+
+    kaizen.settings = kaizen.settings.model_copy(update={"wikipedia_url": f"http://127.0.0.1:{closed_port()}"})
+    r = api.post("/curious/wikipedia", auth=RIGHT, json={"question": "What is Hanoi?"})
+    assert r.status_code == 503 and "cannot be reached" in r.json()["error"]["message"]
+    assert api.get("/knowledge", auth=RIGHT).json()["items"] == []
+
+
+def test_kaizen_curious_lists_the_queue(tmp_path, capsys):
+    """`kaizen curious` (the command line) lists what the To teach tab shows, most asked first."""
+    import json
+
+    import launch
+    from feedback_db.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'kaizen.db'}")
+    ask(db, "Công ty mở cửa lúc mấy giờ?", confidence=LOW)
+    ask(db, "Công ty mở cửa lúc mấy giờ?", rating="down")
+    ask(db, "Who is the CEO?", "I'm not sure.")
+    ask(db, "What is 2+2?", "4.")
+    db.close()
+    assert launch.main(["curious", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["2", "down", "×1,", "low_confidence", "×1", "Công", "ty", "mở", "cửa", "lúc", "mấy",
+                              "giờ?"]
+    assert "unsure ×1" in out[2] and out[2].endswith("Who is the CEO?")
+    assert not any("2+2" in line for line in out)
+    assert launch.main(["curious", "--json", "--limit", "1", "--data-dir", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["question"], r["count"]) for r in rows] == [("Công ty mở cửa lúc mấy giờ?", 2)]
+    assert launch.main(["curious", "--limit", "0", "--data-dir", str(tmp_path)]) == 2
+    assert "--limit" in capsys.readouterr().err
