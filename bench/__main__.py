@@ -2,8 +2,9 @@
 
     python -m bench                       everything (about 55 minutes on two cores, 40 of them the round sweep)
     python -m bench --quick               fewer repeats and smaller sizes
-    python -m bench --only chat,storage   some of: chat, loops, facts, concurrency, training, hotswap, storage,
-                                          teach, round, learn, simulate
+    python -m bench --only chat,storage   some of: chat, loops, facts, confidence, concurrency, training, hotswap,
+                                          storage, teach, round, learn, simulate
+    python -m bench --only confidence     the calibration of the model's confidence (bench/confidence.py)
     python -m bench --only simulate       the study: simulated users drive a real server for days (about 1.5 hours;
                                           bench/simulate.py, also `python -m bench.simulate` with its own options)
     python -m bench --model DIR           an already converted model directory (default: KAIZEN_MODEL or embedded)
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "chat": "bench.chat",
     "loops": "bench.loops",
     "facts": "bench.facts",
+    "confidence": "bench.confidence",
     "concurrency": "bench.concurrency",
     "replicas": "bench.replicas",
     "training": "bench.training_load",

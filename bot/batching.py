@@ -57,7 +57,9 @@ class Row:
     whether the knowledge adapter applies: the row's group), `pick(ids, logits)` for each next
     token (`ids` the prompt and the reply so far, `logits` shape (vocab,)), `done(reply_ids)` after
     each token (a loop guard), and `emit` with each new token id list, then with None at the end
-    (or with the exception that ended it)."""
+    (or with the exception that ended it). Before emitting a token it appends to `logprobs` the
+    token's log-probability under the model's raw distribution (the logits before `pick`'s
+    repetition penalty, temperature and top-p): the model's own confidence in its reply."""
 
     prompt: list[int]
     max_new_tokens: int
@@ -69,6 +71,7 @@ class Row:
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
     ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # one per generated token, in nats
     generated: int = 0
     group: bool = False
 
@@ -326,7 +329,9 @@ class Batcher:
         if row.cancelled.is_set():
             ended = True
         else:
+            raw = torch.log_softmax(logits.float(), dim=-1)  # before `pick`, whose processors see the logits
             token = row.pick(row.ids, logits)
+            row.logprobs.append(float(raw[token]))
             row.ids.append(token)
             row.generated += 1
             row.emit([token])

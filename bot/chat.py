@@ -98,6 +98,7 @@ class MemoryReplyStream:
         self.adapter_version = adapter_version
         self.adapter_applied = False  # no model ran
         self.preference_applied = False
+        self.confidence: float | None = None  # no model wrote it
         self.prompt_tokens = limits.count_tokens(message)
         self._answer, self.finish_reason = limits.apply(answer)
         self.completion_tokens = limits.count_tokens(self._answer)
@@ -259,6 +260,7 @@ class ChatService:
                 started_at=started_at,
                 client=client,
                 exchange_id=reply.exchange_id,
+                confidence=stream.confidence,  # None unless the model wrote the text shown
             )
             reply.conversation_id = ex.conversation_id
             reply.meta = {"adapter_version": ex.adapter_version, "adapter_applied": bool(ex.adapter_applied),

@@ -110,7 +110,8 @@ class _LoopGuard:
 
 
 class Generation:
-    """One streamed reply. Iterate it for text chunks; afterwards the counts are set.
+    """One streamed reply. Iterate it for text chunks; afterwards the counts and `confidence` (the
+    mean log-probability of its tokens under the model's raw distribution) are set.
 
     Creating it reserves a place in the queue (or raises BusyError at once), so an HTTP
     handler can refuse with 503 before it starts a stream.
@@ -129,6 +130,8 @@ class Generation:
         if params.max_new_tokens > room:
             self._params = params = dataclasses.replace(params, max_new_tokens=room)
         self.completion_tokens = 0
+        self.confidence: float | None = None  # once read: the mean raw log-probability of the reply's tokens
+        self.reply_ids: list[int] = []  # once read: the reply's token ids, the ones `completion_tokens` counts
         self.adapter_version = engine.adapter_version
         self.adapter_applied = use_adapter and engine.adapter_version != BASE
         self.preference_applied = engine.preference_loaded
@@ -197,6 +200,11 @@ class Generation:
         finally:
             row.cancelled.set()  # the consumer went away early, or a stop string: the row leaves the batch
         self.completion_tokens = len(ids)
+        self.reply_ids = ids
+        # The batcher appends each token's log-probability before it emits the token; the tokens
+        # counted (a loop's copies cut, nothing after a stop string) are the first len(ids).
+        logprobs = row.logprobs[:len(ids)]
+        self.confidence = sum(logprobs) / len(logprobs) if logprobs else None
 
     def _more(self, ids: list[int], first_copy: tuple[str, str] | None = None, final: bool = False) -> str:
         """The text of `ids` not yet given out (and add it to `self.text`). A character whose bytes

@@ -124,6 +124,14 @@ class ReplyStream(Protocol):
     @property
     def completion_tokens(self) -> int: ...
 
+    @property
+    def confidence(self) -> float | None:
+        """Once read: the model's mean log-probability per reply token (nats, <= 0) under its raw
+        distribution (before the repetition penalty, temperature and top-p), over the tokens counted
+        in `completion_tokens`. None while unread, if no token was generated, or if the text is not
+        the model's (a taught answer, a fallback, the taught fact put in its place)."""
+        ...
+
     def __iter__(self) -> Iterator[str]: ...
 
     def close(self) -> None:

@@ -44,7 +44,8 @@ def language(text: str) -> str:
 
 
 class _Wrapper:
-    """A `ReplyStream` over another one: the same version, flags and counts; subclasses change the text."""
+    """A `ReplyStream` over another one: the same version, flags, counts and confidence; subclasses
+    change the text (and once their own text replaced the model's, its counts and no confidence)."""
 
     def __init__(self, stream: ReplyStream, limits: ReplyLimits | None = None) -> None:
         self._stream = stream
@@ -84,6 +85,17 @@ class _Wrapper:
     @property
     def finish_reason(self) -> FinishReason:
         return self._own[1] if self.replaced else self._stream.finish_reason
+
+    @property
+    def confidence(self) -> float | None:
+        """The model's confidence in the text shown: None once the wrapper's own text replaced it."""
+        return None if self.replaced else self._stream.confidence
+
+    @property
+    def model_confidence(self) -> float | None:
+        """The model's confidence in the reply it wrote, even if a wrapper's text replaced it (calibration)."""
+        inner = self._stream
+        return inner.model_confidence if isinstance(inner, _Wrapper) else inner.confidence
 
     def close(self) -> None:
         self._stream.close()

@@ -1,7 +1,8 @@
 """A chat engine without a model, for the many tests that need replies but not real weights.
 
 `FakeEngine` implements `bot.engine_api.ChatEngine` (and its replies `ReplyStream`) after llm's
-MockModel: `enqueue()` scripts the next replies and `history` records every call.
+MockModel: `enqueue()` scripts the next replies (and the confidence each reports) and `history`
+records every call.
 `tests/bot/test_engine_api.py` checks that it behaves like the real engine where both can.
 """
 
@@ -14,13 +15,15 @@ from pathlib import Path
 from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
 
+CONFIDENCE = -0.5  # the confidence (mean log-probability per token) a reply reports unless scripted otherwise
+
 
 class FakeGeneration:
     """One scripted reply, a word per chunk (`bot.engine_api.ReplyStream`). Like the real one,
     creating it takes a place in the engine's queue, and reading it to the end or `close()` frees it."""
 
     def __init__(self, engine: FakeEngine, text: str, messages: list[Message], use_adapter: bool = True,
-                 max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> None:
+                 max_tokens: int | None = None, stop: tuple[str, ...] = (), confidence: float = CONFIDENCE) -> None:
         if engine.busy or engine.in_queue >= engine.max_queue:
             raise BusyError("The bot is answering too many people right now. Please try again in a moment.")
         self._engine = engine
@@ -34,6 +37,8 @@ class FakeGeneration:
         self.prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
         self.completion_tokens = 0
         self.finish_reason: FinishReason = "stop"
+        self.confidence: float | None = None  # as the real one: set once read, if a token was generated
+        self._confidence = confidence
         self._max_tokens = max_tokens
         self._stop = stop
 
@@ -56,6 +61,7 @@ class FakeGeneration:
                 shown = kept
                 if hit:
                     break
+            self.confidence = self._confidence if self.completion_tokens else None
             self._engine.completed += 1
         finally:
             self.close()
@@ -74,7 +80,7 @@ class FakeEngine:
     name = "fake"
 
     def __init__(self, max_queue: int = 32) -> None:
-        self.queue: list[str] = []
+        self.queue: list[tuple[str, float]] = []  # (reply, its confidence)
         self.history: list[dict] = []
         self.adapter_version = BASE
         self.adapter_path: Path | None = None
@@ -86,8 +92,9 @@ class FakeEngine:
         self.fail_midway = False
         self.completed = 0
 
-    def enqueue(self, *texts: str) -> None:
-        self.queue.extend(texts)
+    def enqueue(self, *texts: str, confidence: float = CONFIDENCE) -> None:
+        """Script the next replies; each reports `confidence` once read."""
+        self.queue.extend((text, confidence) for text in texts)
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -103,8 +110,9 @@ class FakeEngine:
         if room < params.max_new_tokens:  # as Engine.stream: the reply's limit is lowered to the room left
             params = dataclasses.replace(params, max_new_tokens=room)
         self.history.append({"messages": messages, "params": params, "use_adapter": use_adapter})
-        text = self.queue.pop(0) if self.queue else f"Echo: {messages[-1]['content']}"
-        return FakeGeneration(self, text, messages, use_adapter, max_tokens=params.max_new_tokens, stop=params.stop)
+        text, confidence = self.queue.pop(0) if self.queue else (f"Echo: {messages[-1]['content']}", CONFIDENCE)
+        return FakeGeneration(self, text, messages, use_adapter, max_tokens=params.max_new_tokens, stop=params.stop,
+                              confidence=confidence)
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
         return "".join(self.stream(messages, params))

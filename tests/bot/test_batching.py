@@ -107,7 +107,7 @@ def test_requests_joining_and_leaving_mid_reply_do_not_change_the_others(engine)
         [row] = _rows(engine, [prompt], n)
         batcher.submit(row)
         wait_until(lambda row=row, n=n: len(row.out) == n and batcher.running() == 0, 30, "a row alone")
-        alone.append(row.out)
+        alone.append(row)
     # The first row is longer-lived; the others join at its 5th token (one with a longer prompt than
     # its cache, which pads the first row; one shorter) and leave before it ends.
     joiners = _rows(engine, [long_, mid], 0)
@@ -122,8 +122,13 @@ def test_requests_joining_and_leaving_mid_reply_do_not_change_the_others(engine)
     [first] = _rows(engine, [short], 30, on_token=at_fifth)
     batcher.submit(first)
     wait_until(lambda: len(first.out) == 30 and batcher.running() == 0, 30, "the batch to finish")
-    assert [first.out, joiners[0].out, joiners[1].out] == alone
+    together = [first, *joiners]
+    assert [row.out for row in together] == [row.out for row in alone]
     assert batcher.most_rows == 3
+    # Each token's raw log-probability (the reply's confidence) is the same in the batch as alone, up to rounding.
+    for row, own in zip(together, alone, strict=True):
+        assert len(row.logprobs) == len(row.out) and all(lp <= 0 for lp in row.logprobs)
+        assert row.logprobs == pytest.approx(own.logprobs, abs=1e-4)
 
 
 def test_a_cancelled_row_leaves_the_batch_at_once(engine):

@@ -6,6 +6,7 @@ from bot.fallback import NO_ANSWER
 from feedback_db import store
 from kaizen.errors import BusyError, InputError, ModelError
 from kaizen.prompts import Persona
+from tests import fakes
 
 
 def _exchanges(kaizen):
@@ -24,6 +25,34 @@ def test_reply_streams_and_is_stored_when_finished(kaizen, fake_engine):
     assert (ex.user_text, ex.bot_text, ex.adapter_version, ex.source) == (
         "Xin chào", "Xin chào! Tôi có thể giúp gì?", "base", "model")
     assert ex.completion_tokens == len(chunks) and ex.prompt_tokens > 0 and ex.latency_ms >= 0
+    assert ex.confidence == fakes.CONFIDENCE  # the model's mean log-probability per token, as the engine reported it
+
+
+def test_the_models_confidence_is_stored_with_the_exchange(kaizen, fake_engine):
+    fake_engine.enqueue("Paris is the capital of France.", confidence=-0.125)
+    reply = kaizen.chat.start(message="What is the capital of France?")
+    assert reply.stream.confidence is None  # known once the reply is read
+    reply.read()
+    assert reply.stream.confidence == -0.125
+    assert [ex.confidence for ex in _exchanges(kaizen)] == [-0.125]
+
+
+def test_a_taught_answer_or_a_fact_in_place_of_the_models_reply_stores_no_confidence(kaizen, fake_engine):
+    with kaizen.db.write() as s:
+        store.add_knowledge(session=s, question="Công ty mở cửa lúc mấy giờ?", verbatim=True,
+                            answer="Công ty mở cửa từ 8 giờ đến 17 giờ 30, thứ Hai đến thứ Sáu.")
+        store.add_knowledge(session=s, question="Fansipan cao mấy mét?", answer="Đỉnh Fansipan cao 3.147 mét.")
+    taught = kaizen.chat.answer("Công ty mở cửa lúc mấy giờ?", use_memory=True)
+    assert taught.source == "memory" and taught.stream.confidence is None
+    fake_engine.enqueue("Fansipan rất cao.", confidence=-0.75)  # without the fact's number: the fact replaces it
+    replaced = kaizen.chat.answer("Fansipan cao mấy mét?", use_memory=True)
+    assert replaced.source == "rag" and replaced.text == "Đỉnh Fansipan cao 3.147 mét."
+    assert replaced.stream.confidence is None and replaced.stream.model_confidence == -0.75
+    fake_engine.enqueue("Fansipan cao 3147 mét.", confidence=-0.75)  # carries it: the model's own reply
+    carried = kaizen.chat.answer("Fansipan cao mấy mét?", use_memory=True)
+    assert carried.source == "rag" and carried.text == "Fansipan cao 3147 mét."
+    stored = {ex.id: ex.confidence for ex in _exchanges(kaizen)}
+    assert stored == {taught.exchange_id: None, replaced.exchange_id: None, carried.exchange_id: -0.75}
 
 
 @pytest.mark.parametrize(("message", "label", "tone_word"), [
@@ -84,10 +113,14 @@ def test_a_looping_reply_and_its_question_are_kept_out_of_the_history_sent_back(
 ])
 def test_an_empty_or_echoed_reply_says_briefly_that_there_is_no_good_answer(kaizen, fake_engine, message,
                                                                             model_reply, shown):
-    fake_engine.enqueue(model_reply)
+    fake_engine.enqueue(model_reply, confidence=-1.25)
     reply = kaizen.chat.start(message=message)
     assert "".join(reply) == shown
-    assert _exchanges(kaizen)[0].bot_text == shown
+    [ex] = _exchanges(kaizen)
+    assert ex.bot_text == shown
+    # The fallback's text is not the model's: no confidence; the model's own reply (echo dropped or not) has its own.
+    assert ex.confidence == (None if shown in NO_ANSWER.values() else -1.25)
+    assert reply.stream.confidence == ex.confidence
 
 
 @pytest.mark.parametrize(("message", "match"), [

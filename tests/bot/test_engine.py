@@ -1,8 +1,10 @@
 """The engine on a tiny random-weight model: chat template, trimming, streaming, batching, queue."""
 
+import math
 import threading
 
 import pytest
+import torch
 
 from bot.engine import Engine
 from bot.engine_api import GenParams
@@ -186,3 +188,50 @@ def test_a_reply_waiting_for_a_place_in_the_batch_is_not_taken_for_a_stalled_mod
     stalled.put([1])
     with pytest.raises(ModelError, match="produced nothing"):
         list(stalled)  # after the first token, a model silent for `timeout` has stalled
+
+
+def _teacher_forced(engine, gen):
+    """The log-probability of each of `gen`'s reply tokens under the model's raw distribution, computed
+    independently of the batcher: one plain forward pass over the prompt and the reply, no cache."""
+    prompt = gen.input_ids[0].tolist()
+    ids = torch.tensor([prompt + gen.reply_ids])
+    with torch.inference_mode():
+        logits = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(gen.reply_ids)]
+
+
+@pytest.mark.parametrize("params", [
+    GenParams(max_new_tokens=12),  # greedy
+    GenParams(max_new_tokens=96),  # greedy, cut by the loop guard: only the tokens kept count
+    GenParams(max_new_tokens=12, temperature=1.5, top_p=0.8, repetition_penalty=1.3, seed=7),  # sampled
+], ids=["greedy", "looped", "sampled"])
+def test_confidence_is_the_mean_raw_log_probability_of_the_reply_tokens(engine, params):
+    """The model's own confidence: the chosen tokens' log-probabilities under its raw logits, whatever
+    the sampling settings did to pick them (the sampled reply's tokens are scored without them)."""
+    gen = engine.stream([{"role": "user", "content": "Xin chào, bạn là ai?"}], params)
+    assert gen.confidence is None  # known once read
+    "".join(gen)
+    assert len(gen.reply_ids) == gen.completion_tokens >= 1
+    assert gen.looped == (params.max_new_tokens == 96) and (not gen.looped or gen.completion_tokens < 96)
+    expected = _teacher_forced(engine, gen)
+    assert gen.confidence is not None and math.isfinite(gen.confidence) and gen.confidence <= 0
+    assert gen.confidence == pytest.approx(sum(expected) / len(expected), abs=1e-3)
+
+
+def test_the_confidence_of_a_reply_cut_at_a_stop_string_counts_the_tokens_generated_until_then(engine):
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    text = "".join(engine.stream(messages, GenParams(max_new_tokens=40, loop_guard=False)))
+    reply = engine.stream(messages, GenParams(max_new_tokens=40, loop_guard=False, stop=(text[20:24],)))
+    "".join(reply)
+    assert reply.stopped and 1 <= reply.completion_tokens < 40
+    expected = _teacher_forced(engine, reply)
+    assert reply.confidence == pytest.approx(sum(expected) / len(expected), abs=1e-3)
+
+
+def test_an_abandoned_reply_reports_no_confidence(engine):
+    gen = engine.stream(_chat(0), GenParams(max_new_tokens=8, loop_guard=False))
+    chunks = iter(gen)
+    next(chunks)
+    chunks.close()
+    assert gen.confidence is None

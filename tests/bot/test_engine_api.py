@@ -3,6 +3,7 @@ the real engine on the tiny model, so a test that passes on the fake means somet
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,10 +45,11 @@ def test_it_implements_the_protocols(engine: ChatEngine) -> None:
 
 def test_a_stream_yields_text_then_sets_its_counts(engine: ChatEngine) -> None:
     reply = engine.stream(CHAT, PARAMS)
-    assert reply.completion_tokens == 0 and reply.prompt_tokens > 0
+    assert reply.completion_tokens == 0 and reply.prompt_tokens > 0 and reply.confidence is None
     chunks = list(reply)
     assert chunks and all(isinstance(c, str) and c for c in chunks)
     assert 1 <= reply.completion_tokens <= PARAMS.max_new_tokens
+    assert isinstance(reply.confidence, float) and -math.inf < reply.confidence <= 0  # mean log-probability per token
     assert reply.adapter_version == BASE
     assert engine.generate(CHAT, PARAMS) == "".join(chunks)  # greedy (the fake: scripted) is repeatable
 
