@@ -21,6 +21,9 @@ bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
     DELETE /admin/api/knowledge/{id}
     POST   /admin/api/knowledge/{id}/disable|enable
     POST   /admin/api/knowledge/{id}/approve         a pending item (a Wikipedia summary), {"answer": "edited"?}
+    GET    /admin/api/paraphrases?item_id=           synthetic paraphrases (use: train | check)
+    POST   /admin/api/paraphrases                    {"item_ids"?, "per_item"?}: a model writes them, the memory filters
+    DELETE /admin/api/paraphrases/{id}
     GET    /admin/api/curious                        the "to teach" queue, ranked (key, question, count, reasons)
     POST   /admin/api/curious/answer                 {"key", "answer", "question"?}: approved knowledge
     POST   /admin/api/curious/dismiss                {"key"}: off the queue for good
@@ -57,6 +60,8 @@ from bot.admin_models import (
     KnowledgeList,
     KnowledgeView,
     LrPlanView,
+    ParaphraseList,
+    ParaphrasesWritten,
     ProposedQuestions,
     RatingsByVersion,
     RunsView,
@@ -99,6 +104,13 @@ class KeyBody(BaseModel):
 class TeachBody(KeyBody):
     answer: str = Field(min_length=1, max_length=MAX_CORRECTION_CHARS)
     question: str | None = Field(None, max_length=1000, description="Store under this phrasing instead.")
+
+
+class ParaphraseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_ids: list[int] | None = Field(None, max_length=200, description=(
+        "Items to paraphrase (default: every approved item that has no paraphrase yet)."))
+    per_item: int = Field(5, ge=1, le=20)
 
 
 class ProposeBody(BaseModel):
@@ -241,6 +253,19 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
     def list_knowledge(limit: int = Query(200, ge=1, le=5000), offset: int = Query(0, ge=0),
                        status: Literal["approved", "pending"] | None = None) -> KnowledgeList:
         return service.knowledge_list(limit, offset, status)
+
+    @router.get("/paraphrases", response_model=ParaphraseList)
+    def paraphrases(item_id: int | None = Query(None, ge=1)) -> ParaphraseList:
+        return service.paraphrases(item_id)
+
+    @router.post("/paraphrases", response_model=ParaphrasesWritten)
+    def write_paraphrases(body: ParaphraseBody | None = None) -> ParaphrasesWritten:
+        body = body or ParaphraseBody()
+        return service.write_paraphrases(body.item_ids, body.per_item)
+
+    @router.delete("/paraphrases/{paraphrase_id}", response_model=ParaphraseList)
+    def delete_paraphrase(paraphrase_id: int) -> ParaphraseList:
+        return service.delete_paraphrase(paraphrase_id)
 
     @router.get("/curious", response_model=ToTeachList)
     def to_teach(limit: int = Query(50, ge=1, le=1000)) -> ToTeachList:

@@ -207,6 +207,28 @@ class KnowledgeList(_View):
     items: list[KnowledgeView]
 
 
+class ParaphraseView(_View):
+    id: int
+    item_id: int
+    question: str
+    origin: str  # synthetic
+    use: str  # train | check (never trained: measures generality)
+    created_at: UtcTime | None
+
+
+class ParaphraseList(_View):
+    paraphrases: list[ParaphraseView]
+
+
+class ParaphrasesWritten(_View):
+    """What one request for synthetic paraphrases did."""
+
+    items: int
+    kept: int
+    dropped: dict[str, int]  # reason -> lines the model wrote that were not kept
+    paraphrases: list[ParaphraseView]  # the kept ones
+
+
 class ToTeachView(_View):
     """One group of the "to teach" queue (bot/curiosity.py): `key` names it in answer/dismiss/wikipedia."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,9 @@ from bot.admin_models import (
     KnowledgeList,
     KnowledgeView,
     LrPlanView,
+    ParaphraseList,
+    ParaphrasesWritten,
+    ParaphraseView,
     PersonaPreview,
     ProposedQuestions,
     RatingGroup,
@@ -48,10 +52,11 @@ from bot.admin_models import (
 from bot.curiosity import Curiosity, ToTeach
 from bot.engine_api import GenParams
 from bot.services import AUTO_APPROVE_KEY
+from bot.synthetic import Paraphraser
 from feedback_db import store
-from feedback_db.models import AdapterVersion, Exchange, Feedback, KnowledgeItem, TrainingRun
+from feedback_db.models import AdapterVersion, Exchange, Feedback, KnowledgeItem, Paraphrase, TrainingRun
 from kaizen import adapters
-from kaizen.errors import AdapterError, ConflictError, InputError, KaizenError
+from kaizen.errors import AdapterError, BusyError, ConflictError, InputError, KaizenError
 from kaizen.knowledge_files import validate_import
 from kaizen.lr_schedule import past_rounds, plan_lr
 from kaizen.metrics import RoundMetrics
@@ -71,6 +76,7 @@ if TYPE_CHECKING:
     from bot.services import Kaizen
 
 FOLLOW_UP_TOKENS = 96  # room for three short questions
+PARAPHRASE_TOKENS = 160  # room for five short questions
 
 # What the service raises for the caller to show as a message (not a bug).
 USER_ERRORS: tuple[type[Exception], ...] = (KaizenError, store.StoreError)
@@ -96,6 +102,11 @@ def _knowledge_view(item: KnowledgeItem) -> KnowledgeView:
         verbatim=item.verbatim, enabled=item.enabled, hit_count=item.hit_count, feedback_id=item.feedback_id,
         updated_at=item.updated_at, train_attempts=item.train_attempts, learned_version=item.learned_version,
         parked=item.parked, status=item.status, source_url=item.source_url)
+
+
+def _paraphrase_view(p: Paraphrase) -> ParaphraseView:
+    return ParaphraseView(id=p.id, item_id=p.item_id, question=p.question, origin=p.origin, use=p.use,
+                          created_at=p.created_at)
 
 
 def _to_teach_view(group: ToTeach) -> ToTeachView:
@@ -399,6 +410,65 @@ class AdminService:
         with self._kaizen.db.write() as s:
             checked = check_correction(answer) if answer is not None and answer.strip() else None
             return _knowledge_view(store.approve_knowledge(session=s, item_id=item_id, answer=checked))
+
+    # --- synthetic paraphrases -----------------------------------------------------------------
+
+    def paraphrases(self, item_id: int | None = None) -> ParaphraseList:
+        """The stored synthetic paraphrases (of one item if given)."""
+        with self._kaizen.db.session() as s:
+            rows = store.list_paraphrases(session=s, item_ids=None if item_id is None else [item_id])
+            return ParaphraseList(paraphrases=[_paraphrase_view(p) for p in rows])
+
+    def write_paraphrases(self, item_ids: list[int] | None = None, per_item: int = 5) -> ParaphrasesWritten:
+        """Have a model paraphrase the taught questions `item_ids` (default: the approved items that have
+        none yet), keep what the memory maps back to each item alone, and store it. Raises InputError
+        without a memory, store.NotFound for an unknown id, store.Conflict for an item not approved."""
+        kz = self._kaizen
+        if kz.recall is None:
+            raise InputError("The retrieval memory is off in this server: it is what checks each paraphrase.")
+        with kz.db.session() as s:
+            if item_ids:
+                items = [store.get_knowledge(session=s, item_id=i) for i in item_ids]
+                if bad := [i.id for i in items if not i.enabled]:
+                    raise store.Conflict(f"Only approved, enabled items are paraphrased (not #{bad[0]}).")
+            else:
+                done = {p.item_id for p in store.list_paraphrases(session=s)}
+                items = [i for i in store.list_knowledge(session=s, enabled_only=True) if i.id not in done]
+            for item in items:
+                s.expunge(item)
+        report = Paraphraser(kz.db, generate=self._paraphrase_model(), memory=kz.recall).write(items,
+                                                                                               per_item=per_item)
+        with kz.db.session() as s:
+            kept = [_paraphrase_view(p) for p in store.list_paraphrases(session=s, item_ids=list(report.kept))
+                    if p.question in report.kept.get(p.item_id, [])]
+        return ParaphrasesWritten(items=report.items, kept=report.total, dropped=report.dropped, paraphrases=kept)
+
+    def _paraphrase_model(self) -> Callable[[list[dict[str, str]]], str]:
+        """The serving model's greedy completion, or the configured OpenAI-compatible server's."""
+        settings, engine = self._kaizen.settings, self._kaizen.engine
+        if not settings.paraphrase_url:
+            return lambda messages: engine.generate(messages, GenParams(max_new_tokens=PARAPHRASE_TOKENS))
+        from openai import OpenAI, OpenAIError
+
+        client = OpenAI(base_url=settings.paraphrase_url, api_key="unused", timeout=120, max_retries=0)
+
+        def remote(messages: list[dict[str, str]]) -> str:
+            try:
+                reply = client.chat.completions.create(
+                    model=settings.paraphrase_model or "default", messages=messages,  # type: ignore[arg-type]
+                    max_tokens=PARAPHRASE_TOKENS, temperature=0)
+            except OpenAIError as exc:
+                raise BusyError(f"The paraphrase model at {settings.paraphrase_url} failed: {exc}") from exc
+            return reply.choices[0].message.content or ""
+        return remote
+
+    def delete_paraphrase(self, paraphrase_id: int) -> ParaphraseList:
+        """Delete one; the item's remaining paraphrases. Raises store.NotFound."""
+        with self._kaizen.db.write() as s:
+            row = store.list_paraphrases(session=s)
+            item_id = next((p.item_id for p in row if p.id == paraphrase_id), None)
+            store.delete_paraphrase(session=s, paraphrase_id=paraphrase_id)
+        return self.paraphrases(item_id)
 
     # --- curiosity: the "to teach" queue ------------------------------------------------------
 

@@ -17,6 +17,7 @@ from bot.admin_models import (
     ImportResult,
     KnowledgeList,
     KnowledgeView,
+    ParaphraseList,
     PersonaPreview,
     RatingsByVersion,
     RunsView,
@@ -31,6 +32,7 @@ from kaizen.metrics import PHASE_LABELS, ROUND_PHASES
 FEEDBACK_COLUMNS = ["id", "rating", "status", "question", "bot answer", "correction", "updated"]
 KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "status", "verbatim", "enabled", "hits",
                      "weights"]
+PARAPHRASE_COLUMNS = ["id", "item", "paraphrase", "use", "created"]
 TO_TEACH_COLUMNS = ["question", "asked", "why", "last asked", "other phrasings"]
 REASON_LABELS = {"down": "👎", "low_confidence": "unsure (low confidence)", "unsure": "said it did not know"}
 RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "applied", "ms"]
@@ -190,6 +192,12 @@ def knowledge_frame(view: KnowledgeList) -> pd.DataFrame:
     return pd.DataFrame([[i.id, short(i.question), short(i.answer), i.category, i.origin,
                           "⏳ pending review" if i.status == "pending" else i.status, i.verbatim, i.enabled,
                           i.hit_count, weights_state(i)] for i in view.items], columns=KNOWLEDGE_COLUMNS)
+
+
+def paraphrase_frame(view: ParaphraseList) -> pd.DataFrame:
+    """Synthetic paraphrases: "train" ones are trained, "check" ones measure generality."""
+    return pd.DataFrame([[p.id, p.item_id, p.question, p.use, when(p.created_at)] for p in view.paraphrases],
+                        columns=PARAPHRASE_COLUMNS)
 
 
 def to_teach_frame(view: ToTeachList) -> pd.DataFrame:

@@ -38,7 +38,7 @@ from feedback_db import store
 from feedback_db.db import Database
 from feedback_db.models import Exchange, Feedback, KnowledgeItem
 from kaizen.errors import InputError, NotFoundError
-from kaizen.text import fold, question_key
+from kaizen.text import fold, question_key, question_lines
 
 # Cosine (multilingual-e5-small, "query: " on both sides) at which two asked questions are one group.
 # Measured on 13 pairs: paraphrases of one question 0.956-0.990 ("What is the warranty period?" / "How
@@ -234,7 +234,7 @@ class Curiosity:
         added: list[tuple[str, str, int]] = []
         for n, item in enumerate(items, start=1):
             prompt = FOLLOW_UP_PROMPT.format(question=item.question, answer=item.answer, n=per_item)
-            for line in follow_up_lines(self.generate([{"role": "user", "content": prompt}]))[:per_item]:
+            for line in question_lines(self.generate([{"role": "user", "content": prompt}]))[:per_item]:
                 key = group_key(line)
                 if key in seen or self._known(line):
                     continue
@@ -263,17 +263,3 @@ def _name(candidates: Sequence[_Candidate]) -> str:
     phrasings = _phrasings(candidates)
     order = {t: i for i, t in enumerate(phrasings)}
     return min(phrasings, key=lambda t: (fold(t) == t, t.isupper(), order[t]))
-
-
-_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|Q:|Câu hỏi:)?\s*", re.IGNORECASE)
-
-
-def follow_up_lines(text: str) -> list[str]:
-    """The questions in a model's list: one per line, bullets and numbers removed, ending with "?",
-    3 to 200 characters."""
-    out = []
-    for raw in text.splitlines():
-        line = _BULLET.sub("", raw).strip().strip('"“”')
-        if line.endswith(("?", "？")) and 3 <= len(line) <= 200:
-            out.append(line)
-    return out

@@ -34,6 +34,7 @@ from bot.admin_views import (
     ADAPTER_LEGEND,
     FEEDBACK_COLUMNS,
     KNOWLEDGE_COLUMNS,
+    PARAPHRASE_COLUMNS,
     RECENT_COLUMNS,
     RUN_COLUMNS,
     TO_TEACH_COLUMNS,
@@ -256,6 +257,32 @@ class AdminPanel:
         with _user_errors():
             item = self.service.approve_knowledge(int(item_id), answer)
         return f"Knowledge item #{item.id} approved: the memory serves it now.", self.knowledge_table(request)
+
+    # --- synthetic paraphrases -------------------------------------------------------------------
+
+    def paraphrase_table(self, item_id: float | None, request: gr.Request) -> pd.DataFrame:
+        """The selected item's synthetic paraphrases (every item's when none is selected)."""
+        _require_admin(request)
+        return views.paraphrase_frame(self.service.paraphrases(int(item_id) if item_id else None))
+
+    def write_paraphrases(self, item_id: float | None, request: gr.Request) -> tuple[str, pd.DataFrame]:
+        """Have the model paraphrase the selected item (or every item that has none yet)."""
+        _require_admin(request)
+        with _user_errors():
+            result = self.service.write_paraphrases([int(item_id)] if item_id else None)
+        dropped = "; ".join(f"{reason}: {n}" for reason, n in result.dropped.items()) or "none"
+        return (f"Paraphrased {result.items} item(s): kept {result.kept} (dropped: {dropped}).",
+                self.paraphrase_table(item_id, request))
+
+    def delete_paraphrase(self, item_id: float | None, paraphrase_id: float | None,
+                          request: gr.Request) -> tuple[str, pd.DataFrame]:
+        """Delete one paraphrase by id; the message and the table."""
+        _require_admin(request)
+        if not paraphrase_id:
+            raise Refusal("Type the id of the paraphrase to delete.")
+        with _user_errors():
+            self.service.delete_paraphrase(int(paraphrase_id))
+        return f"Paraphrase #{int(paraphrase_id)} deleted.", self.paraphrase_table(item_id, request)
 
     # --- to teach -------------------------------------------------------------------------------
 
@@ -554,6 +581,17 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
                 save_item = gr.Button("Save", elem_id="knowledge-save")
                 approve_item = gr.Button("Approve (pending)", elem_id="knowledge-approve")
             knowledge_msg = gr.Markdown(elem_id="knowledge-message")
+            with gr.Accordion("Synthetic paraphrases (model-written, kept only if the memory maps them back)",
+                              open=False, elem_id="paraphrases"):
+                with gr.Row():
+                    write_para = gr.Button("Write paraphrases (the selected item, or all without any)",
+                                           elem_id="paraphrase-write")
+                    para_id = gr.Number(label="Paraphrase id", precision=0, elem_id="paraphrase-id")
+                    delete_para = gr.Button("Delete paraphrase", variant="stop", elem_id="paraphrase-delete")
+                para_table = gr.Dataframe(headers=PARAPHRASE_COLUMNS, interactive=False, wrap=True,
+                                          label="Paraphrases (check: never trained, measures generality)",
+                                          elem_id="paraphrase-table")
+                para_msg = gr.Markdown(elem_id="paraphrase-message")
 
         with gr.Tab("To teach", elem_id="tab-to-teach") as teach_tab:
             gr.Markdown("Questions Kaizen answered badly (👎 without a correction, low confidence, or it said it "
@@ -664,6 +702,9 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         confirm_delete.click(h.delete_knowledge, item_id, [knowledge_msg, knowledge, confirm_delete], **ordered)
 
         approve_item.click(h.approve_knowledge, [item_id, item_answer], [knowledge_msg, knowledge], **ordered)
+        item_id.change(h.paraphrase_table, item_id, para_table, show_progress="hidden", **private)
+        write_para.click(h.write_paraphrases, item_id, [para_msg, para_table], **ordered)
+        delete_para.click(h.delete_paraphrase, [item_id, para_id], [para_msg, para_table], **ordered)
 
         teach_out = [teach_table, teach_keys]
         for trigger in (teach_tab.select, teach_refresh.click):

@@ -124,6 +124,21 @@ class KnowledgeItem(Base):
     source_url: Mapped[str | None] = mapped_column(String(SOURCE_URL_LENGTH), nullable=True)  # where it came from
 
 
+class Paraphrase(Base):
+    """A model-written phrasing of a taught question (`origin` "synthetic"), kept only when the memory maps
+    it to its item and no other. `use` splits them: "train" ones are trained beside the item's template
+    variants, "check" ones are never trained and measure generality (`RoundMetrics.synthetic_recall`).
+    Deleted with its item."""
+
+    __tablename__ = "paraphrases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("knowledge_items.id", ondelete="CASCADE"), index=True)
+    question: Mapped[str] = mapped_column(CleanText)
+    origin: Mapped[str] = mapped_column(String(10), default="synthetic")
+    use: Mapped[str] = mapped_column(String(8), default="train")  # train | check
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class CuriousQuestion(Base):
     """A question Kaizen wants taught that no exchange holds (`origin` "proposed": a follow-up the model
     proposed from taught knowledge `item_id`), or any question the admin dismissed from the "to teach"

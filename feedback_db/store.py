@@ -28,6 +28,7 @@ from feedback_db.models import (
     Feedback,
     KnowledgeItem,
     Lock,
+    Paraphrase,
     Setting,
     TrainingRun,
     new_id,
@@ -1044,4 +1045,36 @@ def set_curious_status(*, session: Session, keys: Iterable[str], status: str, qu
     for key in set(keys) - {r.key for r in rows}:
         session.add(CuriousQuestion(question=question or key, key=key, origin="asked", status=status,
                                     item_id=item_id))
+    session.flush()
+
+
+# --- synthetic paraphrases ----------------------------------------------------------------------
+
+def add_paraphrase(*, session: Session, item_id: int, question: str, use: str,
+                   origin: str = "synthetic") -> Paraphrase:
+    """Store a phrasing of item `item_id`'s question ("train": trained; "check": measures generality).
+    Raises NotFound for an unknown item, Invalid for an empty question or a bad `use`."""
+    get_knowledge(session=session, item_id=item_id)
+    question = question.strip()
+    if not question:
+        raise Invalid("A paraphrase needs a question.")
+    if use not in ("train", "check"):
+        raise Invalid(f"A paraphrase is used to train or to check, not {use!r}.")
+    row = Paraphrase(item_id=item_id, question=question, use=use, origin=origin)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_paraphrases(*, session: Session, item_ids: Iterable[int] | None = None) -> list[Paraphrase]:
+    """Paraphrases, of `item_ids` only if given, in id order."""
+    q = select(Paraphrase).order_by(Paraphrase.id)
+    if item_ids is not None:
+        q = q.where(Paraphrase.item_id.in_(list(item_ids)))
+    return list(session.scalars(q))
+
+
+def delete_paraphrase(*, session: Session, paraphrase_id: int) -> None:
+    """Raises NotFound for an unknown id."""
+    session.delete(_get(session, Paraphrase, paraphrase_id, "paraphrase"))
     session.flush()

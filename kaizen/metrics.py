@@ -35,6 +35,7 @@ class RoundMetrics:
     retention: float | None = None  # share of old facts still answered exactly (0..1)
     baseline_retention: float | None = None  # the active version's recall of those old facts (0..1)
     paraphrase_recall: float | None = None  # generality: held-out phrasings answered exactly (0..1)
+    synthetic_recall: float | None = None  # model-written "check" phrasings (never trained) answered exactly (0..1)
     locality: float | None = None  # teacher-forced top-1 agreement with the base model on held-out prompts (0..1)
     locality_adapter: float | None = None  # the same with the adapter applied to every held-out prompt (0..1)
     routed: float | None = None  # share of held-out prompts routing by scope sends to the adapter (0..1)

@@ -56,3 +56,17 @@ def normalize_answer(text: str) -> str:
     text = unicodedata.normalize("NFC", text).casefold()
     text = _SPACE.sub(" ", text)
     return text.strip(_SURROUNDING)
+
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d+[.)]|Q:|Câu hỏi:|Question:)?\s*", re.IGNORECASE)
+
+
+def question_lines(text: str) -> list[str]:
+    """The questions in a model-written list: one per line, bullets, numbers and "Q:" removed, quotes
+    stripped, ending with "?", 3 to 200 characters."""
+    out = []
+    for raw in text.splitlines():
+        line = _LIST_MARKER.sub("", raw).strip().strip('"“”')
+        if line.endswith(("?", "？")) and 3 <= len(line) <= 200:
+            out.append(line)
+    return out

@@ -29,9 +29,10 @@ from typing import TypeVar
 
 from feedback_db import store
 from feedback_db.db import Database
-from feedback_db.models import KnowledgeItem
+from feedback_db.models import KnowledgeItem, Paraphrase
 from kaizen.knowledge_files import question_key
 from kaizen.prompts import Persona, build_system_prompt, load_persona, tone_instruction
+from kaizen.text import fold
 from trainer.augment import clean_question, heldout_questions, variants
 from trainer.lora import Example
 from trainer.preference import Rated
@@ -59,6 +60,8 @@ class TrainingSet:
     learned_ids: frozenset[str] = frozenset()  # every learned, unparked fact (str ids, as in RoundMetrics.facts)
     superseded_ids: tuple[int, ...] = ()  # queued items a newer answer to the same question replaced: never trained
     ratings: list[Rated] = field(default_factory=list)  # rated replies for KTO (preference="kto"), oldest first
+    # Synthetic (model-written) phrasings kept for the generality check, never trained: item id -> questions.
+    synthetic_checks: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def new_facts(self) -> list[Fact]:
@@ -74,6 +77,24 @@ class TrainingSet:
     def paraphrases(self, facts: list[Fact]) -> list[tuple[str, str]]:
         """(held-out phrasing, answer): question forms never used for training."""
         return [(q, f.answer) for f in facts for q in heldout_questions(f.question)[:2]]
+
+    def synthetic_paraphrases(self, facts: list[Fact]) -> list[tuple[str, str]]:
+        """(synthetic "check" phrasing, answer) of `facts`: model-written, never trained on."""
+        return [(q, f.answer) for f in facts for q in self.synthetic_checks.get(f.item_id, [])]
+
+
+def _synthetic(rows: Sequence[Paraphrase], items: Sequence[KnowledgeItem],
+               ) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """The synthetic phrasings of `items` as (train, check): item id -> questions. One that reads as a
+    held-out phrasing of its item (trainer.augment.HELDOUT_TEMPLATES) is never used: those measure
+    generality for every version and must stay unseen."""
+    heldout = {i.id: {fold(question_key(q)) for q in heldout_questions(clean_question(i.question))} for i in items}
+    train: dict[int, list[str]] = {}
+    check: dict[int, list[str]] = {}
+    for p in rows:
+        if p.item_id in heldout and fold(question_key(p.question)) not in heldout[p.item_id]:
+            (train if p.use == "train" else check).setdefault(p.item_id, []).append(clean_question(p.question))
+    return train, check
 
 
 def system_prompt(persona: Persona, tone: str = "neutral") -> str:
@@ -137,6 +158,7 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
         older = store.rated_feedback_ids(session=s, until=since) if room is None or room > 0 else []
         picked = _sample(older, room, rng)
         rated = sorted(recent + store.rated_exchanges(session=s, ids=picked), key=lambda r: r[0].id)
+        synthetic_train, synthetic_check = _synthetic(store.list_paraphrases(session=s), items)
     queue = [i for i in items if i.learned_version is None and (include_parked or not i.parked)]
     new_items = queue if max_new_facts is None else queue[:max_new_facts]
     learned = [i for i in items if i.learned_version is not None and (include_parked or not i.parked)]
@@ -149,6 +171,9 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
         n = n_variants if new or replay_variants is None else replay_variants  # rehearsal needs fewer phrasings
         for i, variant in enumerate(variants(question, n, seed=seed + item.id)):
             examples.append(_row(persona, TONES[i % len(TONES)], variant, item.answer, "sft", source))
+        # Model-written phrasings: all of them for a new fact, one for a replayed one (rehearsal).
+        for i, variant in enumerate(synthetic_train.get(item.id, [])[:None if new else 1]):
+            examples.append(_row(persona, TONES[i % len(TONES)], variant, item.answer, "sft", f"synthetic:{item.id}"))
         facts.append(Fact(item.id, question, item.answer, new, item.train_attempts))
     ups = downs = 0
     ratings: list[Rated] = []
@@ -169,6 +194,7 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
         "learned_items": len(learned),
         "parked_items": sum(i.parked for i in items),
         "sft_rows": sum(e.kind == "sft" for e in examples),
+        "synthetic_rows": sum(e.source.startswith("synthetic:") for e in examples),
         "up_rows": ups if preference == "unlikelihood" else 0,
         "down_rows": downs if preference == "unlikelihood" else 0,
         "kto_desirable": ups if preference == "kto" else 0,
@@ -179,7 +205,8 @@ def build_training_set(*, db: Database, persona: Persona, n_variants: int = 10, 
     return TrainingSet(examples=examples, facts=facts, system_prompt=system_prompt(persona), counts=counts,
                        learned_ids=frozenset(str(i.id) for i in learned),
                        superseded_ids=tuple(sorted({i.id for i in enabled if i.learned_version is None and not i.parked}
-                                                   - {i.id for i in items})), ratings=ratings)
+                                                   - {i.id for i in items})), ratings=ratings,
+                       synthetic_checks=synthetic_check)
 
 
 def export_jsonl(training: TrainingSet, path: Path) -> int:

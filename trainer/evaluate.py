@@ -186,12 +186,15 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     tuned.to(next(model.parameters()).dtype)
     tuned.eval()
     paraphrases = training.paraphrases(facts)
-    convs = [training.conversation(f.question) for f in facts] + [training.conversation(q) for q, _ in paraphrases]
+    synthetic = training.synthetic_paraphrases(facts)
+    convs = [training.conversation(q) for q in [f.question for f in facts] + [q for q, _ in paraphrases + synthetic]]
     longest = max([len(tokenizer(f.answer)["input_ids"]) for f in facts] or [16]) + 8
     with serving(tuned, knowledge=True, preference=pref):
         answers = generate_answers(tuned, tokenizer, convs, longest) if convs else []
         local = locality_scores(tuned, tokenizer, heldout_convs, base_ids)
-    fact_answers, para_answers = answers[:len(facts)], answers[len(facts):]
+    fact_answers = answers[:len(facts)]
+    para_answers = answers[len(facts):len(facts) + len(paraphrases)]
+    synthetic_answers = answers[len(facts) + len(paraphrases):]
     routed = [scope.in_scope(p) for p in heldout] if scope is not None else [True] * len(heldout)
     outside = [1.0] * len(heldout)
     if pref and not all(routed):
@@ -229,6 +232,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         new_recall=recall([i for i, f in enumerate(facts) if f.new]),
         retention=recall([i for i, f in enumerate(facts) if not f.new]),
         paraphrase_recall=exact_recall(para_answers, [a for _, a in paraphrases]) if paraphrases else None,
+        synthetic_recall=exact_recall(synthetic_answers, [a for _, a in synthetic]) if synthetic else None,
         locality=round(sum(served) / len(served), 4) if served else 1.0,
         locality_adapter=round(sum(local) / len(local), 4) if local else 1.0,
         routed=round(sum(routed) / len(routed), 4) if routed else 0.0,

@@ -21,6 +21,7 @@ EXPECTED = {
                         "hit_count", "created_at", "updated_at", "train_attempts", "learned_version", "parked",
                         "status", "source_url"],
     "curious_questions": ["id", "question", "key", "origin", "status", "item_id", "created_at"],
+    "paraphrases": ["id", "item_id", "question", "origin", "use", "created_at"],
     "settings": ["key", "value", "updated_at"],
     "training_runs": ["id", "status", "trigger", "round_index", "pid", "step", "total_steps", "loss", "lr",
                       "eta_s", "loss_curve", "phase", "config", "data_counts", "adapter_version", "error",

@@ -1,5 +1,6 @@
-"""Curiosity and more sources: exchanges.confidence, knowledge_items.status and source_url, and the
-curious_questions table (questions Kaizen proposes itself, and questions the admin dismissed)
+"""Curiosity and more sources: exchanges.confidence, knowledge_items.status and source_url, the
+curious_questions table (questions Kaizen proposes itself, and questions the admin dismissed) and the
+paraphrases table (model-written phrasings of a taught question)
 
 Revision ID: 0005
 Revises: 0004
@@ -34,9 +35,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('curious_questions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_curious_questions_key'), ['key'], unique=False)
+    op.create_table(
+        'paraphrases',
+        sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column('item_id', sa.Integer(), nullable=False),
+        sa.Column('question', sa.Text(), nullable=False),
+        sa.Column('origin', sa.String(length=10), nullable=False),
+        sa.Column('use', sa.String(length=8), nullable=False),
+        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(['item_id'], ['knowledge_items.id'], ondelete='CASCADE'),
+        sa.PrimaryKeyConstraint('id'),
+    )
+    with op.batch_alter_table('paraphrases', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_paraphrases_item_id'), ['item_id'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('paraphrases', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_paraphrases_item_id'))
+    op.drop_table('paraphrases')
     with op.batch_alter_table('curious_questions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_curious_questions_key'))
     op.drop_table('curious_questions')
