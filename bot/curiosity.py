@@ -47,6 +47,9 @@ from kaizen.text import fold, question_key, question_lines
 # language scores 0.865: each language keeps its own group.
 GROUP_COSINE = 0.94
 MAX_PHRASINGS = 5  # phrasings shown per group
+# Distinct questions (folded keys) grouped per call, the most asked (then newest) first: embedding one
+# costs ~26 ms the first time (cached after), so the first look at a long history stays ~10 s at most.
+MAX_KEYS = 400
 
 REASONS = {"down": "👎 without a correction", "low_confidence": "low confidence", "unsure": "said it did not know"}
 
@@ -143,11 +146,17 @@ class Curiosity:
         closed = {q.key for q in stored if q.status != "open"}
         candidates += [_Candidate(q.question, q.key, set(), q.created_at, "proposed", q.item_id)
                        for q in stored if q.status == "open" and q.origin == "proposed"]
-        candidates = [c for c in candidates if c.key not in closed]
-        groups = [g for g in self._group(candidates) if not self._known(g.question)]
+        candidates = _most_asked([c for c in candidates if c.key not in closed], MAX_KEYS)
+        groups = self._group(candidates)
         groups.sort(key=lambda g: (g.origin != "asked", -g.count,
                                    -(g.last_asked.timestamp() if g.last_asked else 0.0)))
-        return groups[:limit]
+        out: list[ToTeach] = []
+        for group in groups:  # the memory is asked only until the page is full
+            if len(out) == limit:
+                break
+            if not self._known(group.question):
+                out.append(group)
+        return out
 
     def _known(self, question: str) -> bool:
         return self.in_scope is not None and self.in_scope(question)
@@ -246,6 +255,21 @@ class Curiosity:
             for line, key, item_id in added:
                 store.add_curious_question(session=s, question=line, key=key, origin="proposed", item_id=item_id)
         return [line for line, _, _ in added]
+
+
+def _most_asked(candidates: Sequence[_Candidate], n: int) -> list[_Candidate]:
+    """The candidates of the `n` keys asked most often (then most recently); proposed ones count 0."""
+    by_key: dict[str, list[_Candidate]] = {}
+    for c in candidates:
+        by_key.setdefault(c.key, []).append(c)
+
+    def rank(key: str) -> tuple[int, float]:
+        asked = [c for c in by_key[key] if c.origin == "asked"]
+        newest = max((c.at.timestamp() for c in by_key[key] if c.at is not None), default=0.0)
+        return -len(asked), -newest
+
+    keep = set(sorted(by_key, key=rank)[:n])
+    return [c for c in candidates if c.key in keep]
 
 
 def _phrasings(candidates: Sequence[_Candidate]) -> list[str]:

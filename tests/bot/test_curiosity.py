@@ -211,3 +211,19 @@ def test_kaizen_curious_lists_the_queue(tmp_path, capsys):
     assert [(r["question"], r["count"]) for r in rows] == [("Công ty mở cửa lúc mấy giờ?", 2)]
     assert launch.main(["curious", "--limit", "0", "--data-dir", str(tmp_path)]) == 2
     assert "--limit" in capsys.readouterr().err
+
+
+def test_a_long_history_groups_only_the_most_asked_questions(kaizen, monkeypatch):
+    """Embedding a question costs ~26 ms: only the MAX_KEYS most asked distinct questions are grouped."""
+    import bot.curiosity
+
+    monkeypatch.setattr(bot.curiosity, "MAX_KEYS", 2)
+    for q, times in (("Rare question?", 1), ("Common question?", 3), ("Middle question?", 2)):
+        for _ in range(times):
+            ask(kaizen.db, q, confidence=LOW)
+    asked: list[str] = []
+    queue = Curiosity(kaizen.db, min_confidence=-0.89, in_scope=lambda q: asked.append(q) or False).queue(limit=1)
+    assert [(g.question, g.count) for g in queue] == [("Common question?", 3)]
+    assert asked == ["Common question?"]  # the memory is asked only until the page is full
+    assert [g.question for g in Curiosity(kaizen.db, min_confidence=-0.89).queue()] == [
+        "Common question?", "Middle question?"]
