@@ -73,6 +73,7 @@ from bot.admin_models import (
     TrainStarted,
 )
 from bot.admin_service import AdminService
+from bot.api import error_type
 from bot.auth import AdminAuth
 from kaizen.errors import AuthError, InputError
 from kaizen.knowledge_files import ImportFileError, ImportLimits
@@ -169,13 +170,13 @@ def install_admin_errors(app: FastAPI) -> None:
 
     @app.exception_handler(AdminAuthRequired)
     async def _auth(_req: Request, exc: AdminAuthRequired) -> JSONResponse:
-        return JSONResponse({"error": {"message": exc.message, "type": "AuthError"}}, status_code=401,
+        return JSONResponse({"error": {"message": exc.message, "type": error_type(401)}}, status_code=401,
                             headers={"WWW-Authenticate": 'Basic realm="Kaizen admin", charset="UTF-8"'})
 
 
 def _import_error(exc: ImportFileError) -> JSONResponse:
     lines = [{"line": e.line, "reason": e.reason} for e in exc.errors]
-    return JSONResponse({"error": {"message": exc.message, "type": "ImportFileError", "lines": lines}},
+    return JSONResponse({"error": {"message": exc.message, "type": error_type(exc.status), "lines": lines}},
                         status_code=exc.status)
 
 

@@ -336,6 +336,17 @@ class Health(BaseModel):
     error: str | None = None  # why it is unavailable
 
 
+# `error.type` by HTTP status, in OpenAI's vocabulary, the same for every route (chat, feedback, admin):
+# a client tells errors apart by type, and the message says the rest.
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 409: "conflict_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def error_type(status: int) -> str:
+    """The `error.type` of an HTTP status: ERROR_TYPES, "server_error" for 5xx."""
+    return ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
 def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status,
@@ -353,8 +364,7 @@ def install_error_handlers(app: FastAPI) -> None:
             # OpenAI's shape for a request it cannot answer as sent (vLLM's too): 400, with a code.
             param = "messages" if isinstance(exc, ContextLengthError) else None
             return _error(400, exc.message, "invalid_request_error", param=param, code=exc.code)
-        kind = "invalid_request_error" if type(exc) is KaizenError else type(exc).__name__  # a plain 400
-        return _error(exc.status, exc.message, kind, code=exc.code)
+        return _error(exc.status, exc.message, error_type(exc.status), code=exc.code)
 
     @app.exception_handler(UNAVAILABLE[0])
     @app.exception_handler(UNAVAILABLE[1])
@@ -363,21 +373,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(store.NotFound)
     async def _not_found(_req: Request, exc: store.NotFound) -> JSONResponse:
-        return _error(404, str(exc), "NotFound")
+        return _error(404, str(exc), error_type(404))
 
     @app.exception_handler(store.Conflict)
     async def _conflict(_req: Request, exc: store.Conflict) -> JSONResponse:
-        return _error(409, str(exc), "Conflict")
+        return _error(409, str(exc), error_type(409))
 
     @app.exception_handler(store.Invalid)
     async def _invalid(_req: Request, exc: store.Invalid) -> JSONResponse:
-        return _error(422, str(exc), "Invalid")
+        return _error(422, str(exc), error_type(422))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "Invalid request."
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        response = _error(exc.status_code, message, kind)
+        response = _error(exc.status_code, message, error_type(exc.status_code))
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
@@ -453,7 +462,8 @@ def build_router(kaizen: Kaizen) -> APIRouter:
                 for piece in reply:
                     yield _chunk(reply.exchange_id, model, created, ChunkDelta(content=piece))
             except KaizenError as exc:
-                error = ErrorResponse(error=ErrorDetail(message=exc.message, type=type(exc).__name__))
+                error = ErrorResponse(error=ErrorDetail(message=exc.message, type=error_type(exc.status),
+                                                        code=exc.code))
                 yield f"data: {json.dumps(error.model_dump())}\n\n"
                 return
             yield _chunk(reply.exchange_id, model, created, ChunkDelta(), reply.meta["finish_reason"], _extras(reply))

@@ -129,7 +129,7 @@ def test_wrong_or_missing_credentials_get_401_and_change_nothing(api, kaizen):
             r = api.request(method, path, auth=auth, **kw)
             assert r.status_code == 401, (method, path, auth, r.text)
             assert r.headers["www-authenticate"].startswith("Basic")
-            assert r.json()["error"]["type"] == "AuthError"
+            assert r.json()["error"]["type"] == "authentication_error"
         r = api.request(method, path, headers={"Authorization": "Basic !!!not-base64"}, **kw)
         assert r.status_code == 401, (method, path)
     assert snapshot(kaizen) == before and kaizen.training.running() is None
@@ -454,7 +454,8 @@ def test_every_answer_keeps_its_json_fields(api, kaizen):
     assert r.json()["imported"] == 1 and r.json()["duplicates"] == 0
     assert [set(skipped) for skipped in r.json()["skipped"]] == [{"line", "reason"}]
     r = api.post("/knowledge", files={"file": ("k.txt", b"bad\n")}, auth=RIGHT)
-    assert set(r.json()["error"]) == {"message", "type", "lines"} and r.json()["error"]["type"] == "ImportFileError"
+    assert set(r.json()["error"]) == {"message", "type", "lines"}
+    assert r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_a_knowledge_item_can_be_edited_and_served_word_for_word(api, kaizen):
@@ -471,6 +472,18 @@ def test_a_knowledge_item_can_be_edited_and_served_word_for_word(api, kaizen):
     assert api.patch(f"/knowledge/{item_id}", json={"answer": " "}, auth=RIGHT).status_code == 422
     assert api.patch(f"/knowledge/{item_id}", json={"answr": "x"}, auth=RIGHT).status_code == 422
     assert api.patch("/knowledge/999", json={"verbatim": True}, auth=RIGHT).status_code == 404
+
+
+def test_every_error_has_the_type_its_status_says(api, kaizen):
+    """One vocabulary for error.type on every route (OpenAI's), whichever layer raised the error."""
+    assert api.get("/runs").json()["error"]["type"] == "authentication_error"
+    assert api.get("/runs/999", auth=RIGHT).json()["error"]["type"] == "not_found_error"  # KaizenError
+    assert api.post("/knowledge/999/enable", auth=RIGHT).json()["error"]["type"] == "not_found_error"  # the store's
+    with kaizen.db.write() as s:
+        item = store.add_knowledge(session=s, question="Q?", answer="A.", pending=True)
+    assert api.post(f"/knowledge/{item.id}/enable", auth=RIGHT).json()["error"]["type"] == "conflict_error"
+    r = api.put("/settings", auth=RIGHT, json={"schedule": {"minutes": 0}})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_the_next_rounds_learning_rate_and_why(api, kaizen):

@@ -122,7 +122,7 @@ def test_an_error_in_the_middle_of_a_stream_ends_it_with_an_error_event(http, ka
     assert r.status_code == 200  # the headers went out before the model failed
     *chunks, error = _events(r.text)
     assert [c["choices"][0]["delta"] for c in chunks] == [{"role": "assistant", "content": ""}, {"content": "one "}]
-    assert error == {"error": {"message": "Generation failed: the model crashed", "type": "ModelError"}}
+    assert error == {"error": {"message": "Generation failed: the model crashed", "type": "server_error"}}
     with kaizen.db.session() as s:
         assert store.totals(session=s)["exchanges"] == 0  # a reply that failed half-way is not stored
 

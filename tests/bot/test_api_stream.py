@@ -61,7 +61,7 @@ def test_a_model_error_midway_is_an_error_event_and_nothing_is_stored(client: Te
         events = _events(r.iter_lines())
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert events[1]["choices"][0]["delta"]["content"] == "one "  # what streamed before the failure
-    assert events[-1] == {"error": {"message": "Generation failed: the model crashed", "type": "ModelError"}}
+    assert events[-1] == {"error": {"message": "Generation failed: the model crashed", "type": "server_error"}}
     assert "[DONE]" not in events and not any(e["choices"][0].get("finish_reason") for e in events[:-1])
     assert _stored(kaizen) == 0
     fake_engine.fail_midway = False
