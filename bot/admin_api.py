@@ -5,6 +5,7 @@ bot/admin_service.py, which the admin tab (bot/ui_admin.py) shares.
     GET    /admin/api/train/next                     the next round's learning rates and why (decay, results)
     GET    /admin/api/runs                           recent runs, newest first
     GET    /admin/api/runs/{id}                      status, step, total_steps, loss, lr, eta_s, phase, error, ...
+    POST   /admin/api/runs/{id}/cancel               a round still waiting for a worker; 409 once one took it
     GET    /admin/api/adapters                       versions with metrics, verdict, reason, active flag
     POST   /admin/api/adapters/{version}/activate    promote or roll back ("base"), and pin it (?pin=false: don't);
                                                      404 unknown, 422 bad or corrupt
@@ -207,6 +208,10 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
     @router.get("/runs/{run_id}", response_model=RunView)
     def run(run_id: int) -> RunView:
         return service.run(run_id)
+
+    @router.post("/runs/{run_id}/cancel", response_model=RunView)
+    def cancel_run(run_id: int) -> RunView:
+        return service.cancel_run(run_id)
 
     @router.get("/adapters", response_model=AdaptersView)
     def list_adapters() -> AdaptersView:

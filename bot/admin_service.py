@@ -200,6 +200,11 @@ class AdminService:
                 row = latest[0] if latest else None
             return RunProgress(running=running, run=_run_view(row) if row is not None else None)
 
+    def cancel_run(self, run_id: int) -> RunView:
+        """Cancel a round still waiting for a worker. Raises store.NotFound, store.Conflict."""
+        with self._kaizen.db.write() as s:
+            return _run_view(store.cancel_run(session=s, run_id=run_id))
+
     def next_round(self) -> int:
         """The index of the next training round (the number of completed rounds)."""
         with self._kaizen.db.session() as s:

@@ -403,6 +403,17 @@ class AdminPanel:
         html_, curve, _ = self._progress()
         return f"Started training run #{run_id}.", html_, curve, gr.Timer(active=True)
 
+    def cancel_queued(self, request: gr.Request) -> tuple[str, str, Figure, pd.DataFrame]:
+        """Cancel the round waiting for a worker (a web replica's Train now); the message, the progress, the runs."""
+        _require_admin(request)
+        run = self.service.progress().run
+        if run is None or run.status != "queued":
+            raise Refusal("No round is waiting for a worker: only a queued round can be cancelled.")
+        with _user_errors():
+            self.service.cancel_run(run.id)
+        html_, curve, _ = self._progress()
+        return f"Training run #{run.id} cancelled.", html_, curve, self.runs_table(request)
+
     def training_settings(self, request: gr.Request) -> tuple[str, gr.Checkbox, gr.Number, gr.Number, str]:
         """The hyperparameters and the schedule (read-only without a scheduler)."""
         _require_admin(request)
@@ -631,6 +642,7 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         with gr.Tab("Training", elem_id="tab-training"):
             with gr.Row():
                 train = gr.Button("Train now", variant="primary", scale=0, elem_id="train-now")
+                cancel_run = gr.Button("Cancel queued round", scale=0, elem_id="train-cancel")
                 train_msg = gr.Markdown(elem_id="train-message")
             progress = gr.HTML(elem_id="progress")
             loss = gr.Plot(label="Loss", elem_id="loss-plot")
@@ -725,6 +737,7 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         save_persona.click(h.save_persona, persona_in, persona_msg, **private)
 
         train.click(h.train_now, None, [train_msg, progress, loss, timer], **ordered)
+        cancel_run.click(h.cancel_queued, None, [train_msg, progress, loss, runs], **ordered)
         timer.tick(h.training_status, None, [progress, loss, timer, runs, *adapters_out], show_progress="hidden",
                    **ordered)
         sched_save.click(h.save_schedule, [sched_on, sched_minutes, sched_items], sched_msg, **ordered)

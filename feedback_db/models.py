@@ -165,7 +165,7 @@ class Setting(Base):
 class TrainingRun(Base):
     __tablename__ = "training_runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    # queued | running | promoted | rejected | failed | nodata
+    # queued | running | promoted | rejected | passed | failed | nodata | cancelled
     status: Mapped[str] = mapped_column(String(10), default="queued", index=True)
     trigger: Mapped[str] = mapped_column(String(16), default="cli")  # cli | admin | api | schedule | teach
     round_index: Mapped[int] = mapped_column(Integer, default=0)

@@ -821,6 +821,22 @@ def request_run(*, session: Session, trigger: str, force: bool = True) -> Traini
     return run
 
 
+def cancel_run(*, session: Session, run_id: int) -> TrainingRun:
+    """Cancel a round that is queued and not taken yet (no process claimed it): its status becomes
+    "cancelled". Raises NotFound, or Conflict if a process took it or it has ended. The claim's
+    compare-and-set on `pid IS NULL` makes a cancel and a claim exclude each other."""
+    run = _get(session, TrainingRun, run_id, "training run")
+    done = session.execute(update(TrainingRun).where(
+        TrainingRun.id == run_id, TrainingRun.status == "queued", TrainingRun.pid.is_(None))
+        .values(status="cancelled", finished_at=utcnow(), error="Cancelled by the admin before it started."))
+    if getattr(done, "rowcount", 0) != 1:
+        session.refresh(run)
+        what = "has started" if run.status in ("queued", "running") else f"has already ended ({run.status})"
+        raise Conflict(f"Training run {run_id} {what}: only a round still waiting for a worker can be cancelled.")
+    session.refresh(run)
+    return run
+
+
 def run_in_progress(*, session: Session) -> int | None:
     """The id of the newest run that is queued or running (in any process), or None."""
     return session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(("queued", "running")))

@@ -500,3 +500,20 @@ def test_the_next_rounds_learning_rate_and_why(api, kaizen):
     got = api.get("/train/next", auth=RIGHT).json()
     assert got["round_index"] == 1 and got["scale"] == 0.5
     assert got["lr"] == pytest.approx(cfg.round_lr(1) * 0.5) and "v1 hurt (retention)" in got["reason"]
+
+
+def test_a_queued_round_can_be_cancelled_until_a_worker_takes_it(api, kaizen):
+    """From the trial of roles: a round queued by a web replica could only wait 30 minutes to expire."""
+    with kaizen.db.write() as s:
+        run = store.request_run(session=s, trigger="admin")
+    r = api.post(f"/runs/{run.id}/cancel", auth=RIGHT)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and "Cancelled" in r.json()["error"]
+    assert api.post(f"/runs/{run.id}/cancel", auth=RIGHT).status_code == 409  # ended already
+    assert api.post("/runs/999/cancel", auth=RIGHT).status_code == 404
+    assert api.post(f"/runs/{run.id}/cancel").status_code == 401
+    with kaizen.db.write() as s:
+        assert store.claim_requested_run(session=s, pid=123) is None  # a worker finds nothing to take
+        again = store.request_run(session=s, trigger="admin")  # and a new round may be queued
+        assert store.claim_requested_run(session=s, pid=123).id == again.id
+    r = api.post(f"/runs/{again.id}/cancel", auth=RIGHT)
+    assert r.status_code == 409 and "has started" in r.json()["error"]["message"]

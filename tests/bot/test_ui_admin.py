@@ -479,3 +479,16 @@ def test_the_page_load_shows_the_stored_personas_preview_and_no_box_previews_on_
     preview_id = next(c._id for c in ui.blocks.values() if getattr(c, "elem_id", None) == "persona-preview")
     triggers = {t[1] for dep in ui.config["dependencies"] if preview_id in dep["outputs"] for t in dep["targets"]}
     assert triggers == {"load", "input"}, triggers
+
+
+def test_a_web_replicas_queued_round_can_be_cancelled_from_the_training_tab(kaizen, panel):
+    from scheduler import RequestedTraining
+
+    kaizen.training = RequestedTraining(db=kaizen.db)  # a web replica: Train now queues for a worker
+    with pytest.raises(gr.Error, match="No round is waiting"):
+        panel.cancel_queued(ADMIN)
+    message, html, _curve, _timer = panel.train_now(ADMIN)
+    assert "queued" in html
+    message, html, _curve, runs = panel.cancel_queued(ADMIN)
+    assert message.endswith("cancelled.") and "cancelled" in html and runs.iloc[0]["status"] == "cancelled"
+    assert panel.train_now(ADMIN)[0].startswith("Started training run #")  # a new one may be queued
