@@ -3,7 +3,7 @@
     python -m bench                       everything (about 55 minutes on two cores, 40 of them the round sweep)
     python -m bench --quick               fewer repeats and smaller sizes
     python -m bench --only chat,storage   some of: chat, loops, facts, confidence, concurrency, training, hotswap,
-                                          storage, teach, round, learn, simulate
+                                          storage, teach, round, learn, synthetic, simulate
     python -m bench --only confidence     the calibration of the model's confidence (bench/confidence.py)
     python -m bench --only simulate       the study: simulated users drive a real server for days (about 1.5 hours;
                                           bench/simulate.py, also `python -m bench.simulate` with its own options)
@@ -51,6 +51,7 @@ BENCHMARKS = {
     "teach": "bench.teach",
     "round": "bench.round_scale",
     "learn": "bench.keep_learning",
+    "synthetic": "bench.synthetic",
     "simulate": "bench.simulate",
 }
 RESULTS = ROOT / "bench" / "results.md"

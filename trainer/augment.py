@@ -118,9 +118,14 @@ def variants(
 
 
 def heldout_questions(question: str) -> list[str]:
-    """The question in every held-out phrasing (for evaluation only; never train on these)."""
+    """The question in every held-out phrasing (for evaluation only; never train on these), those in
+    the question's own language first: "Do you know who founded X?", not "Mình muốn biết who founded X?"."""
     cleaned = clean_question(question)
-    return [t.format(q=_embeddable(cleaned)) for t in HELDOUT_TEMPLATES] if cleaned else []
+    if not cleaned:
+        return []
+    vietnamese = fold(cleaned) != cleaned
+    own = sorted(HELDOUT_TEMPLATES, key=lambda t: (fold(t) != t) != vietnamese)  # stable: template order kept
+    return [t.format(q=_embeddable(cleaned)) for t in own]
 
 
 def augment_rows(

@@ -160,3 +160,14 @@ def test_property_variants(question, n, seed):
         assert n == 0 or result[0] == clean_question(question)
     else:
         assert result == []
+
+
+def test_heldout_phrasings_in_the_questions_own_language_come_first():
+    """Generality is measured on the first two: an English question must not be checked as
+    "Mình muốn biết who founded X?" (found by the synthetic-paraphrase bench)."""
+    assert heldout_questions("Who founded Hoa Sen Travel?")[:2] == [
+        "Hey, quick question: who founded Hoa Sen Travel?", "Do you know who founded Hoa Sen Travel?"]
+    assert heldout_questions("Số hotline của Hoa Sen Travel là gì?")[:2] == [
+        "Mình muốn biết số hotline của Hoa Sen Travel là gì?",
+        "Anh/chị cho em hỏi số hotline của Hoa Sen Travel là gì?"]
+    assert len(heldout_questions("Who founded Hoa Sen Travel?")) == len(HELDOUT_TEMPLATES)
