@@ -190,6 +190,13 @@ def wire_serving(kaizen: Kaizen) -> Kaizen:
         kaizen.training = supervisor
     kaizen.export_dataset = export_training_set
     kaizen.train_config = training_knobs()[0]
+    if settings.wikipedia_lookups > 0:
+        from bot.admin_service import AdminService
+        from bot.curiosity import PeriodicJob
+
+        service, n = AdminService(kaizen), settings.wikipedia_lookups
+        kaizen.lookups = PeriodicJob(lambda: service.auto_lookups(n), settings.schedule_minutes * 60,
+                                     name="wikipedia-lookups").start()
     kaizen.follower.start()
     return kaizen
 
@@ -375,7 +382,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 @command("curious")
 def cmd_curious(args: argparse.Namespace, settings: Settings) -> int:
     """The "to teach" queue (bot/curiosity.py), ranked, as the admin tab's To teach tab shows it."""
-    from bot.curiosity import Curiosity
+    from bot.curiosity import REASONS, Curiosity, known_by
     from bot.recall import KnowledgeRecall
     from bot.services import build_memory
 
@@ -383,7 +390,7 @@ def cmd_curious(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError("--limit must be at least 1.")
     db = _open_db(settings)
     recall = KnowledgeRecall(db=db, memory=build_memory(settings))
-    queue = Curiosity(db, min_confidence=settings.curiosity_min_confidence, in_scope=recall.in_scope,
+    queue = Curiosity(db, min_confidence=settings.curiosity_min_confidence, known=known_by(recall),
                       embedder=recall.memory.cross).queue(args.limit)
     if args.json:
         for q in queue:
@@ -395,11 +402,11 @@ def cmd_curious(args: argparse.Namespace, settings: Settings) -> int:
     if not queue:
         print("Nothing to teach: no question was answered badly since the last answers.")
         return 0
-    print(f"{'asked':>5}  {'why':34}  question")
+    print(f"{'asked':>5}  {'why':44}  question")
     for q in queue:
         why = ("proposed" if q.origin == "proposed"
-               else ", ".join(f"{k} ×{n}" for k, n in sorted(q.reasons.items())))
-        print(f"{q.count:>5}  {why:34}  {q.question}")
+               else ", ".join(f"{REASONS.get(k, k)} ×{n}" for k, n in sorted(q.reasons.items())))
+        print(f"{q.count:>5}  {why:44}  {q.question}")
     print("Answer them in the admin tab (To teach) or with POST /admin/api/curious/answer.")
     return 0
 

@@ -118,6 +118,7 @@ class ParaphraseBody(BaseModel):
 class ProposeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: int = Field(5, ge=1, le=50, description="How many of the newest taught items to ask about.")
+    item_ids: list[int] | None = Field(None, max_length=50, description="These items instead of the newest.")
     per_item: int = Field(3, ge=1, le=10)
 
 
@@ -288,7 +289,7 @@ def build_admin_router(service: AdminService, auth: AdminAuth) -> APIRouter:
     @router.post("/curious/propose", response_model=ProposedQuestions)
     def propose_questions(body: ProposeBody | None = None) -> ProposedQuestions:
         body = body or ProposeBody()
-        return service.propose_questions(body.items, body.per_item)
+        return service.propose_questions(body.items, body.per_item, body.item_ids)
 
     @router.post("/curious/wikipedia", response_model=KnowledgeView)
     def wikipedia(body: WikipediaBody) -> KnowledgeView:

@@ -249,6 +249,7 @@ class ToTeachList(_View):
 class ProposedQuestions(_View):
     items: int  # taught items the model was asked about
     added: list[str]  # new questions in the queue
+    dropped: dict[str, int] = {}  # reason -> lines (or items, for "the model wrote no question") not added
 
 
 class KnowledgeDeleted(_View):

@@ -12,6 +12,7 @@ Invalid); `USER_ERRORS` lists them for the edges that turn them into messages.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -49,14 +50,14 @@ from bot.admin_models import (
     ToTeachView,
     VersionRatings,
 )
-from bot.curiosity import Curiosity, ToTeach
+from bot.curiosity import Curiosity, ToTeach, known_by
 from bot.engine_api import GenParams
 from bot.services import AUTO_APPROVE_KEY
 from bot.synthetic import Paraphraser
 from feedback_db import store
 from feedback_db.models import AdapterVersion, Exchange, Feedback, KnowledgeItem, Paraphrase, TrainingRun
 from kaizen import adapters
-from kaizen.errors import AdapterError, BusyError, ConflictError, InputError, KaizenError
+from kaizen.errors import AdapterError, BusyError, ConflictError, InputError, KaizenError, NotFoundError
 from kaizen.knowledge_files import validate_import
 from kaizen.lr_schedule import past_rounds, plan_lr
 from kaizen.metrics import RoundMetrics
@@ -70,13 +71,15 @@ from kaizen.prompts import (
     tone_instruction,
 )
 from kaizen.settings import TrainConfig
-from kaizen.wikipedia import WikipediaClient, default_user_agent
+from kaizen.text import question_key
+from kaizen.wikipedia import NoSummaryError, SourceUnavailable, WikipediaClient, default_user_agent
 
 if TYPE_CHECKING:
     from bot.services import Kaizen
 
 FOLLOW_UP_TOKENS = 96  # room for three short questions
 PARAPHRASE_TOKENS = 160  # room for five short questions
+LOOKUP_LOCK = "wikipedia"  # the lock row that keeps scheduled lookups to one replica at a time
 
 # What the service raises for the caller to show as a message (not a bug).
 USER_ERRORS: tuple[type[Exception], ...] = (KaizenError, store.StoreError)
@@ -483,7 +486,7 @@ class AdminService:
         recall = kz.recall
         return Curiosity(
             kz.db, min_confidence=kz.settings.curiosity_min_confidence,
-            in_scope=recall.in_scope if recall is not None else None,
+            known=known_by(recall) if recall is not None else None,
             embedder=recall.memory.cross if recall is not None else None,
             generate=lambda messages: kz.engine.generate(messages, GenParams(max_new_tokens=FOLLOW_UP_TOKENS)))
 
@@ -502,14 +505,17 @@ class AdminService:
         """Take a question off the queue for good. Raises NotFoundError."""
         return _to_teach_view(self.curiosity().dismiss(key))
 
-    def propose_questions(self, items: int = 5, per_item: int = 3) -> ProposedQuestions:
-        """Ask the model for follow-up questions to the `items` newest approved items."""
+    def propose_questions(self, items: int = 5, per_item: int = 3,
+                          item_ids: list[int] | None = None) -> ProposedQuestions:
+        """Ask the model for follow-up questions to `item_ids`, or to the `items` newest approved items.
+        Raises store.NotFound for an unknown id."""
         with self._kaizen.db.session() as s:
-            newest = list(store.list_knowledge(session=s, enabled_only=True))[-items:]
-            for item in newest:
+            chosen = ([store.get_knowledge(session=s, item_id=i) for i in item_ids] if item_ids
+                      else list(store.list_knowledge(session=s, enabled_only=True))[-items:])
+            for item in chosen:
                 s.expunge(item)
-        added = self.curiosity().propose(newest, per_item=per_item)
-        return ProposedQuestions(items=len(newest), added=added)
+        added, dropped = self.curiosity().propose(chosen, per_item=per_item)
+        return ProposedQuestions(items=len(chosen), added=added, dropped=dropped)
 
     def wikipedia(self, key: str | None = None, question: str | None = None) -> KnowledgeView:
         """Look a queued question (or any `question`) up on Wikipedia (vi or en, by its language) and store
@@ -519,6 +525,14 @@ class AdminService:
             question = self.curiosity().find(key).question
         if not question or not question.strip():
             raise InputError("Give the key of a queued question or a question.")
+        question = question.strip()
+        with self._kaizen.db.session() as s:
+            before = next((i for i in store.list_knowledge(session=s) if i.origin == "wikipedia"
+                           and question_key(i.question) == question_key(question)), None)
+        if before is not None:
+            state = "waiting for review" if before.status == "pending" else "approved"
+            raise ConflictError(f"This question was looked up already: knowledge item #{before.id} ({state}). "
+                                "Review or delete it first.")
         settings = self._kaizen.settings
         client = WikipediaClient(base_url=settings.wikipedia_url, timeout_s=settings.wikipedia_timeout_s,
                                  user_agent=default_user_agent(settings.wikipedia_contact or None))
@@ -528,6 +542,38 @@ class AdminService:
                                        category=f"wikipedia:{found.lang}", origin="wikipedia", pending=True,
                                        source_url=found.url)
             return _knowledge_view(item)
+
+    def auto_lookups(self, n: int) -> dict[str, int]:
+        """Look up the `n` most asked "to teach" questions not looked up before on Wikipedia, as pending
+        items (Settings.wikipedia_lookups, every schedule_minutes). One process at a time across
+        replicas (a lock row); stops at the first network failure, to try again next time. Returns
+        counts: pending (items made), nothing (no article or summary), skipped (another process holds
+        the lock: 1)."""
+        counts = {"pending": 0, "nothing": 0, "skipped": 0}
+        owner = f"{store.HOST}:{os.getpid()}:lookups"
+        with self._kaizen.db.write() as s:
+            if not store.acquire_lock(session=s, name=LOOKUP_LOCK, owner=owner, pid=os.getpid()):
+                counts["skipped"] = 1
+                return counts
+        try:
+            curiosity = self.curiosity()
+            done = curiosity.looked_up()
+            todo = [g for g in curiosity.queue(limit=200) if g.origin == "asked" and not set(g.keys) & done][:n]
+            for group in todo:
+                try:
+                    item = self.wikipedia(question=group.question)
+                except SourceUnavailable:
+                    break  # no network now: these questions are tried again next time
+                except (NotFoundError, NoSummaryError, ConflictError, store.NotFound):
+                    curiosity.mark_looked_up(group, None)
+                    counts["nothing"] += 1
+                else:
+                    curiosity.mark_looked_up(group, item.id)
+                    counts["pending"] += 1
+        finally:
+            with self._kaizen.db.write() as s:
+                store.release_lock(session=s, name=LOOKUP_LOCK, owner=owner)
+        return counts
 
     # --- settings -----------------------------------------------------------------------------
 

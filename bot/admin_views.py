@@ -34,7 +34,7 @@ KNOWLEDGE_COLUMNS = ["id", "question", "answer", "category", "origin", "status",
                      "weights"]
 PARAPHRASE_COLUMNS = ["id", "item", "paraphrase", "use", "created"]
 TO_TEACH_COLUMNS = ["question", "asked", "why", "last asked", "other phrasings"]
-REASON_LABELS = {"down": "👎", "low_confidence": "unsure (low confidence)", "unsure": "said it did not know"}
+REASON_LABELS = {"down": "👎", "low_confidence": "low confidence", "unsure": "said it did not know"}
 RECENT_COLUMNS = ["time", "question", "answer", "emotion", "source", "adapter", "applied", "ms"]
 RUN_COLUMNS = ["run", "status", "trigger", "round", "steps", "final loss", "adapter", "started", "error"]
 # reliability = new facts recalled exactly, generality = unseen phrasings, locality = as served (routing by scope)
@@ -189,7 +189,8 @@ def weights_state(item: KnowledgeView) -> str:
 
 def knowledge_frame(view: KnowledgeList) -> pd.DataFrame:
     """The knowledge table; parked items say "memory only" (the weights did not learn them)."""
-    return pd.DataFrame([[i.id, short(i.question), short(i.answer), i.category, i.origin,
+    return pd.DataFrame([[i.id, short(i.question), short(i.answer), i.category,
+                          f"{i.origin} · {i.source_url}" if i.source_url else i.origin,
                           "⏳ pending review" if i.status == "pending" else i.status, i.verbatim, i.enabled,
                           i.hit_count, weights_state(i)] for i in view.items], columns=KNOWLEDGE_COLUMNS)
 

@@ -9,10 +9,12 @@ A user's question becomes a candidate when Kaizen answered it itself (not from m
   "Xin lỗi, mình chưa có câu trả lời tốt…").
 
 Candidates are grouped: the same question up to case, spacing and diacritics (`kaizen.text.fold` of
-`question_key`) is one group, and so are questions whose multilingual-e5 embeddings (the memory's
-cross-lingual embedder) have a cosine of at least `GROUP_COSINE`. A group whose question the memory now
-answers (in the taught scope: `KnowledgeRecall.in_scope`) is known and leaves the queue; so does one
-the admin dismissed. Groups are ranked by how many times they were asked, then by how recently.
+`question_key`) is one group; beyond that, a question joins the group of the most asked question whose
+multilingual-e5 embedding (the memory's cross-lingual embedder) is at least `GROUP_COSINE` close, never
+by a chain of pairs. A merge hides a question, a split only shows two rows, so the bar is high. A group
+the memory now answers with confidence (`known`: a verbatim match, or a hit at the memory's verbatim
+threshold; a weak context match to some other item does not count) leaves the queue; so does one the
+admin dismissed. Groups are ranked by how many times they were asked, then by how recently.
 
 Proposed questions: for a taught item, the serving model is asked what else someone would ask about
 it (`FOLLOW_UP_PROMPT`, greedy); each line that is a question, not known yet and not a duplicate is
@@ -20,13 +22,16 @@ stored as a proposed question (`curious_questions`, origin "proposed") and joins
 the asked ones.
 
 Answering a group stores the answer as approved knowledge (origin "curiosity"): the memory serves it
-at once and the next round learns it.
+at once and the next round learns it, and its question leaves the queue because the memory now knows
+it; any other phrasing of the group the memory does not match stays.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,24 +39,40 @@ import numpy as np
 
 from bot.fallback import NO_ANSWER
 from bot.memory import Embedder
+from bot.recall import KnowledgeRecall
 from feedback_db import store
 from feedback_db.db import Database
 from feedback_db.models import Exchange, Feedback, KnowledgeItem
 from kaizen.errors import InputError, NotFoundError
 from kaizen.text import fold, question_key, question_lines
 
-# Cosine (multilingual-e5-small, "query: " on both sides) at which two asked questions are one group.
-# Measured on 13 pairs: paraphrases of one question 0.956-0.990 ("What is the warranty period?" / "How
-# long is the warranty?" 0.956); different questions 0.80-0.89, and 0.917 for "Do you work on
-# Saturday?" / "Are you open on Sunday?", which must stay apart. The same question in the other
-# language scores 0.865: each language keeps its own group.
-GROUP_COSINE = 0.94
+log = logging.getLogger(__name__)
+
+# Cosine (multilingual-e5-small, "query: " on both sides) at which a question joins a group's leader.
+# Measured on a made-up bakery's questions (a trial merged them at 0.94): different questions sharing
+# the shop's name score up to 0.970 ("When does Hoa Mai bakery open?" / "Where is Hoa Mai bakery
+# located?"), while close paraphrases score 0.986-0.994 ("Tiệm bánh Hoa Mai mở cửa lúc mấy giờ?" /
+# "Mấy giờ thì tiệm bánh Hoa Mai mở cửa?" 0.986). Looser paraphrases (0.956, "What is the warranty
+# period?" / "How long is the warranty?") stay apart: a split shows two rows, a merge hides a question.
+GROUP_COSINE = 0.98
 MAX_PHRASINGS = 5  # phrasings shown per group
+LOOKED_UP = "looked_up"  # curious_questions.origin of a question looked up on Wikipedia (open: still queued)
 # Distinct questions (folded keys) grouped per call, the most asked (then newest) first: embedding one
 # costs ~26 ms the first time (cached after), so the first look at a long history stays ~10 s at most.
 MAX_KEYS = 400
 
 REASONS = {"down": "👎 without a correction", "low_confidence": "low confidence", "unsure": "said it did not know"}
+
+
+def known_by(recall: KnowledgeRecall) -> Callable[[str], bool]:
+    """`known` for a `KnowledgeRecall`: the memory answers verbatim, or its best hit reaches the verbatim
+    threshold (bot/memory.py: the strongest untaught questions score about 0.75). A weak context match,
+    often to another item about the same shop, is not an answer."""
+    def known(question: str) -> bool:
+        found = recall.recall(question)
+        bar = recall.memory.thresholds.verbatim
+        return found.source == "memory" or bool(found.hits and found.hits[0].score >= bar)
+    return known
 
 # Replies that say the model does not know, in English and Vietnamese (folded, lower-case).
 _UNSURE = re.compile("|".join([
@@ -111,14 +132,14 @@ class _Candidate:
 
 
 class Curiosity:
-    """The queue over the database. `in_scope(question)` is the memory's scope test (None: nothing is
-    known), `embedder` the cross-lingual embedder for grouping (None: group by key only), `generate`
-    the serving model's greedy completion of a chat (None: no proposals)."""
+    """The queue over the database. `known(question)` says whether the memory answers a question with
+    confidence (None: nothing is known), `embedder` the cross-lingual embedder for grouping (None: group
+    by key only), `generate` the serving model's greedy completion of a chat (None: no proposals)."""
 
-    def __init__(self, db: Database, *, min_confidence: float, in_scope: Callable[[str], bool] | None = None,
+    def __init__(self, db: Database, *, min_confidence: float, known: Callable[[str], bool] | None = None,
                  embedder: Embedder | None = None,
                  generate: Callable[[list[dict[str, str]]], str] | None = None, scan_limit: int = 5000) -> None:
-        self.db, self.min_confidence, self.in_scope = db, min_confidence, in_scope
+        self.db, self.min_confidence, self.known = db, min_confidence, known
         self.embedder, self.generate, self.scan_limit = embedder, generate, scan_limit
 
     # --- the queue --------------------------------------------------------------------------------
@@ -159,30 +180,30 @@ class Curiosity:
         return out
 
     def _known(self, question: str) -> bool:
-        return self.in_scope is not None and self.in_scope(question)
+        return self.known is not None and self.known(question)
 
     def _group(self, candidates: Sequence[_Candidate]) -> list[ToTeach]:
-        """Union the candidates by key, then by embedding cosine (GROUP_COSINE)."""
+        """Group by key, then join each key (most asked first) to the closest leader at GROUP_COSINE or
+        more (leader clustering: no chains), comparing the phrasings that name them."""
         by_key: dict[str, list[_Candidate]] = {}
         for c in candidates:
             by_key.setdefault(c.key, []).append(c)
-        keys = list(by_key)
-        parent = list(range(len(keys)))
-
-        def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        if self.embedder is not None and len(keys) > 1:
-            vectors = self.embedder.encode([by_key[k][0].question for k in keys])
-            sims = vectors @ vectors.T
-            for i, j in zip(*np.nonzero(np.triu(sims, 1) >= GROUP_COSINE), strict=True):
-                parent[find(int(i))] = find(int(j))
+        keys = sorted(by_key, key=lambda k: -sum(c.origin == "asked" for c in by_key[k]))
+        leaders: list[int] = []
         members: dict[int, list[str]] = {}
-        for i, k in enumerate(keys):
-            members.setdefault(find(i), []).append(k)
+        vectors = (self.embedder.encode([_name(by_key[k]) for k in keys])
+                   if self.embedder is not None and len(keys) > 1 else None)
+        for i, key in enumerate(keys):
+            best = -1
+            if vectors is not None and leaders:
+                sims = vectors[leaders] @ vectors[i]
+                j = int(np.argmax(sims))
+                best = leaders[j] if sims[j] >= GROUP_COSINE else -1
+            if best < 0:
+                leaders.append(i)
+                members[i] = [key]
+            else:
+                members[best].append(key)
         return [self._summarize([by_key[k] for k in ks]) for ks in members.values()]
 
     @staticmethod
@@ -217,11 +238,21 @@ class Curiosity:
         if not answer:
             raise InputError("Write the answer first.")
         with self.db.write() as s:
-            item = store.add_knowledge(session=s, question=(question or group.question).strip(), answer=answer,
+            return store.add_knowledge(session=s, question=(question or group.question).strip(), answer=answer,
                                        origin="curiosity")
-            store.set_curious_status(session=s, keys=group.keys, status="answered", question=group.question,
-                                     item_id=item.id)
-        return item
+
+    def looked_up(self) -> set[str]:
+        """Keys of questions already looked up on Wikipedia (whatever came of it)."""
+        with self.db.session() as s:
+            return {q.key for q in store.list_curious_questions(session=s, origin=LOOKED_UP)}
+
+    def mark_looked_up(self, group: ToTeach, item_id: int | None) -> None:
+        """Remember that `group` was looked up (item_id: the pending item it gave, None: nothing found).
+        The group stays in the queue: the answer is not approved yet."""
+        with self.db.write() as s:
+            for key in group.keys:
+                store.add_curious_question(session=s, question=group.question, key=key, origin=LOOKED_UP,
+                                           item_id=item_id)
 
     def dismiss(self, key: str) -> ToTeach:
         """Take the group `key` off the queue for good (its phrasings stay off). Raises NotFoundError."""
@@ -231,9 +262,10 @@ class Curiosity:
         return group
 
     def propose(self, items: Iterable[KnowledgeItem], *, per_item: int = 3,
-                progress: Callable[[int, int], None] | None = None) -> list[str]:
-        """Ask the model for follow-up questions to each of `items`; store and return the new ones
-        (a question, not known, not already waiting or dismissed). Raises InputError without a model."""
+                progress: Callable[[int, int], None] | None = None) -> tuple[list[str], dict[str, int]]:
+        """Ask the model for follow-up questions to each of `items`; store the new ones (a question, not
+        known, not already waiting or dismissed). Returns them and why the other lines were dropped.
+        Raises InputError without a model."""
         if self.generate is None:
             raise InputError("No model is loaded in this process to propose questions.")
         items = list(items)
@@ -241,20 +273,31 @@ class Curiosity:
             seen = {q.key for q in store.list_curious_questions(session=s)}
             seen |= {group_key(i.question) for i in store.list_knowledge(session=s)}
         added: list[tuple[str, str, int]] = []
+        dropped: dict[str, int] = {}
+
+        def drop(reason: str) -> None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+
         for n, item in enumerate(items, start=1):
             prompt = FOLLOW_UP_PROMPT.format(question=item.question, answer=item.answer, n=per_item)
-            for line in question_lines(self.generate([{"role": "user", "content": prompt}]))[:per_item]:
+            lines = question_lines(self.generate([{"role": "user", "content": prompt}]))[:per_item]
+            if not lines:
+                drop("the model wrote no question")
+            for line in lines:
                 key = group_key(line)
-                if key in seen or self._known(line):
-                    continue
-                seen.add(key)
-                added.append((line, key, item.id))
+                if key in seen:
+                    drop("taught, waiting or dismissed already")
+                elif self._known(line):
+                    drop("the memory answers it")
+                else:
+                    seen.add(key)
+                    added.append((line, key, item.id))
             if progress is not None:
                 progress(n, len(items))
         with self.db.write() as s:
             for line, key, item_id in added:
                 store.add_curious_question(session=s, question=line, key=key, origin="proposed", item_id=item_id)
-        return [line for line, _, _ in added]
+        return [line for line, _, _ in added], dropped
 
 
 def _most_asked(candidates: Sequence[_Candidate], n: int) -> list[_Candidate]:
@@ -287,3 +330,30 @@ def _name(candidates: Sequence[_Candidate]) -> str:
     phrasings = _phrasings(candidates)
     order = {t: i for i, t in enumerate(phrasings)}
     return min(phrasings, key=lambda t: (fold(t) == t, t.isupper(), order[t]))
+
+
+class PeriodicJob:
+    """Calls `job()` every `interval_s` seconds on a daemon thread until `stop()` (the first call after
+    one interval). An exception is logged and the next call still comes: a failed lookup must not stop
+    the next one."""
+
+    def __init__(self, job: Callable[[], object], interval_s: float, name: str = "kaizen-job") -> None:
+        self.job, self.interval_s = job, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> PeriodicJob:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.job()
+            except Exception:  # a background job reports and carries on
+                log.exception("%s failed", self._thread.name)

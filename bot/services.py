@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.chat import ChatService
+from bot.curiosity import PeriodicJob
 from bot.emotion import EmotionAnalyzer
 from bot.engine import Engine
 from bot.engine_api import ChatEngine
@@ -39,12 +40,15 @@ class Kaizen:
     scheduler: ScheduleControl | None = None  # None with --no-schedule
     export_dataset: DatasetExporter | None = None
     train_config: TrainConfig | None = None  # the trainer's knobs, for the admin tab (None: not wired)
+    lookups: PeriodicJob | None = None  # scheduled Wikipedia lookups (Settings.wikipedia_lookups > 0)
 
     def auto_approve(self) -> bool:
         with self.db.session() as s:
             return bool(store.get_setting(session=s, key=AUTO_APPROVE_KEY, default=self.settings.auto_approve))
 
     def close(self) -> None:
+        if self.lookups is not None:
+            self.lookups.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown()
         if self.training is not None:

@@ -6,10 +6,11 @@ reorder the words, use synonyms), beside the template variants the trainer alrea
 `Settings.paraphrase_url` for another) for `per_item` rephrasings of a taught question, in the
 question's language, and keeps a line only if
 
-- it is a question of 3 to 200 characters, not the question itself or one already stored (folded), and
+- it is a question of 3 to 200 characters in the question's language, not the question itself or one
+  already stored or deleted before (folded), and
 - the retrieval memory still maps it to that item and no other (`recall(line)` answers from the
-  taught scope and every hit is the item): a paraphrase the memory would send elsewhere teaches the
-  weights a mapping the memory contradicts.
+  taught scope, the item first, and no other item in the line's language): a paraphrase the memory
+  would send elsewhere teaches the weights a mapping the memory contradicts.
 
 Kept ones are stored with provenance (`paraphrases`, origin "synthetic"); a stable third of them
 (by a hash of the folded text) is kept for the generality check and never trained ("check"), the rest
@@ -76,9 +77,14 @@ class Paraphraser:
         self.db, self.generate, self.memory = db, generate, memory
 
     def maps_to(self, text: str, item_id: int) -> bool:
-        """Whether the memory answers `text` from the taught scope with item `item_id` and no other."""
+        """Whether the memory answers `text` from the taught scope with item `item_id` first and no other
+        item in `text`'s language (the same fact taught in the other language may match too: it is the
+        cross-lingual twin, not a rival)."""
         found = self.memory.recall(text)
-        return found.source != "model" and {h.item.id for h in found.hits} == {item_id}
+        if found.source == "model" or not found.hits or found.hits[0].item.id != item_id:
+            return False
+        lang = language(text)
+        return all(language(h.item.question) != lang for h in found.hits[1:])
 
     def write(self, items: Iterable[KnowledgeItem], *, per_item: int = 5,
               progress: Callable[[int, int], None] | None = None) -> ParaphraseReport:
@@ -90,14 +96,16 @@ class Paraphraser:
         report = ParaphraseReport(items=len(items))
         with self.db.session() as s:
             stored = {(p.item_id, fold(question_key(p.question)))
-                      for p in store.list_paraphrases(session=s, item_ids=[i.id for i in items])}
+                      for p in store.list_paraphrases(session=s, item_ids=[i.id for i in items], deleted=True)}
         for n, item in enumerate(items, start=1):
             prompt = PROMPTS[language(item.question)].format(n=per_item, question=item.question)
             seen = {fold(question_key(item.question))}
             for line in question_lines(self.generate([{"role": "user", "content": prompt}]))[:per_item]:
                 key = fold(question_key(line))
                 if key in seen or (item.id, key) in stored:
-                    report.drop("the question itself or a repeat")
+                    report.drop("the question itself, a repeat, or one deleted before")
+                elif language(line) != language(item.question):
+                    report.drop("in the other language")
                 elif not self.maps_to(line, item.id):
                     report.drop("the memory maps it elsewhere")
                 else:

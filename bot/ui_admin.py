@@ -305,7 +305,7 @@ class AdminPanel:
         return group.key, group.question, ""
 
     def teach(self, key: str, question: str, answer: str,
-              request: gr.Request) -> tuple[str, pd.DataFrame, list[str], str]:
+              request: gr.Request) -> tuple[str, pd.DataFrame, list[str], str, str]:
         """Answer the selected question: approved knowledge, served at once."""
         _require_admin(request)
         if not key:
@@ -315,7 +315,7 @@ class AdminPanel:
         with _user_errors():
             item = self.service.teach_question(key, answer, question=(question or "").strip() or None)
         return (f"✅ Taught as knowledge item #{item.id}: the memory answers \"{views.short(item.question, 80)}\" "
-                "now, and the next round learns it.", *self.to_teach_table(request), "")
+                "now, and the next round learns it.", *self.to_teach_table(request), "", "")
 
     def dismiss(self, key: str, request: gr.Request) -> tuple[str, pd.DataFrame, list[str]]:
         """Take the selected question off the queue for good."""
@@ -343,8 +343,9 @@ class AdminPanel:
         with _user_errors():
             result = self.service.propose_questions()
         added = "".join(f"\n- {views.short(q, 120)}" for q in result.added)
-        return (f"Asked about {result.items} taught item(s): {len(result.added)} new question(s).{added}",
-                *self.to_teach_table(request))
+        dropped = "; ".join(f"{reason}: {n}" for reason, n in result.dropped.items())
+        return (f"Asked about {result.items} taught item(s): {len(result.added)} new question(s)"
+                f"{f' (not added: {dropped})' if dropped else ''}.{added}", *self.to_teach_table(request))
 
     # --- persona ------------------------------------------------------------------------------
 
@@ -393,7 +394,9 @@ class AdminPanel:
         _require_admin(request)
         html_, curve, running = self._progress()
         adapters = (gr.skip(), gr.skip(), gr.skip()) if running else self.adapters_table(request)
-        return html_, curve, gr.Timer(active=running), self.runs_table(request), *adapters
+        # The next round's number and learning rate change when a round ends (a trial saw round #0 after v1).
+        hyper = gr.skip() if running else hyperparameters_markdown(self.service.lr_plan(), self.service.train_config())
+        return html_, curve, gr.Timer(active=running), self.runs_table(request), *adapters, hyper
 
     def train_now(self, request: gr.Request) -> tuple[str, str, Figure, gr.Timer]:
         """Start a round; the message, the progress and a running timer."""
@@ -722,8 +725,8 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
         for trigger in (teach_tab.select, teach_refresh.click):
             trigger(h.to_teach_table, None, teach_out, **ordered)
         teach_table.select(h.select_to_teach, teach_keys, [teach_key, teach_question, teach_answer], **private)
-        teach_btn.click(h.teach, [teach_key, teach_question, teach_answer], [teach_msg, *teach_out, teach_answer],
-                        **ordered)
+        teach_btn.click(h.teach, [teach_key, teach_question, teach_answer],
+                        [teach_msg, *teach_out, teach_question, teach_answer], **ordered)
         dismiss_btn.click(h.dismiss, teach_key, [teach_msg, *teach_out], **ordered)
         wiki_btn.click(h.wikipedia, teach_key, [teach_msg, knowledge], **ordered)
         propose.click(h.propose, None, [teach_msg, *teach_out], **ordered)
@@ -738,8 +741,8 @@ def build_admin_ui(service: AdminService) -> gr.Blocks:  # one layout, read top 
 
         train.click(h.train_now, None, [train_msg, progress, loss, timer], **ordered)
         cancel_run.click(h.cancel_queued, None, [train_msg, progress, loss, runs], **ordered)
-        timer.tick(h.training_status, None, [progress, loss, timer, runs, *adapters_out], show_progress="hidden",
-                   **ordered)
+        timer.tick(h.training_status, None, [progress, loss, timer, runs, *adapters_out, hyper],
+                   show_progress="hidden", **ordered)
         sched_save.click(h.save_schedule, [sched_on, sched_minutes, sched_items], sched_msg, **ordered)
 
         activate.click(h.activate, version, adapters_out, **ordered)

@@ -135,7 +135,7 @@ class Paraphrase(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("knowledge_items.id", ondelete="CASCADE"), index=True)
     question: Mapped[str] = mapped_column(CleanText)
     origin: Mapped[str] = mapped_column(String(10), default="synthetic")
-    use: Mapped[str] = mapped_column(String(8), default="train")  # train | check
+    use: Mapped[str] = mapped_column(String(8), default="train")  # train | check | deleted
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -1082,15 +1082,23 @@ def add_paraphrase(*, session: Session, item_id: int, question: str, use: str,
     return row
 
 
-def list_paraphrases(*, session: Session, item_ids: Iterable[int] | None = None) -> list[Paraphrase]:
-    """Paraphrases, of `item_ids` only if given, in id order."""
+def list_paraphrases(*, session: Session, item_ids: Iterable[int] | None = None,
+                     deleted: bool = False) -> list[Paraphrase]:
+    """Paraphrases, of `item_ids` only if given, in id order; with `deleted`, also those the admin
+    deleted (kept as use "deleted" so that they are not written again)."""
     q = select(Paraphrase).order_by(Paraphrase.id)
+    if not deleted:
+        q = q.where(Paraphrase.use != "deleted")
     if item_ids is not None:
         q = q.where(Paraphrase.item_id.in_(list(item_ids)))
     return list(session.scalars(q))
 
 
 def delete_paraphrase(*, session: Session, paraphrase_id: int) -> None:
-    """Raises NotFound for an unknown id."""
-    session.delete(_get(session, Paraphrase, paraphrase_id, "paraphrase"))
+    """Delete one: it is never trained or checked again, nor written again for its item (the row stays,
+    as use "deleted"). Raises NotFound for an unknown or already deleted id."""
+    row = _get(session, Paraphrase, paraphrase_id, "paraphrase")
+    if row.use == "deleted":
+        raise NotFound(f"There is no paraphrase {paraphrase_id}.")
+    row.use = "deleted"
     session.flush()

@@ -111,16 +111,24 @@ def plan_lr(cfg: TrainConfig, round_index: int, history: Sequence[PastRound]) ->
 
     Raises ValueError if `round_index` is negative (as `TrainConfig.round_lr`)."""
     decayed = cfg.round_lr(round_index)
+    base = f"decay lr0 × gamma^{round_index}, never below lr0 × {cfg.min_lr_ratio:g}"
+    last = f"; last round {_outcome(history[-1])}" if history else ""
     if not cfg.lr_feedback:
         return LrPlan(round_index, decayed, 1.0, decayed, 1.0, cfg.kto_lr,
-                      f"lr0 × gamma^{round_index}, floored (adjustment by results is off)")
+                      f"{base}{last} (adjustment by results is off)")
     scale, why = _walk(history, lambda p: any(c in HARM_CHECKS for c in p.failed_checks), cfg)
     kto_scale, kto_why = _walk(history, lambda p: p.preference_hurt, cfg)
-    parts = [f"lr0 × gamma^{round_index}, floored"]
+    parts = [base + last]
     if scale < 1.0:
         parts.append(f"× {scale:g} since {why}")
-    elif why:
-        parts.append(f"full rate ({why})")
+    elif history:
+        parts.append(f"full rate ({why})" if why else "full rate")
     if kto_scale < 1.0:
         parts.append(f"KTO × {kto_scale:g} since {kto_why}")
     return LrPlan(round_index, decayed, scale, decayed * scale, kto_scale, cfg.kto_lr * kto_scale, "; ".join(parts))
+
+
+def _outcome(past: PastRound) -> str:
+    """"v3 promoted", "v4 rejected (locality, new_recall)"."""
+    failed = f" ({', '.join(past.failed_checks)})" if past.failed_checks else ""
+    return f"{past.version} {past.verdict}{failed}"

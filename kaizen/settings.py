@@ -154,6 +154,9 @@ class Settings(_KaizenSettings):
         "Base URL of the MediaWiki sites that \"to teach\" questions are looked up on; {lang} becomes vi or en."))
     wikipedia_timeout_s: float = Field(10.0, gt=0.0, le=120.0, description=(
         "Seconds to wait for each Wikipedia request step (connect, read)."))
+    wikipedia_lookups: int = Field(0, ge=0, le=100, description=(
+        "Every schedule_minutes, look up this many of the most asked \"to teach\" questions on Wikipedia (each "
+        "once; the summaries wait for review as pending knowledge). 0: only when an admin asks."))
     wikipedia_contact: str = Field("", description=(
         "An e-mail address or web page where Wikimedia can reach this server's operator, sent in the "
         "User-Agent as Wikimedia's policy asks."))

@@ -28,7 +28,8 @@ def _round(paraphrase: float, synthetic: float | None, seconds: float, *, rows: 
 
 
 def test_rows_say_plainly_when_synthetic_paraphrases_do_not_help():
-    written = Written(items=8, asked=40, judged=3, kept={}, dropped={"the question itself or a repeat": 3})
+    written = Written(items=8, asked=40, judged=3, kept={},
+                      dropped={"the question itself, a repeat, or one deleted before": 3})
     a, b = _round(0.5, None, 100.0, checks=0), _round(0.5, None, 110.0, checks=0)
     rows = headline(a, b, written, 8)
     assert [r.what.split(": ")[1] for r in rows] == [

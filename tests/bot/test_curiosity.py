@@ -2,6 +2,7 @@
 ranked; answering, dismissing, proposing follow-ups, and a Wikipedia summary as PENDING knowledge."""
 
 import datetime as dt
+import os
 
 import pytest
 
@@ -84,17 +85,27 @@ def test_the_confidence_threshold_is_the_setting(kaizen):
     assert [q.question for q in AdminService(kaizen).to_teach().questions] == ["Q one?"]
 
 
-def test_paraphrases_group_by_their_e5_embeddings_and_different_questions_do_not(kaizen):
+def test_close_paraphrases_group_and_different_questions_about_one_shop_never_do(kaizen):
+    """A trial merged a bakery's opening hours, prices and address into one row at cosine 0.94, through a
+    chain of pairs; answering it then hid the others. Leader clustering at 0.98 keeps them apart."""
     from bot.memory import load_cross_embedder
 
-    for q in ("What is the warranty period?", "How long is the warranty?", "How long is the warranty?",
-              "Do you work on Saturday?", "Are you open on Sunday?"):
-        ask(kaizen.db, q, confidence=LOW)
+    pairs = [("Tiệm bánh Hoa Mai mở cửa lúc mấy giờ?", "Mấy giờ thì tiệm bánh Hoa Mai mở cửa?"),
+             ("Bánh mì ở tiệm Hoa Mai giá bao nhiêu?", "Giá bánh mì tiệm Hoa Mai là bao nhiêu?"),
+             ("Tiệm bánh Hoa Mai ở đâu?", "Địa chỉ tiệm bánh Hoa Mai là gì?"),
+             ("What time does Hoa Mai bakery open?", "When does Hoa Mai bakery open?"),
+             ("Where is Hoa Mai bakery located?", "What is the address of Hoa Mai bakery?")]
+    for n, (a, b) in enumerate(pairs):
+        for _ in range(n + 1):
+            ask(kaizen.db, a, confidence=LOW)
+        ask(kaizen.db, b, rating="down")
+    ask(kaizen.db, "TIEM BANH HOA MAI MO CUA LUC MAY GIO", confidence=LOW)  # named by its diacritics form
     queue = Curiosity(kaizen.db, min_confidence=-0.89, embedder=load_cross_embedder()).queue()
-    assert GROUP_COSINE > 0.917  # Saturday / Sunday measured 0.917: they must stay apart
-    assert sorted((q.count, sorted(q.phrasings)) for q in queue) == [
-        (1, ["Are you open on Sunday?"]), (1, ["Do you work on Saturday?"]),
-        (3, ["How long is the warranty?", "What is the warranty period?"])]
+    assert GROUP_COSINE > 0.970  # the closest different pair measured
+    assert sorted(sorted(q.phrasings) for q in queue) == sorted(
+        sorted([*p, *(["TIEM BANH HOA MAI MO CUA LUC MAY GIO"] if p == pairs[0] else [])]) for p in pairs)
+    assert [q.count for q in queue] == [6, 5, 4, 3, 3]
+    assert queue[-1].question in ("Tiệm bánh Hoa Mai mở cửa lúc mấy giờ?", "Bánh mì ở tiệm Hoa Mai giá bao nhiêu?")
 
 
 def test_answering_teaches_at_once_and_the_question_leaves_the_queue(kaizen, api):  # noqa: F811
@@ -143,7 +154,8 @@ def test_the_model_proposes_follow_up_questions_from_taught_knowledge(kaizen, ap
     r = api.post("/curious/propose", auth=RIGHT, json={"items": 1})
     assert r.status_code == 200, r.text
     # The second line is the taught question itself: known, so not proposed.
-    assert r.json() == {"items": 1, "added": ["Gói CHOREI Pro có dùng thử không?", "Thanh toán bằng cách nào?"]}
+    assert r.json() == {"items": 1, "added": ["Gói CHOREI Pro có dùng thử không?", "Thanh toán bằng cách nào?"],
+                        "dropped": {"taught, waiting or dismissed already": 1}}
     prompt = kaizen.engine.history[-1]["messages"][-1]["content"]
     assert "Gói CHOREI Pro giá bao nhiêu?" in prompt and "490.000" in prompt
     queue = api.get("/curious", auth=RIGHT).json()["questions"]
@@ -151,7 +163,11 @@ def test_the_model_proposes_follow_up_questions_from_taught_knowledge(kaizen, ap
         ("Gói CHOREI Pro có dùng thử không?", "proposed", 0), ("Thanh toán bằng cách nào?", "proposed", 0)]
     assert queue[0]["from_item_id"] == 1
     kaizen.engine.enqueue("1. Gói CHOREI Pro có dùng thử không?")  # already waiting: not added twice
-    assert api.post("/curious/propose", auth=RIGHT, json={"items": 1}).json()["added"] == []
+    assert api.post("/curious/propose", auth=RIGHT, json={"item_ids": [1]}).json()["added"] == []
+    kaizen.engine.enqueue("Gói này rất tốt.")  # no question at all: the reason says so
+    r = api.post("/curious/propose", auth=RIGHT, json={"item_ids": [1]}).json()
+    assert r["dropped"] == {"the model wrote no question": 1}
+    assert api.post("/curious/propose", auth=RIGHT, json={"item_ids": [99]}).status_code == 404
 
 
 def test_a_wikipedia_summary_is_pending_until_approved_and_never_served_before(kaizen, api, wiki):  # noqa: F811
@@ -202,9 +218,9 @@ def test_kaizen_curious_lists_the_queue(tmp_path, capsys):
     db.close()
     assert launch.main(["curious", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1].split() == ["2", "down", "×1,", "low_confidence", "×1", "Công", "ty", "mở", "cửa", "lúc", "mấy",
-                              "giờ?"]
-    assert "unsure ×1" in out[2] and out[2].endswith("Who is the CEO?")
+    assert out[1].split() == ["2", "👎", "without", "a", "correction", "×1,", "low", "confidence", "×1", "Công", "ty",
+                              "mở", "cửa", "lúc", "mấy", "giờ?"]
+    assert "said it did not know ×1" in out[2] and out[2].endswith("Who is the CEO?")
     assert not any("2+2" in line for line in out)
     assert launch.main(["curious", "--json", "--limit", "1", "--data-dir", str(tmp_path)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -222,8 +238,78 @@ def test_a_long_history_groups_only_the_most_asked_questions(kaizen, monkeypatch
         for _ in range(times):
             ask(kaizen.db, q, confidence=LOW)
     asked: list[str] = []
-    queue = Curiosity(kaizen.db, min_confidence=-0.89, in_scope=lambda q: asked.append(q) or False).queue(limit=1)
+    queue = Curiosity(kaizen.db, min_confidence=-0.89, known=lambda q: asked.append(q) or False).queue(limit=1)
     assert [(g.question, g.count) for g in queue] == [("Common question?", 3)]
     assert asked == ["Common question?"]  # the memory is asked only until the page is full
     assert [g.question for g in Curiosity(kaizen.db, min_confidence=-0.89).queue()] == [
         "Common question?", "Middle question?"]
+
+
+def test_teaching_one_question_leaves_the_others_about_the_same_shop_in_the_queue(kaizen, api):  # noqa: F811
+    """A trial: teaching the opening hours emptied the queue, and later 👎 on the shop's price and address
+    never showed, because any weak memory match to the shop counted as known."""
+    hours, where = "Tiệm bánh Hoa Mai mở cửa lúc mấy giờ?", "Tiệm bánh Hoa Mai đóng cửa lúc mấy giờ?"
+    ask(kaizen.db, hours, rating="down")
+    ask(kaizen.db, hours, rating="down")
+    ask(kaizen.db, where, rating="down")
+    key = group_key(hours)
+    taught = api.post("/curious/answer", auth=RIGHT, json={"key": key, "answer": "Từ 6 giờ đến 21 giờ."})
+    assert taught.status_code == 200
+    left = [q["question"] for q in api.get("/curious", auth=RIGHT).json()["questions"]]
+    assert left == [where]
+    found = kaizen.recall.recall(where)  # the memory matches the shop's other fact weakly: not an answer
+    assert found.source == "rag" and 0.48 <= found.hits[0].score < 0.80
+    ask(kaizen.db, "Giá bánh mì tiệm Hoa Mai?", rating="down")  # asked after the teach: shows up too
+    assert len(api.get("/curious", auth=RIGHT).json()["questions"]) == 2
+
+
+def test_scheduled_lookups_make_pending_items_once_per_question_and_stop_without_network(kaizen, api, wiki):  # noqa: F811
+    """Settings.wikipedia_lookups: the most asked questions are looked up once each (one replica at a time)."""
+    from tests.kaizen.test_wikipedia import SEARCH, closed_port, recorded
+
+    kaizen.settings = kaizen.settings.model_copy(update={"wikipedia_url": wiki.base})
+    wiki.reply(f"/en{SEARCH}", body=recorded("search_empty.json"))  # English finds nothing here
+    for _ in range(2):
+        ask(kaizen.db, "Hà Nội là gì?", confidence=LOW)
+    ask(kaizen.db, "Who owns Hoa Mai bakery?", rating="down")
+    service = AdminService(kaizen)
+    assert service.auto_lookups(5) == {"pending": 1, "nothing": 1, "skipped": 0}
+    pending = api.get("/knowledge", auth=RIGHT, params={"status": "pending"}).json()["items"]
+    assert [(i["question"], i["origin"]) for i in pending] == [("Hà Nội là gì?", "wikipedia")]
+    asked = len(wiki.requests)
+    assert service.auto_lookups(5) == {"pending": 0, "nothing": 0, "skipped": 0}  # each question once
+    assert len(wiki.requests) == asked
+    assert len(api.get("/curious", auth=RIGHT).json()["questions"]) == 2  # still to teach: nothing approved
+    r = api.post("/curious/wikipedia", auth=RIGHT, json={"question": "hà nội là gì"})  # asked by hand again
+    assert r.status_code == 409 and f"#{pending[0]['id']}" in r.json()["error"]["message"]
+
+    ask(kaizen.db, "Tiệm bánh Hoa Mai ở đâu?", rating="down")
+    kaizen.settings = kaizen.settings.model_copy(update={"wikipedia_url": f"http://127.0.0.1:{closed_port()}"})
+    assert service.auto_lookups(5) == {"pending": 0, "nothing": 0, "skipped": 0}  # no network: try next time
+    kaizen.settings = kaizen.settings.model_copy(update={"wikipedia_url": wiki.base})
+    with kaizen.db.write() as s:  # another replica is looking up
+        assert store.acquire_lock(session=s, name="wikipedia", owner="other", pid=1, alive=lambda pid: True)
+    with kaizen.db.write() as s:
+        s.execute(store.update(store.Lock).values(pid=os.getpid()))  # held by a live process
+    assert service.auto_lookups(5)["skipped"] == 1
+
+
+def test_a_periodic_job_runs_until_stopped_and_survives_a_failure():
+    import threading
+
+    from bot.curiosity import PeriodicJob
+
+    calls, third = [], threading.Event()
+
+    def job():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the first lookup failed")
+        if len(calls) == 3:
+            third.set()
+
+    periodic = PeriodicJob(job, 0.01).start()
+    assert third.wait(5)
+    periodic.stop()
+    n = len(calls)
+    assert not periodic._thread.is_alive() and len(calls) == n

@@ -44,7 +44,8 @@ def test_the_model_writes_paraphrases_and_the_memory_keeps_only_those_that_map_b
     assert got["items"] == 1 and got["kept"] == 2
     assert [p["question"] for p in got["paraphrases"]] == ["Mấy giờ công ty mở cửa?",
                                                            "Công ty thường mở cửa vào lúc mấy giờ?"]
-    assert got["dropped"] == {"the question itself or a repeat": 1, "the memory maps it elsewhere": 1}
+    assert got["dropped"] == {"the question itself, a repeat, or one deleted before": 1,
+                              "the memory maps it elsewhere": 1}
     assert {p["origin"] for p in got["paraphrases"]} == {"synthetic"}
     assert [p["use"] for p in got["paraphrases"]] == [use_of(p["question"]) for p in got["paraphrases"]]
     prompt = kaizen.engine.history[-1]["messages"][-1]["content"]
@@ -56,14 +57,28 @@ def test_the_model_writes_paraphrases_and_the_memory_keeps_only_those_that_map_b
     # Asked again: what is stored is not stored twice.
     kaizen.engine.enqueue("Mấy giờ công ty mở cửa?")
     again = api.post("/paraphrases", auth=RIGHT, json={"item_ids": [hours]}).json()
-    assert again["kept"] == 0 and again["dropped"] == {"the question itself or a repeat": 1}
+    assert again["kept"] == 0 and again["dropped"] == {"the question itself, a repeat, or one deleted before": 1}
 
-    # Removable one by one, and with their item.
+    # Removable one by one (and not written again), and with their item.
     left = api.delete(f"/paraphrases/{listed[0]['id']}", auth=RIGHT).json()["paraphrases"]
     assert [p["id"] for p in left] == [listed[1]["id"]]
     assert api.delete(f"/paraphrases/{listed[0]['id']}", auth=RIGHT).status_code == 404
+    kaizen.engine.enqueue(listed[0]["question"])
+    assert api.post("/paraphrases", auth=RIGHT, json={"item_ids": [hours]}).json()["kept"] == 0
     assert api.delete(f"/knowledge/{hours}", auth=RIGHT).status_code == 200
     assert api.get("/paraphrases", auth=RIGHT).json()["paraphrases"] == []
+
+
+def test_a_paraphrase_in_the_other_language_is_dropped_and_a_cross_lingual_twin_is_no_rival(kaizen, api):  # noqa: F811
+    hours, _price = teach(kaizen.db)
+    with kaizen.db.write() as s:  # the same fact taught in English: its twin
+        twin = store.add_knowledge(session=s, question="What time does the company open?", answer="At 8 a.m.")
+    kaizen.engine.enqueue("What time does the company open?\nMấy giờ công ty mở cửa?")
+    got = api.post("/paraphrases", auth=RIGHT, json={"item_ids": [hours]}).json()
+    assert got["dropped"] == {"in the other language": 1} and got["kept"] == 1
+    kaizen.engine.enqueue("When does the company open?")
+    got = api.post("/paraphrases", auth=RIGHT, json={"item_ids": [twin.id]}).json()
+    assert got["kept"] == 1, got  # the Vietnamese twin may match too: it is not a rival
 
 
 def test_by_default_every_approved_item_without_paraphrases_is_asked_about(kaizen, api):  # noqa: F811

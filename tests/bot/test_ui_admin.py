@@ -296,8 +296,8 @@ def test_train_now_shows_live_progress_then_stops_the_timer(kaizen, panel):
     with kaizen.db.write() as s:  # what the round reports as it trains
         store.update_run(session=s, run_id=run_id, status="running", phase="train", step=3, total_steps=10,
                          loss=1.25, lr=1e-3, eta_s=7.0, loss_curve=[2.0, 1.5, 1.25])
-    html, curve, timer, _runs, *adapters = panel.training_status(ADMIN)
-    assert "running" in html and "loss 1.2500" in html and "ETA ≤ 7 s" in html
+    html, curve, timer, _runs, *adapters, hyper = panel.training_status(ADMIN)
+    assert "running" in html and "loss 1.2500" in html and "ETA ≤ 7 s" in html and hyper == gr.skip()
     assert "width:47.1%" in html  # train is the 4th of 7 phases, 3 of its 10 steps done: (3 + 0.3) / 7
     assert timer.active is True and isinstance(curve, Figure) and len(curve.axes[0].lines[0].get_xdata()) == 3
     assert adapters == [gr.skip()] * 3  # a version being picked in the adapters panel stays picked
@@ -306,8 +306,9 @@ def test_train_now_shows_live_progress_then_stops_the_timer(kaizen, panel):
         store.update_run(session=s, run_id=run_id, status="rejected", phase="done", error="gate said no",
                          finished_at=store.utcnow())
     kaizen.training.stop()
-    html, curve, timer, runs, table, versions, note = panel.training_status(ADMIN)
+    html, curve, timer, runs, table, versions, note, hyper = panel.training_status(ADMIN)
     assert timer.active is False and "rejected" in html and "gate said no" in html
+    assert "Next round: #1" in hyper  # the hyperparameters panel follows the round that ended
     assert list(runs["status"]) == ["rejected"]
     assert list(table["version"]) == ["base", "v1"] and list(table["verdict"]) == ["", "rejected"]
     assert versions.choices == [("base", "base"), ("v1", "v1")] and "Active: **base**" in note
@@ -352,7 +353,7 @@ def test_progress_html_escapes_error_text():
 def test_schedule_and_hyperparameters(kaizen, panel):
     hyper, _enabled, minutes, _min_items, note = panel.training_settings(ADMIN)
     assert "`lr0`" in hyper and "Peak learning rate" in hyper and minutes.value == 30 and note == ""
-    assert "Next round: #0" in hyper and "lr0 × gamma^0, floored" in hyper and "`lr_feedback`" in hyper
+    assert "Next round: #0" in hyper and "decay lr0 × gamma^0" in hyper and "`lr_feedback`" in hyper
     from kaizen.settings import TrainConfig
     kaizen.train_config = TrainConfig.model_construct(lr0=5e-3)  # the server's own knobs are shown
     assert "peak learning rate **5.00e-03**" in panel.training_settings(ADMIN)[0]

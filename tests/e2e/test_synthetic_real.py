@@ -19,6 +19,7 @@ import pytest
 
 from bot.admin_service import PARAPHRASE_TOKENS
 from bot.engine_api import GenParams
+from bot.fallback import language
 from bot.services import Kaizen, build_services
 from bot.synthetic import Paraphraser, use_of
 from feedback_db import store
@@ -46,7 +47,8 @@ FACTS = [
     ("What is the BICweb support email?", "Write to hotro@bicweb.vn for support."),
 ]
 PER_ITEM = 5
-REPEAT, ELSEWHERE = "the question itself or a repeat", "the memory maps it elsewhere"
+REPEAT, ELSEWHERE = "the question itself, a repeat, or one deleted before", "the memory maps it elsewhere"
+OTHER = "in the other language"
 
 
 def test_real_model_paraphrases_are_kept_only_when_the_real_memory_maps_them_back(tmp_path, embedded_model_dir):
@@ -92,6 +94,8 @@ def test_real_model_paraphrases_are_kept_only_when_the_real_memory_maps_them_bac
                 key = fold(question_key(line))
                 if key in seen:
                     reason: str | None = REPEAT
+                elif language(line) != language(item.question):
+                    reason = OTHER
                 elif not paraphraser.maps_to(line, item.id):
                     reason = ELSEWHERE
                 else:
@@ -102,7 +106,7 @@ def test_real_model_paraphrases_are_kept_only_when_the_real_memory_maps_them_bac
                 seen.add(key)
         assert judged > 0, f"the model wrote no question line at all: {written}"
         assert report.total + sum(report.dropped.values()) == judged
-        assert set(report.dropped) <= {REPEAT, ELSEWHERE}
+        assert set(report.dropped) <= {REPEAT, ELSEWHERE, OTHER}
         assert report.dropped == expected_dropped
         assert report.kept == expected_kept
 
@@ -145,7 +149,8 @@ def test_the_real_memory_keeps_true_paraphrases_and_drops_the_others(tmp_path):
         print(f"kept: {report.kept}; dropped: {report.dropped}")
         assert report.kept == {vi: ["Văn phòng của BICweb nằm ở đâu?", "BICweb có văn phòng ở đâu?"],
                                en: ["How can I email BICweb support?", "What is the support email of BICweb?"]}
-        assert report.dropped == {ELSEWHERE: 4, REPEAT: 2}  # the other item's question and the untaught ones
+        # The other item's question is in the other language; the untaught ones map nowhere.
+        assert report.dropped == {OTHER: 2, ELSEWHERE: 2, REPEAT: 2}
         assert report.total + sum(report.dropped.values()) == 10  # five judged lines per item, the sixth ignored
         with kz.db.session() as s:
             stored = sorted((p.item_id, p.question, p.origin, p.use) for p in store.list_paraphrases(session=s))
@@ -155,7 +160,7 @@ def test_the_real_memory_keeps_true_paraphrases_and_drops_the_others(tmp_path):
 
         # Written again: every kept line is already stored, so nothing new is kept or stored.
         again = paraphraser.write(items, per_item=PER_ITEM)
-        assert again.kept == {} and again.dropped == {ELSEWHERE: 4, REPEAT: 6}
+        assert again.kept == {} and again.dropped == {OTHER: 2, ELSEWHERE: 2, REPEAT: 6}
         with kz.db.session() as s:
             assert len(store.list_paraphrases(session=s)) == len(stored)
     finally:

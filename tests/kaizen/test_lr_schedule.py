@@ -24,7 +24,7 @@ def test_with_no_history_the_rate_is_the_decay():
     plan = plan_lr(CFG, 0, [])
     assert plan.lr == pytest.approx(CFG.round_lr(0)) and plan.scale == 1.0
     assert plan.kto_lr == pytest.approx(CFG.kto_lr)
-    assert plan.reason == "lr0 × gamma^0, floored"
+    assert plan.reason == "decay lr0 × gamma^0, never below lr0 × 0.5"
 
 
 def test_a_round_that_hurt_halves_the_next_rate_and_says_why():
