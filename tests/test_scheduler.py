@@ -120,6 +120,7 @@ def test_a_lock_held_by_a_live_process_refuses_and_a_dead_one_is_recovered(env):
     assert sup.wait(30)
 
 
+@pytest.mark.slow  # a real child process trains and is killed: 12 s, kept out of the quick tier
 def test_child_reports_progress_and_a_kill_leaves_the_run_failed_and_adapter_unchanged(env, monkeypatch):
     settings, db = env
     monkeypatch.setenv("KZ_TEST_STEPS", "40")

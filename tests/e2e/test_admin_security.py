@@ -74,6 +74,7 @@ def _call(client: httpx.Client, fn_index: int, data: list) -> tuple[int, dict | 
     raise AssertionError("the queue closed without completing the event")
 
 
+@pytest.mark.slow  # the real gradio_client's threads take 10 s to close: kept out of the quick tier
 def test_gradio_client_needs_the_right_credentials(live_app, kaizen):
     url = live_app.url + "/admin/"
     with pytest.raises(Exception, match="(?i)credentials|login|config"):
