@@ -473,9 +473,7 @@ class AdminService:
     def delete_paraphrase(self, paraphrase_id: int) -> ParaphraseList:
         """Delete one; the item's remaining paraphrases. Raises store.NotFound."""
         with self._kaizen.db.write() as s:
-            row = store.list_paraphrases(session=s)
-            item_id = next((p.item_id for p in row if p.id == paraphrase_id), None)
-            store.delete_paraphrase(session=s, paraphrase_id=paraphrase_id)
+            item_id = store.delete_paraphrase(session=s, paraphrase_id=paraphrase_id)
         return self.paraphrases(item_id)
 
     # --- curiosity: the "to teach" queue ------------------------------------------------------

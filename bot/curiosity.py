@@ -159,6 +159,16 @@ class Curiosity:
 
     def queue(self, limit: int = 50) -> list[ToTeach]:
         """The ranked "to teach" queue: asked groups by count, then by last asked; then proposed ones."""
+        out: list[ToTeach] = []
+        for group in self._ranked():  # the memory is asked only until the page is full
+            if len(out) == limit:
+                break
+            if not self._known(group.question):
+                out.append(group)
+        return out
+
+    def _ranked(self) -> list[ToTeach]:
+        """Every open group, ranked, known or not (the memory is not asked here)."""
         with self.db.session() as s:
             rows = store.curiosity_exchanges(session=s, limit=self.scan_limit)
             stored = store.list_curious_questions(session=s)
@@ -171,13 +181,7 @@ class Curiosity:
         groups = self._group(candidates)
         groups.sort(key=lambda g: (g.origin != "asked", -g.count,
                                    -(g.last_asked.timestamp() if g.last_asked else 0.0)))
-        out: list[ToTeach] = []
-        for group in groups:  # the memory is asked only until the page is full
-            if len(out) == limit:
-                break
-            if not self._known(group.question):
-                out.append(group)
-        return out
+        return groups
 
     def _known(self, question: str) -> bool:
         return self.known is not None and self.known(question)
@@ -222,10 +226,11 @@ class Curiosity:
                        from_item_id=proposed.item_id if proposed else None)
 
     def find(self, key: str) -> ToTeach:
-        """The queue's group with `key` among its members. Raises NotFoundError."""
-        for group in self.queue(limit=10_000):
-            if key in group.keys:
-                return group
+        """The queue's group with `key` among its members. Raises NotFoundError (also when the memory
+        now answers it). Only that group is checked against the memory."""
+        group = next((g for g in self._ranked() if key in g.keys), None)
+        if group is not None and not self._known(group.question):
+            return group
         raise NotFoundError(f"No question with key {key!r} is waiting to be taught.")
 
     # --- actions ----------------------------------------------------------------------------------

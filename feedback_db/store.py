@@ -1094,11 +1094,12 @@ def list_paraphrases(*, session: Session, item_ids: Iterable[int] | None = None,
     return list(session.scalars(q))
 
 
-def delete_paraphrase(*, session: Session, paraphrase_id: int) -> None:
+def delete_paraphrase(*, session: Session, paraphrase_id: int) -> int:
     """Delete one: it is never trained or checked again, nor written again for its item (the row stays,
-    as use "deleted"). Raises NotFound for an unknown or already deleted id."""
+    as use "deleted"). Returns its item's id. Raises NotFound for an unknown or already deleted id."""
     row = _get(session, Paraphrase, paraphrase_id, "paraphrase")
     if row.use == "deleted":
         raise NotFound(f"There is no paraphrase {paraphrase_id}.")
     row.use = "deleted"
     session.flush()
+    return row.item_id

@@ -33,7 +33,6 @@ from typing import Any
 
 from kaizen import errors
 from kaizen.knowledge_files import (
-    MAX_ERRORS_IN_MESSAGE,
     ImportFileError,
     ImportLimits,
     KnowledgeRow,
@@ -77,21 +76,10 @@ class HubUnavailableError(DatasetSourceError):
 class DatasetImportError(ImportFileError):
     """A dataset was refused; ``.errors`` lists every bad row (``RowError``), or the one whole-dataset problem."""
 
+    UNIT = "row"
+
     def __init__(self, row_errors: Sequence[LineError], *, source: str = "", whole_dataset: bool = False):
-        self.errors = list(row_errors)
-        prefix = f"{source}: " if source else ""
-        if whole_dataset:
-            message = prefix + "; ".join(str(e) for e in self.errors)
-        else:
-            shown = "\n".join(str(e) for e in self.errors[:MAX_ERRORS_IN_MESSAGE])
-            more = len(self.errors) - MAX_ERRORS_IN_MESSAGE
-            tail = f"\n... and {more} more" if more > 0 else ""
-            message = (
-                f"{prefix}{len(self.errors)} invalid row(s); nothing was imported "
-                f"(fix them, or skip invalid rows to import the rest):\n{shown}{tail}"
-            )
-        # ImportFileError's own message speaks of lines of a file: build the dataset one instead.
-        errors.InputError.__init__(self, message)
+        super().__init__(row_errors, source=source, whole_file=whole_dataset)
 
 
 def is_dataset_source(source: str, *, columns_given: bool) -> bool:

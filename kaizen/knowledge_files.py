@@ -91,7 +91,10 @@ class ImportLimits:
 
 
 class ImportFileError(errors.InputError):
-    """A knowledge file was refused. ``.errors`` lists every problem found."""
+    """A knowledge file was refused. ``.errors`` lists every problem found; ``UNIT`` names what a
+    problem is in (a file's line, a dataset's row)."""
+
+    UNIT = "line"
 
     def __init__(
         self, line_errors: Sequence[LineError], *, source: str = "", whole_file: bool = False
@@ -105,8 +108,8 @@ class ImportFileError(errors.InputError):
             more = len(self.errors) - MAX_ERRORS_IN_MESSAGE
             tail = f"\n... and {more} more" if more > 0 else ""
             message = (
-                f"{prefix}{len(self.errors)} invalid line(s); nothing was imported "
-                f"(fix them, or skip invalid lines to import the rest):\n{shown}{tail}"
+                f"{prefix}{len(self.errors)} invalid {self.UNIT}(s); nothing was imported "
+                f"(fix them, or skip invalid {self.UNIT}s to import the rest):\n{shown}{tail}"
             )
         super().__init__(message)
 

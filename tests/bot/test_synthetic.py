@@ -131,3 +131,27 @@ def test_rounds_train_the_train_share_and_check_the_rest_never_a_heldout_phrasin
 def test_the_paraphraser_refuses_a_silly_count(kaizen):
     with pytest.raises(Exception, match="1 to 20"):
         Paraphraser(kaizen.db, generate=lambda m: "", memory=kaizen.recall).write([], per_item=0)
+
+
+def test_the_same_fact_taught_in_the_other_language_is_no_rival_but_another_item_in_the_same_one_is(kaizen):
+    """`maps_to` with a memory that also returns the cross-lingual twin (the real e5 leg can): the twin
+    does not count against a paraphrase, a second item in the paraphrase's own language does."""
+    from bot.memory import Hit, MemoryItem, Recall
+
+    en = MemoryItem(1, "What time does the company open?", "At 8 a.m.", False, 0.0)
+    vi_twin = MemoryItem(2, HOURS, "Công ty mở cửa lúc 8 giờ sáng.", False, 0.0)
+    en_other = MemoryItem(3, "What time does the company close?", "At 5 p.m.", False, 0.0)
+
+    class Scripted:  # the Recaller interface, as KnowledgeRecall
+        def __init__(self, *hits: MemoryItem) -> None:
+            self.hits = hits
+
+        def recall(self, text: str) -> Recall:
+            return Recall("rag", tuple(Hit(item, 0.9 - 0.1 * n) for n, item in enumerate(self.hits)))
+
+    def maps(*hits: MemoryItem) -> bool:
+        return Paraphraser(kaizen.db, generate=lambda m: "", memory=Scripted(*hits)).maps_to(
+            "When does the company open?", 1)
+
+    assert maps(en) and maps(en, vi_twin)
+    assert not maps(en, en_other) and not maps(vi_twin, en)
