@@ -130,7 +130,8 @@ class WikipediaBody(BaseModel):
 
 class ApproveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    answer: str | None = Field(None, max_length=MAX_CORRECTION_CHARS, description="An edited answer.")
+    answer: str | None = Field(None, min_length=1, max_length=MAX_CORRECTION_CHARS, description=(
+        "An edited answer (leave the field out to approve the answer as it is)."))
 
 
 class ScheduleBody(BaseModel):

@@ -187,6 +187,8 @@ def test_a_wikipedia_summary_is_pending_until_approved_and_never_served_before(k
     assert api.post(f"/knowledge/{item['id']}/enable", auth=RIGHT).status_code == 409  # review, not enable
     with kaizen.db.session() as s:
         assert store.count_training_queue(session=s) == 0  # nor trained
+    r = api.post(f"/knowledge/{item['id']}/approve", auth=RIGHT, json={"answer": ""})  # not a silent no-op
+    assert r.status_code == 422 and api.get("/knowledge", auth=RIGHT, params={"status": "pending"}).json()["items"]
     r = api.post(f"/knowledge/{item['id']}/approve", auth=RIGHT, json={"answer": "Hà Nội là thủ đô của Việt Nam."})
     assert r.status_code == 200 and r.json()["status"] == "approved" and r.json()["enabled"] is True
     assert api.post(f"/knowledge/{item['id']}/approve", auth=RIGHT).status_code == 409  # not pending any more
