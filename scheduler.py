@@ -6,6 +6,11 @@ server down. The round reports progress and its result through the `training_run
 the child ends, the supervisor marks a round that died as failed, releases its lock, and tells
 the adapter follower to pick up a promoted version at once.
 
+A round interrupted because its server stops (SIGTERM, `stop()`) or dies (`kill -9`: the child
+notices that its parent is gone and exits) is marked failed with the reason and queued again for the
+next training worker (`store.requeue_run`); an admin can cancel that queued round. Draining instead
+(waiting for the round) would outlast any shutdown grace period: a round takes minutes.
+
 `KaizenScheduler` (APScheduler 3) checks every N minutes whether at least M new approved items
 or ratings arrived since the last round, and if so starts one through the supervisor. Its
 settings live in the `settings` table and can be changed while it runs. The job has a fixed id,
@@ -24,6 +29,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, SupportsIndex, SupportsInt
@@ -57,6 +63,7 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg:
     from trainer.rounds import run_round
 
     db = Database(settings.database_url, run_migrations=False)
+    _die_with_parent(db, run_id, os.getppid())
     try:
         run_round(db=db, settings=settings, cfg=cfg, limits=limits, trigger=trigger, force=force,
                   threads=settings.train_threads, run_id=run_id, scope=scope(db, settings) if scope else None)
@@ -64,6 +71,29 @@ def _child_main(settings: Settings, run_id: int, trigger: str, force: bool, cfg:
         raise SystemExit(1) from None
     finally:
         db.close()
+
+
+PARENT_GONE = ("The server that ran this round died (killed) during it; the active adapter is unchanged.")
+STOPPED = "The server was stopped during the round; the active adapter is unchanged."
+
+
+def _die_with_parent(db: Database, run_id: int, parent: int, poll_s: float = 1.0) -> threading.Thread:
+    """In the training child: a thread that ends the round when the process that started it is gone
+    (a `kill -9` of a worker or server leaves no one to stop it or to serve what it trains). The child
+    is re-parented then, so `os.getppid()` changes. The run is failed and queued again
+    (store.requeue_run) and the child exits at once. Polling, not Linux's PR_SET_PDEATHSIG, which fires
+    when the parent *thread* that spawned the child ends (here a request or scheduler thread)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        with contextlib.suppress(Exception), db.write() as s:
+            store.requeue_run(session=s, run_id=run_id, reason=PARENT_GONE)
+        os._exit(3)
+
+    thread = threading.Thread(target=watch, name="kaizen-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 class TrainingSupervisor:
@@ -188,10 +218,9 @@ class TrainingSupervisor:
         self._stopping.set()
         proc, run_id = self._proc, self._run_id
         if proc is not None and proc.is_alive():
-            if run_id is not None:  # say why, before the watch thread records "killed (signal 9)"
+            if run_id is not None:  # end and requeue it, before the watch thread records "killed (signal 9)"
                 with contextlib.suppress(Exception), self.db.write() as s:
-                    store.update_run(session=s, run_id=run_id, error="The server was stopped during the round; "
-                                     "the active adapter is unchanged. Start it again with Train now.")
+                    store.requeue_run(session=s, run_id=run_id, reason=STOPPED)
             proc.kill()
             self._finished.wait(15)  # the watch thread reaps the child (only it joins) and records the end
 

@@ -809,16 +809,46 @@ def fail_stale_runs(*, session: Session, alive: Any = pid_alive, exclude: int | 
     return failed
 
 
-def request_run(*, session: Session, trigger: str, force: bool = True) -> TrainingRun:
+def request_run(*, session: Session, trigger: str, force: bool = True, requeued_from: int | None = None) -> TrainingRun:
     """Queue a round for a training worker (`kaizen serve --role web` never trains itself).
     Raises Conflict if a round is queued or running anywhere."""
     fail_stale_runs(session=session)
     busy = session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(("queued", "running"))).limit(1))
     if busy is not None:
         raise Conflict(f"Training run {busy} is queued or running; wait for it to finish.")
+    requested: dict[str, Any] = {"force": force}
+    if requeued_from is not None:
+        requested["requeued_from"] = requeued_from
     run = create_run(session=session, trigger=trigger, round_index=completed_rounds(session=session),
-                     status="queued", config={"requested": {"force": force}})
+                     status="queued", config={"requested": requested})
     return run
+
+
+def requeue_run(*, session: Session, run_id: int, reason: str) -> TrainingRun | None:
+    """End run `run_id`, interrupted because the process that trained it stopped (SIGTERM) or died,
+    as failed with `reason`, free the training lock if that run's process held it, and queue the same
+    round again (same trigger and force) for the next training worker: a round is a few minutes of
+    work from the data in the database, so it is run again from the start rather than waited for
+    (Celery's `acks_late` + `reject_on_worker_lost` semantics). Returns the new queued run, or None
+    when the run had already ended or another round is queued or running."""
+    run = _get(session, TrainingRun, run_id, "training run")
+    if run.status not in ("queued", "running"):
+        return None
+    pid, host = run.pid, run.host
+    run.status, run.finished_at = "failed", utcnow()
+    run.error = reason
+    held = get_lock(session=session, name=TRAINING_LOCK)
+    if held is not None and held.pid == pid and held.host in (None, host):
+        release_lock(session=session, name=TRAINING_LOCK)
+    session.flush()
+    force = bool((run.config or {}).get("requested", {}).get("force", True))
+    try:
+        again = request_run(session=session, trigger=run.trigger, force=force, requeued_from=run_id)
+    except Conflict:
+        return None
+    run.error = f"{reason} It was queued again as run {again.id}, for the next training worker."
+    session.flush()
+    return again
 
 
 def cancel_run(*, session: Session, run_id: int) -> TrainingRun:

@@ -9,6 +9,7 @@ follows the active version from the database and hot-swaps it. The worker serves
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -23,6 +24,14 @@ from tests.seed import add_version
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 PASSWORD = "roles-tests-pw"
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's exit is reaped by whatever PID 1 is here)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp_path, tiny_model_dir,
@@ -96,7 +105,8 @@ def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp
         assert launch.main(["adapters", *where]) == 0
         assert "2 servers run" in capsys.readouterr().out
 
-        # A worker stopped in the middle of a round: the round is marked failed and both replicas serve on.
+        # A worker stopped in the middle of a round (SIGTERM): the round is marked failed with the reason and both
+        # replicas serve on ...
         started = httpx.post(web2.url + "/admin/api/train", auth=admin, timeout=30)
         assert started.status_code == 202, started.text
         second = started.json()["run_id"]
@@ -106,6 +116,32 @@ def test_web_replicas_queue_rounds_a_worker_trains_and_every_replica_follows(tmp
         run = wait_until(lambda: (r := httpx.get(f"{web1.url}/admin/api/runs/{second}", auth=admin).json())[
             "status"] not in ("queued", "running") and r, 60, "the stopped worker's round to be closed", 0.5)
         assert run["status"] == "failed" and "stopped during the round" in run["error"], run
+        # ... and queued again for the next worker, as the same kind of round.
+        again = httpx.get(web1.url + "/admin/api/runs", auth=admin).json()["running"]
+        assert again is not None and again > second and f"queued again as run {again}" in run["error"], run
+        queued = httpx.get(f"{web1.url}/admin/api/runs/{again}", auth=admin).json()
+        assert queued["status"] == "queued" and queued["trigger"] == run["trigger"], queued
+        with db.session() as s:
+            assert store.get_run(session=s, run_id=again).config["requested"]["requeued_from"] == second
+
+        # A worker killed outright (kill -9) mid-round: its training child does not train on alone; it
+        # ends the round, which is queued again, and exits.
+        with ProcessServer(data, *model, "--role", "worker", env=env) as worker:
+            wait_until(lambda: httpx.get(f"{web1.url}/admin/api/runs/{again}", auth=admin).json()["status"]
+                       == "running", 120, "the new worker to take the requeued round", 0.2)
+            with db.session() as s:
+                child = store.get_run(session=s, run_id=again).pid
+            assert child not in (None, worker.proc.pid)
+            worker.proc.kill()
+            worker.proc.wait(30)
+            run = wait_until(lambda: (r := httpx.get(f"{web1.url}/admin/api/runs/{again}", auth=admin).json())[
+                "status"] not in ("queued", "running") and r, 60, "the orphaned child to end its round", 0.5)
+            assert run["status"] == "failed" and "died" in run["error"], run
+            wait_until(lambda: not running(child), 30, "the orphaned training child to exit", 0.2)
+        third = httpx.get(web1.url + "/admin/api/runs", auth=admin).json()["running"]
+        assert third is not None and third > again and f"queued again as run {third}" in run["error"], run
+        cancelled = httpx.post(f"{web1.url}/admin/api/runs/{third}/cancel", auth=admin, timeout=30)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
         for web in (web1, web2):
             client = openai.OpenAI(base_url=web.url + "/v1", api_key="unused", max_retries=0, timeout=120)
             assert client.chat.completions.create(model="kaizen", max_tokens=4,

@@ -405,6 +405,31 @@ def test_a_requested_round_waits_for_a_worker_and_is_claimed_once(db):
         assert "No training worker took this round" in store.get_run(session=s, run_id=late.id).error
 
 
+def test_an_interrupted_round_is_failed_with_its_reason_and_queued_again(db):
+    with db.write() as s:
+        run = store.create_run(session=s, trigger="schedule", round_index=0, pid=4242)
+        assert store.acquire_lock(session=s, name=store.TRAINING_LOCK, owner="round", pid=4242)
+    with db.write() as s:
+        again = store.requeue_run(session=s, run_id=run.id, reason="The server was stopped.")
+    with db.session() as s:
+        old = store.get_run(session=s, run_id=run.id)
+        assert old.status == "failed" and old.finished_at is not None
+        assert old.error == (f"The server was stopped. It was queued again as run {again.id}, "
+                             "for the next training worker.")
+        assert (again.status, again.pid, again.trigger) == ("queued", None, "schedule")
+        assert again.config == {"requested": {"force": True, "requeued_from": run.id}}
+        assert store.get_lock(session=s, name=store.TRAINING_LOCK) is None  # the dead round's lock is free
+    with db.write() as s:  # an ended run is not queued twice
+        assert store.requeue_run(session=s, run_id=run.id, reason="again") is None
+        claimed = store.claim_requested_run(session=s, pid=4343)
+        assert claimed is not None and claimed.id == again.id
+    with db.write() as s:  # another round going on: the interrupted one ends, with nothing queued
+        other = store.create_run(session=s, trigger="admin", round_index=0, pid=os.getpid())
+        assert store.requeue_run(session=s, run_id=again.id, reason="Stopped.") is None
+        assert store.get_run(session=s, run_id=again.id).error == "Stopped."
+        assert store.run_in_progress(session=s) == other.id
+
+
 def _race(db, attempt, n=4):
     """Run `attempt(session)` in n threads at once, each in its own write transaction; the results."""
     barrier, results, errors = threading.Barrier(n), [], []
