@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bench.__main__ import END, START, parse, render, update_readme
-from bench.chat import agreement
+from bench.chat import agreement, profile_step
 from bench.common import Options, Result, Row, Table, markdown_table
 from bench.round_scale import VARIANTS, seed_pairs
 from bench.storage import dashboard_queries, generate, logging_rate
@@ -62,6 +62,18 @@ def test_agreement_counts_exact_answers_and_shared_prefixes():
     exact, prefix = agreement(["Paris.", "abcd", "zzz"], ["Paris.", "abXX", "yyy"])
     assert exact == 1
     assert prefix == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_the_step_profile_counts_every_linear_layer_as_a_matrix_product(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    prof = profile_step(model, torch.tensor([[1, 2, 3, 4]]), steps=3)
+    assert prof.matmuls >= linears  # every projection, the output head included, once per forward
+    assert 0 < prof.matmul_share < 1 and prof.ops > prof.matmuls and prof.ms > 0
+    assert len(prof.top) == 5 and abs(sum(x for _, x in prof.top)) <= 1
 
 
 def test_seed_pairs_give_the_briefs_thousand_rows():
