@@ -261,6 +261,27 @@ def profile_step(model: PreTrainedModel, ids: torch.Tensor, steps: int = 10) -> 
                        top=[(e.key, e.self_cpu_time_total / total) for e in top])
 
 
+@torch.inference_mode()
+def batch_scaling(model: PreTrainedModel, ids: torch.Tensor, sizes: tuple[int, ...] = (1, 4, 8, 16),
+                  steps: int = 8) -> dict[int, float]:
+    """Milliseconds of one decode forward (one new token per row) for each batch size in `sizes`,
+    every row with the KV cache of prompt `ids` (shape (1, tokens)); median of `steps`. The ceiling
+    of continuous batching in this runtime: b rows give at most b × t(1) / t(b) times one row's tokens/s."""
+    out: dict[int, float] = {}
+    for b in sizes:
+        cache = DynamicCache(config=model.config)
+        batch = ids.expand(b, -1)
+        logits = model(input_ids=batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        times = []
+        for _ in range(steps + 2):  # the first two warm up
+            t0 = time.perf_counter()
+            model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            times.append(time.perf_counter() - t0)
+        out[b] = 1000 * median(times[2:])
+    return out
+
+
 def agreement(texts: list[str], ref: list[str]) -> tuple[int, float]:
     """(exactly equal answers, mean shared-prefix fraction in characters)."""
     def prefix(a: str, b: str) -> float:
@@ -298,6 +319,7 @@ def run(opts: Options) -> Result:
     bar.close()
     copy_bw, read_bw = bandwidth(opts.pick(7, 3))
     profiles = {v.name: profile_step(v.model, v._ids(prompts["short"])) for v in variants[:2]}
+    scaling = {v.name: batch_scaling(v.model, v._ids(prompts["short"])) for v in variants[:2]}
 
     quality: dict[str, tuple[int, float]] = {}
     ref: list[str] = []
@@ -341,6 +363,13 @@ def run(opts: Options) -> Result:
                  [[name, f"{p.ms:.1f}", f"{p.ops:.0f}", f"{p.matmuls:.0f}", f"{p.matmul_share:.0%}",
                    ", ".join(f"{k} {x:.0%}" for k, x in p.top[:3])] for name, p in profiles.items()])
 
+    sizes = list(next(iter(scaling.values())))
+    batched = Table("Decode forward time by batch size (one new token per row, short prompt's cache, median of 8): the "
+                    "ceiling of continuous batching in this runtime is b × t(1) / t(b) times one row's tokens/s",
+                    ["model", *(f"{b} rows" for b in sizes), *(f"ceiling {b} rows" for b in sizes[1:])],
+                    [[name, *(f"{t[b]:.1f} ms" for b in sizes), *(ratio(b * t[1], t[b]) for b in sizes[1:])]
+                     for name, t in scaling.items()])
+
     rows = []
     for kind in prompts:
         (b_ttft, b_tps), (e_ttft, e_tps) = fig(base.name, kind), fig(eng.name, kind)
@@ -358,7 +387,12 @@ def run(opts: Options) -> Result:
                     f"{prof16.ms:.1f} ms per forward, {prof16.ops:.0f} aten ops", "",
                     "the kernels, not Python or dispatch, set the single-stream speed: removing all other "
                     f"overhead would gain at most {ratio(1.0, prof16.matmul_share)}"))
+    t16 = scaling[variants[1].name]
+    for b in (8, 16):
+        rows.append(Row(f"Batching ceiling at {b} rows (bf16 forward, b × t(1) / t({b}))", ratio(b * t16[1], t16[b]),
+                        f"t(1) {t16[1]:.1f} ms, t({b}) {t16[b]:.1f} ms", "",
+                        "aggregate throughput the runtime's kernels allow over one row, before any scheduling"))
     exact, _ = quality[eng.name]
     rows.append(Row("Engine answers equal to fp32 greedy", f"{exact}/{len(QUALITY_PROMPTS)}", "fp32", "",
                     "bf16 rounding changes some greedy paths"))
-    return Result("chat", rows, [detail, bw, step])
+    return Result("chat", rows, [detail, bw, step, batched])

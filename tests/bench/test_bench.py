@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bench.__main__ import END, START, parse, render, update_readme
-from bench.chat import agreement, profile_step
+from bench.chat import agreement, batch_scaling, profile_step
 from bench.common import Options, Result, Row, Table, markdown_table
 from bench.round_scale import VARIANTS, seed_pairs
 from bench.storage import dashboard_queries, generate, logging_rate
@@ -74,6 +74,8 @@ def test_the_step_profile_counts_every_linear_layer_as_a_matrix_product(tiny_mod
     assert prof.matmuls >= linears  # every projection, the output head included, once per forward
     assert 0 < prof.matmul_share < 1 and prof.ops > prof.matmuls and prof.ms > 0
     assert len(prof.top) == 5 and abs(sum(x for _, x in prof.top)) <= 1
+    times = batch_scaling(model, torch.tensor([[1, 2, 3, 4]]), sizes=(1, 3), steps=2)
+    assert list(times) == [1, 3] and all(t > 0 for t in times.values())
 
 
 def test_seed_pairs_give_the_briefs_thousand_rows():
