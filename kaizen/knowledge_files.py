@@ -317,7 +317,12 @@ def _json_rows(obj: object) -> list[tuple[str, str, str]] | str:
             if not isinstance(q, str) or not isinstance(a, str):
                 return f'"{q_key}" and "{a_key}" must both be strings'
             return [(q, a, category)]
-    return 'expected "messages", "prompt"/"completion" or "question"/"answer"'
+    expected = 'expected "messages", "prompt"/"completion" or "question"/"answer"'
+    if not obj:
+        return expected
+    keys = ", ".join(json.dumps(k, ensure_ascii=False) for k in list(obj)[:6])
+    return (f"{expected}; this line has {keys}. Rename them, or name the columns on the command line: "
+            "kaizen import FILE --question-column NAME --answer-column NAME")
 
 
 def _chat_pairs(messages: object) -> list[tuple[str, str]] | str:

@@ -180,6 +180,9 @@ def test_jsonl_category_and_null_category():
         ("[1, 2]", "expected a JSON object"),
         ('"text"', "expected a JSON object"),
         ("{}", 'expected "messages", "prompt"/"completion" or "question"/"answer"'),
+        ('{"q": "Giờ mở cửa?", "a": "8:00"}', 'expected "messages", "prompt"/"completion" or "question"/"answer"; '
+         'this line has "q", "a". Rename them, or name the columns on the command line: kaizen import FILE '
+         '--question-column NAME --answer-column NAME'),
         ('{"prompt": "P"}', '"prompt" and "completion" must both be strings'),
         ('{"question": "Q", "answer": 5}', '"question" and "answer" must both be strings'),
         ('{"question": "Q", "answer": "A", "category": 3}', '"category" must be a string'),
