@@ -41,6 +41,7 @@ class Turn:
     exchange_id: str | None = None
     adapter: str = ""  # the version that answered
     applied: bool = False  # whether its adapter produced the answer
+    feedback: str | None = None  # the rating shown under it: "Like", "Dislike" or None
 
 
 @dataclass
@@ -66,6 +67,13 @@ def render(state: ChatState) -> list[Message]:
     return messages
 
 
+def shown(state: ChatState) -> Update:
+    """The chatbot's messages with each answer's rating selected (`feedback_value`, one entry per
+    assistant message). Gradio keeps a click's selection only in the message's own component, which a
+    re-render replaces: without this, rating one answer or a new answer arriving cleared the others."""
+    return gr.update(value=render(state), feedback_value=[t.feedback for t in state.turns])
+
+
 def reply_info(turn: Turn | None) -> str:
     """The metadata line of one answer: version, adapter applied, source, the message's emotion."""
     if turn is None or not turn.exchange_id:
@@ -77,10 +85,10 @@ def reply_info(turn: Turn | None) -> str:
 
 
 def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
-    def respond(message: str, state: ChatState) -> Iterator[tuple[str | Update, list[Message], ChatState, Update,
+    def respond(message: str, state: ChatState) -> Iterator[tuple[str | Update, Update, ChatState, Update,
                                                                   Update, str]]:
         if not (message or "").strip():
-            yield gr.update(), render(state), state, gr.update(), gr.update(), ""
+            yield gr.update(), shown(state), state, gr.update(), gr.update(), ""
             return
         try:
             reply = kaizen.chat.start(message=message, history=state.history(),
@@ -92,7 +100,7 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
         try:
             for piece in reply:
                 turn.bot += piece
-                yield "", render(state), state, gr.update(), gr.update(), ""
+                yield "", shown(state), state, gr.update(), gr.update(), ""
         except KaizenError as exc:
             state.turns.pop()
             raise gr.Error(exc.message) from exc
@@ -101,7 +109,7 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
         turn.adapter = str(reply.meta.get("adapter_version", ""))
         turn.applied = bool(reply.meta.get("adapter_applied"))
         state.conversation_id = reply.conversation_id
-        yield "", render(state), state, gr.update(value=""), gr.update(value=reply_info(turn)), ""
+        yield "", shown(state), state, gr.update(value=""), gr.update(value=reply_info(turn)), ""
 
     def _exchange_id(state: ChatState, index: int | tuple[int, ...] | list[int]) -> str:
         """Select the turn of chatbot message `index`; returns its stored exchange's id."""
@@ -112,21 +120,27 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
         state.selected = i
         return exchange_id
 
-    def on_like(state: ChatState, data: gr.LikeData) -> tuple[ChatState, str, str]:
+    def on_like(state: ChatState, data: gr.LikeData) -> tuple[ChatState, str, str, Update]:
         exchange_id = _exchange_id(state, data.index)
         rated = state.turns[state.selected] if state.selected is not None else None
         # Gradio sends True/"Like", False/"Dislike", or "" when the selected button is clicked again.
         if data.liked in ("", None):
             with kaizen.db.write() as s:
                 store.withdraw_rating(session=s, exchange_id=exchange_id)
-            return state, "Rating withdrawn (with any better answer you typed for it).", reply_info(rated)
+            if rated is not None:
+                rated.feedback = None
+            return (state, "Rating withdrawn (with any better answer you typed for it).", reply_info(rated),
+                    shown(state))
         rating = "up" if data.liked is True or data.liked == "Like" else "down"
         with kaizen.db.write() as s:
             store.rate_exchange(session=s, exchange_id=exchange_id, rating=rating)
+        if rated is not None:
+            rated.feedback = "Like" if rating == "up" else "Dislike"
         hint = "Thanks!" if rating == "up" else "Thanks. You can type a better answer below."
-        return state, f"Rated 👍 — {hint}" if rating == "up" else f"Rated 👎 — {hint}", reply_info(rated)
+        return (state, f"Rated 👍 — {hint}" if rating == "up" else f"Rated 👎 — {hint}", reply_info(rated),
+                shown(state))
 
-    def on_correct(text: str, state: ChatState) -> tuple[str, ChatState, str]:
+    def on_correct(text: str, state: ChatState) -> tuple[str, ChatState, str, Update]:
         if not (text or "").strip():
             raise Refusal("Type the answer you wanted first.")
         if not state.turns:
@@ -145,7 +159,8 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
         except (KaizenError, store.StoreError) as exc:
             raise Refusal(str(exc)) from exc
         note = "It is used right away." if status == "approved" else "An admin will review it before the bot uses it."
-        return "", state, f"Saved your better answer. {note}"
+        state.turns[index].feedback = "Dislike"  # a better answer is a 👎 with the answer wanted
+        return "", state, f"Saved your better answer. {note}", shown(state)
 
     def message_count(message: str) -> str:
         """The message's size against the limit, once it is over half of it; a warning when over."""
@@ -156,8 +171,8 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
             return f"⚠️ {too_long(tokens, limit)}"
         return f"{tokens:,} / {limit:,} tokens" if tokens > limit // 2 else ""
 
-    def new_conversation() -> tuple[ChatState, list[Message], str, str, str]:
-        return ChatState(), [], "", "Started a new conversation.", ""
+    def new_conversation() -> tuple[ChatState, Update, str, str, str]:
+        return ChatState(), gr.update(value=[], feedback_value=[]), "", "Started a new conversation.", ""
 
     with gr.Blocks(title="Kaizen") as ui:
         gr.Markdown("## Kaizen\nA chatbot that learns from you. Rate answers 👍/👎 and type the answer you wanted.")
@@ -185,8 +200,8 @@ def build_chat_ui(kaizen: Kaizen) -> gr.Blocks:
                     show_progress="hidden", api_visibility="private")
         box.change(message_count, box, count, trigger_mode="always_last", show_progress="hidden",
                   api_visibility="private")
-        chatbot.like(refusals_as_warnings(on_like), [state], [state, status, info], api_visibility="private")
-        submit_better.click(refusals_as_warnings(on_correct), [better, state], [better, state, status],
+        chatbot.like(refusals_as_warnings(on_like), [state], [state, status, info, chatbot], api_visibility="private")
+        submit_better.click(refusals_as_warnings(on_correct), [better, state], [better, state, status, chatbot],
                             api_visibility="private")
         new.click(new_conversation, None, [state, chatbot, better, status, info], api_visibility="private")
     return ui

@@ -36,7 +36,7 @@ def send(ui: Handlers, state: ChatState, message: str) -> list[tuple]:
     return list(ui["respond"](message, state))
 
 
-def like(ui: Handlers, state: ChatState, message_index: int, liked: bool | str) -> tuple[ChatState, str, str]:
+def like(ui: Handlers, state: ChatState, message_index: int, liked: bool | str) -> tuple[ChatState, str, str, dict]:
     return ui["on_like"](state, gr.LikeData(None, {"index": message_index, "value": "", "liked": liked}))
 
 
@@ -50,14 +50,15 @@ def test_a_reply_streams_in_and_then_is_stored(kaizen: Kaizen, ui: Handlers, fak
     fake_engine.enqueue("Công ty mở cửa lúc tám giờ sáng.")
     state = ChatState()
     updates = send(ui, state, "Mấy giờ mở cửa?")
-    shown = [u[1][-1]["content"] for u in updates[:-1]]
+    shown = [u[1]["value"][-1]["content"] for u in updates[:-1]]
     assert len(shown) > 2 and shown == sorted(shown, key=len)  # the answer grows a piece at a time
     box, messages, state, better, info, count = updates[-1]
     assert box == "" and better == {"__type__": "update", "value": ""}
     # The messages are exactly the texts: version, source and emotion are metadata beside them (issue 13),
     # so copying an answer copies only the answer.
-    assert messages == [{"role": "user", "content": "Mấy giờ mở cửa?"},
-                        {"role": "assistant", "content": "Công ty mở cửa lúc tám giờ sáng."}]
+    assert messages["value"] == [{"role": "user", "content": "Mấy giờ mở cửa?"},
+                                 {"role": "assistant", "content": "Công ty mở cửa lúc tám giờ sáng."}]
+    assert messages["feedback_value"] == [None]  # not rated yet
     assert info["value"] == "Answered by **base** · 🤖 the model alone · your message read as 😐\ufe0f neutral"
     [turn] = state.turns
     with kaizen.db.session() as s:
@@ -107,10 +108,15 @@ def test_thumbs_up_and_down_rate_the_answer_they_are_on(kaizen: Kaizen, ui: Hand
     state = ChatState()
     send(ui, state, "first question")
     send(ui, state, "second question")
-    state, note, info = like(ui, state, 1, "Like")  # message 1: the first answer
+    state, note, info, chat = like(ui, state, 1, "Like")  # message 1: the first answer
     assert note.startswith("Rated 👍") and state.selected == 0 and info.startswith("Answered by **base**")
-    state, note, _ = like(ui, state, 3, False)  # message 3: the second answer
+    assert chat["feedback_value"] == ["Like", None]
+    state, note, _, chat = like(ui, state, 3, False)  # message 3: the second answer
     assert note.startswith("Rated 👎") and "better answer" in note and state.selected == 1
+    # Every answer's rating stays shown: the chat tab lost the first one when the second was rated.
+    assert chat["feedback_value"] == ["Like", "Dislike"]
+    send(ui, state, "third question")
+    assert send(ui, state, "fourth question")[-1][1]["feedback_value"] == ["Like", "Dislike", None, None]
     assert sorted(feedback(kaizen)) == [("first question", "up", None, "approved"),
                                         ("second question", "down", None, "approved")]
     state, *_ = like(ui, state, 1, "Dislike")  # rating again replaces the rating
@@ -133,8 +139,8 @@ def test_the_better_answer_goes_to_the_rated_answer_or_else_the_newest(kaizen: K
     state = ChatState()
     send(ui, state, "first question")
     send(ui, state, "second question")
-    box, state, note = ui["on_correct"]("The newest one, corrected.", state)
-    assert box == "" and "An admin will review it" in note
+    box, state, note, chat = ui["on_correct"]("The newest one, corrected.", state)
+    assert box == "" and "An admin will review it" in note and chat["feedback_value"] == [None, "Dislike"]
     like(ui, state, 1, False)
     ui["on_correct"]("The first one, corrected.", state)
     assert sorted(feedback(kaizen)) == [("first question", "down", "The first one, corrected.", "pending"),
@@ -146,7 +152,7 @@ def test_with_auto_approve_a_better_answer_is_used_at_once(kaizen: Kaizen, ui: H
         store.set_setting(session=s, key="auto_approve", value=True)
     state = ChatState()
     send(ui, state, "Giờ mở cửa?")
-    _, _, note = ui["on_correct"]("8 giờ sáng.", state)
+    _, _, note, _ = ui["on_correct"]("8 giờ sáng.", state)
     assert "used right away" in note
     with kaizen.db.session() as s:
         [item] = store.list_knowledge(session=s, enabled_only=True)
@@ -176,7 +182,8 @@ def test_a_new_conversation_starts_empty(kaizen: Kaizen, ui: Handlers, fake_engi
     state = ChatState()
     send(ui, state, "My name is An.")
     state, messages, better, note, info = ui["new_conversation"]()
-    assert state == ChatState() and messages == [] and better == "" and "new conversation" in note and info == ""
+    assert state == ChatState() and better == "" and "new conversation" in note and info == ""
+    assert (messages["value"], messages["feedback_value"]) == ([], [])
     send(ui, state, "What is my name?")
     assert [m["role"] for m in fake_engine.history[-1]["messages"]] == ["system", "user"]
     with kaizen.db.session() as s:
@@ -207,5 +214,5 @@ def test_clicking_the_chosen_thumb_again_withdraws_the_rating(kaizen: Kaizen, ui
     send(ui, state, "Mấy giờ mở cửa?")
     state, *_ = like(ui, state, 1, first)
     assert [r[1] for r in feedback(kaizen)] == ["up" if first == "Like" else "down"]
-    state, note, _ = like(ui, state, 1, "")
-    assert "withdrawn" in note and feedback(kaizen) == []
+    state, note, _, chat = like(ui, state, 1, "")
+    assert "withdrawn" in note and feedback(kaizen) == [] and chat["feedback_value"] == [None]

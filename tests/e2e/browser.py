@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from playwright.sync_api import Browser, Page, Playwright, expect
+from playwright.sync_api import Browser, Locator, Page, Playwright, expect
 
 from tests.harness import wait_until
 
@@ -96,9 +96,14 @@ class ChatPage:
     def last_bot_text(self) -> str:
         return self.bot_messages.last.inner_text()
 
+    def rating_buttons(self, message_index: int) -> Locator:
+        """The 👍/👎 buttons under bot message `message_index` (0 = first); a chosen one is labelled
+        "Liked"/"Disliked"."""
+        return self.page.locator("#chatbot .message-buttons-left").nth(message_index)
+
     def rate(self, message_index: int, like: bool) -> str:
         """Click 👍 or 👎 under the bot message `message_index` (0 = first); returns the status line."""
-        buttons = self.page.locator("#chatbot .message-buttons-left").nth(message_index)
+        buttons = self.rating_buttons(message_index)
         buttons.get_by_role("button", name="Like" if like else "Dislike", exact=True).click()
         status = self.page.locator("#status")
         expect(status).to_contain_text("Rated 👍" if like else "Rated 👎")
@@ -106,7 +111,7 @@ class ChatPage:
 
     def withdraw_rating(self, message_index: int, like: bool) -> str:
         """Click the chosen 👍 or 👎 again (Gradio then labels it "Liked"/"Disliked"); returns the status line."""
-        buttons = self.page.locator("#chatbot .message-buttons-left").nth(message_index)
+        buttons = self.rating_buttons(message_index)
         buttons.get_by_role("button", name="Liked" if like else "Disliked", exact=True).click()
         status = self.page.locator("#status")
         expect(status).to_contain_text("Rating withdrawn")

@@ -154,6 +154,16 @@ def test_thumbs_up_on_another_answer_is_stored_for_that_answer(server, db, page)
     chat.withdraw_rating(1, like=False)
     assert feedback_of(db, second.id) is None
 
+    # Each answer keeps showing its own rating: rating one answer, or a new answer arriving, does not
+    # clear the others' (the chat tab lost the first 👎 when the second was rated).
+    chat.rate(0, like=False)
+    chat.rate(1, like=True)
+    chat.send("What is the capital of Spain?", lambda: exchange_count(db))
+    chat.rate(2, like=False)
+    for i, shown in enumerate(("Disliked", "Liked", "Disliked")):
+        expect(chat.rating_buttons(i).get_by_role("button", name=shown, exact=True)).to_be_visible()
+    assert (feedback_of(db, first.id).rating, feedback_of(db, second.id).rating) == ("down", "up")
+
 
 def test_admin_approves_a_correction_trains_and_the_chat_answers_from_memory(server, db, page):
     question = "Ai đã sáng lập công ty BICweb?"
