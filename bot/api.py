@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Route
 
 from bot.engine_api import FinishReason
 from feedback_db import store
@@ -510,4 +511,26 @@ def build_router(kaizen: Kaizen) -> APIRouter:
             return JSONResponse(body.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "2"})
         return Health(adapter=kaizen.engine.adapter_version)
 
+    @router.api_route("/v1/{rest:path}", methods=list(ANY_METHOD), include_in_schema=False)
+    def unknown_route(rest: str, request: Request) -> JSONResponse:
+        """Any other /v1 request, answered in OpenAI's error shape (the chat UI mounted at "/" would
+        answer it with a bare 404 page): 405 with `Allow` for a known path and another method, else 404."""
+        return no_route(request, router.routes)
+
     return router
+
+
+ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def no_route(request: Request, routes: Sequence[BaseRoute]) -> JSONResponse:
+    """405 (with the `Allow` header) when one of `routes` serves this path with another method, else 404."""
+    allowed = sorted({m for r in routes if isinstance(r, Route) and set(r.methods or ()) != set(ANY_METHOD)
+                      and r.matches(request.scope)[0] == Match.PARTIAL for m in r.methods or ()} - {"HEAD"})
+    where = f"{request.method} {request.url.path}"
+    if allowed:
+        response = _error(405, f"{where} is not allowed; this path answers {', '.join(allowed)}.", error_type(405))
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+    return _error(404, f"Unknown endpoint: {where}. The API serves POST /v1/chat/completions, GET /v1/models, "
+                       "POST /v1/feedback and DELETE /v1/feedback/{id} (see /docs).", error_type(404))

@@ -111,3 +111,22 @@ def test_an_unexpected_failure_midway_ends_the_connection_instead_of_hanging(
         assert _stored(kaizen) == 0
         monkeypatch.undo()
         assert http.post("/v1/chat/completions", json={**BODY, "stream": False}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/feedback", "POST"), ("DELETE", "/v1/models", "GET"),
+    ("POST", "/v1/feedback/abc", "DELETE"), ("GET", "/v1/completions", None), ("POST", "/v1/embeddings", None),
+])
+def test_an_unknown_api_route_is_an_openai_error_not_the_chat_pages_404(client: TestClient, method: str, path: str,
+                                                                        allow: str | None) -> None:
+    """The chat UI is mounted at "/" and used to answer these with a bare {"detail": "Not Found"}."""
+    r = client.request(method, path, json={})
+    error = r.json()["error"]
+    start = f"{method} {path} is not allowed" if allow else f"Unknown endpoint: {method} {path}"
+    assert error["message"].startswith(start)
+    if allow:
+        assert (r.status_code, r.headers["allow"], error["type"]) == (405, allow, "invalid_request_error")
+    else:
+        assert (r.status_code, error["type"]) == (404, "not_found_error")
+        assert "POST /v1/chat/completions" in error["message"]
+    assert client.get("/v1/models").status_code == 200  # the real routes still answer
