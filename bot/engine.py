@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from bot.batching import Batcher, Row, next_token_picker
 from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop, stop_hold
-from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, serving
+from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, cast_weights, serving
 from kaizen.base_model import chat_text, load_model
 from kaizen.errors import AdapterError, BusyError, ContextLengthError, InputError, ModelError
 from kaizen.repetition import Loop, canonical_tokens, echo_of, end_of_copy, find_loop, held_back
@@ -387,7 +387,7 @@ class Engine:
         pref = path / PREFERENCE_DIR
         if (pref / "adapter_config.json").is_file():
             model.load_adapter(str(pref), adapter_name=PREFERENCE_SLOT, is_trainable=False)
-            model.to(next(self.base_model.parameters()).dtype)
+            cast_weights(model, next(self.base_model.parameters()).dtype)
         model.base_model.set_adapter(ADAPTER_SLOT, inference_mode=True)
         model.eval()
 
@@ -418,7 +418,7 @@ class Engine:
         except Exception:
             _strip_lora(self.base_model)  # peft injected the LoRA layers in place before the load failed
             raise
-        model.to(next(self.base_model.parameters()).dtype)
+        cast_weights(model, next(self.base_model.parameters()).dtype)
         model.eval()
         self.model = model
 

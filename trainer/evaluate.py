@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kaizen.adapters import PREFERENCE_DIR, serving
+from kaizen.adapters import PREFERENCE_DIR, cast_weights, serving
 from kaizen.base_model import chat_ids
 from kaizen.metrics import RoundMetrics
 from kaizen.text import normalize_answer
@@ -170,12 +170,12 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     from peft import PeftModel
 
     t0 = time.perf_counter()
-    # PreTrainedModel.to is wrapped with functools.wraps(Module.to), which mypy reads as unbound.
-    model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype, torch.float32))
+    # The weights only: the rotary buffers stay float32, as in the served bfloat16 model (cast_weights).
+    cast_weights(model, {"bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype, torch.float32))
     heldout = load_general_prompts()["heldout"]
     heldout_convs = [training.conversation(p) for p in heldout]
     base_key = {"model": model_path, "prompts": heldout, "system": training.system_prompt, "dtype": dtype,
-                "n": EVAL_MAX_NEW_TOKENS, "kind": "heldout_ids"}
+                "n": EVAL_MAX_NEW_TOKENS, "kind": "heldout_ids", "rotary": "float32"}
     # The base model's greedy token ids, as served (dtype): the reference of locality, and (decoded) of drift.
     base_ids = cached(cache_dir, base_key, lambda: generate_ids(model, tokenizer, heldout_convs, EVAL_MAX_NEW_TOKENS))
     base_answers = [a.strip() for a in tokenizer.batch_decode(base_ids, skip_special_tokens=True)]
@@ -183,7 +183,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     pref = has_preference(adapter_dir)
     if pref:
         tuned.load_adapter(str(adapter_dir / PREFERENCE_DIR), adapter_name=PREFERENCE_ADAPTER)
-    tuned.to(next(model.parameters()).dtype)
+    cast_weights(tuned, next(model.parameters()).dtype)
     tuned.eval()
     paraphrases = training.paraphrases(facts)
     synthetic = training.synthetic_paraphrases(facts)
@@ -213,7 +213,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         baseline_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter=None, max_len=max_len)
         if active_dir is not None and has_preference(active_dir):
             tuned.load_adapter(str(active_dir / PREFERENCE_DIR), adapter_name="active_preference")
-            tuned.to(next(model.parameters()).dtype)
+            cast_weights(tuned, next(model.parameters()).dtype)
             baseline_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter="active_preference", max_len=max_len)
     tuned.unload()
 

@@ -235,3 +235,31 @@ def test_an_abandoned_reply_reports_no_confidence(engine):
     next(chunks)
     chunks.close()
     assert gen.confidence is None
+
+
+def test_the_base_path_stays_the_base_model_once_an_adapter_is_loaded(tiny_model_dir, tmp_path):
+    """Loading a LoRA version used to `.to(bfloat16)` the whole model, which also cast the rotary
+    embedding's float32 `inv_freq`: every reply routed to the base model changed (17 of 26 greedy replies
+    of the real model in the study)."""
+    from kaizen import adapters
+    from tests.models import random_adapter
+
+    eng = Engine.from_path(str(tiny_model_dir), dtype="bfloat16", context_tokens=256)
+    ids = eng.encode_chat([{"role": "user", "content": "Xin chào, hôm nay trời thế nào? Tell me a long story."}])
+    with torch.inference_mode():
+        before = eng.model(ids).logits
+    work = random_adapter(adapters.new_workdir(tmp_path), tiny_model_dir, seed=3)
+    eng.activate("v1", adapters.publish(work, tmp_path, "v1", {}))
+    assert eng.adapter_version == "v1"
+    rotary = {n: b.dtype for n, b in eng.model.named_buffers() if n.endswith("inv_freq")}
+    assert rotary and set(rotary.values()) == {torch.float32}, rotary
+    assert {p.dtype for p in eng.model.parameters()} == {torch.bfloat16}  # the LoRA weights as served
+    with torch.inference_mode():
+        with eng.model.disable_adapter():
+            after = eng.model(ids).logits
+        tuned = eng.model(ids).logits
+    assert torch.equal(before, after)  # bit for bit: the base model
+    assert not torch.equal(before, tuned)  # while the adapter itself does apply
+    eng.activate("base", None)
+    with torch.inference_mode():
+        assert torch.equal(eng.model(ids).logits, before)
