@@ -204,9 +204,7 @@ class TrainingSupervisor:
                 how = f"was killed (signal {-code})" if code is not None and code < 0 else f"exited with code {code}"
                 store.update_run(session=s, run_id=run_id, status="failed", finished_at=store.utcnow(),
                                  error=run.error or f"The training process {how}; the active adapter is unchanged.")
-            held = store.get_lock(session=s, name=store.TRAINING_LOCK)
-            if held is not None and held.pid == proc.pid and held.host in (None, store.HOST):
-                store.release_lock(session=s, name=store.TRAINING_LOCK)
+            store.release_lock_of(session=s, name=store.TRAINING_LOCK, pid=proc.pid)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the round's end is recorded (and on_finish ran); False if timeout seconds passed first."""

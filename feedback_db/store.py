@@ -837,9 +837,7 @@ def requeue_run(*, session: Session, run_id: int, reason: str) -> TrainingRun | 
     pid, host = run.pid, run.host
     run.status, run.finished_at = "failed", utcnow()
     run.error = reason
-    held = get_lock(session=session, name=TRAINING_LOCK)
-    if held is not None and held.pid == pid and held.host in (None, host):
-        release_lock(session=session, name=TRAINING_LOCK)
+    release_lock_of(session=session, name=TRAINING_LOCK, pid=pid, host=host)
     session.flush()
     force = bool((run.config or {}).get("requested", {}).get("force", True))
     try:
@@ -934,6 +932,13 @@ def release_lock(*, session: Session, name: str, owner: str | None = None) -> No
     if owner is not None:
         q = q.where(Lock.owner == owner)
     session.execute(q)
+
+
+def release_lock_of(*, session: Session, name: str, pid: int | None, host: str | None = HOST) -> None:
+    """Release lock `name` only if process `pid` on `host` holds it (a row without a host is this machine's)."""
+    held = get_lock(session=session, name=name)
+    if held is not None and pid is not None and held.pid == pid and held.host in (None, host):
+        release_lock(session=session, name=name)
 
 
 def get_lock(*, session: Session, name: str) -> Lock | None:
