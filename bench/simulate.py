@@ -12,12 +12,14 @@ answer that holds a checkable key (a price, a name, a phone number), and six phr
 four are asked during the days, two (one per language) are held out for the evaluation. Beside it,
 30 general prompts asked during the days and 10 held out, in both languages.
 
-**The hidden style preference: replies of at most N words (N = 25 by default, counted on
-whitespace) that end cleanly** (the model stopped by itself, not at the max_tokens budget). The
-trainer is never told. Why this one: a 135M model's replies often run to the token limit (the
-looping issue), and length is one decision made at every token (emit end-of-turn or not), which
-KTO on 👍 short / 👎 long replies can plausibly teach. A preference such as "greet me by my name"
-would need the model to copy a span from the context, which is harder to learn at 135M.
+**The hidden style preference: short answers.** A reply of 3 to N words (N = 25 by default, counted on
+whitespace) that ended cleanly (the model stopped by itself, not at the max_tokens budget) and is an
+answer: in the question's language, not a loop, not "I don't know" or the fallback (`meets_style`;
+before 2026-12-04 only the length and the clean end counted, and the base model's broken Vietnamese and
+its fallback passed). The trainer is never told. Why this one: a 135M model's replies often run to the
+token limit (the looping issue), and length is one decision made at every token (emit end-of-turn or
+not), which KTO on 👍 short / 👎 long replies can plausibly teach. A preference such as "greet me by my
+name" would need the model to copy a span from the context, which is harder to learn at 135M.
 
 **The rating rules.** A fact question gets 👍 iff the reply contains the fact's key (compared
 casefolded, without diacritics, with thousands separators dropped, at word boundaries: "1.250.000"
@@ -89,8 +91,10 @@ import os
 import random
 import re
 import shutil
+import string
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +103,9 @@ from typing import Any
 import httpx
 
 from bench.common import ADMIN, ROOT, Options, Result, Row, Table, kaizen_env, ratio
+from bot.curiosity import says_unsure
+from bot.fallback import language
+from kaizen.repetition import is_degenerate
 from kaizen.text import fold
 from tests.harness import ProcessServer, wait_until
 
@@ -106,6 +113,7 @@ SHEET = Path(__file__).resolve().parent / "data" / "simulate_sheet.json"
 OUT = ROOT / "bench" / "out"
 LANGS = ("vi", "en")
 UNFINISHED = ("queued", "running")
+MIN_WORDS = 3  # the style rule's shortest answer: "Đác khiều," is not one
 
 
 # --- the sheet ----------------------------------------------------------------------------------
@@ -189,9 +197,34 @@ def ended_cleanly(finish_reason: str | None, completion_tokens: int, max_tokens:
     return source == "memory" or completion_tokens < max_tokens
 
 
-def meets_style(reply: str, *, clean: bool, max_words: int) -> bool:
-    """The hidden style preference: 1 to max_words words, and the reply ended cleanly."""
-    return clean and 1 <= word_count(reply) <= max_words
+_TONES = ("", "\u0300", "\u0301", "\u0309", "\u0303", "\u0323")  # none, huyền, sắc, hỏi, ngã, nặng
+_VI_LETTERS = frozenset(
+    ch for vowel in "aăâeêioôơuưy" for tone in _TONES
+    for ch in (unicodedata.normalize("NFC", vowel + tone), unicodedata.normalize("NFC", vowel.upper() + tone))
+) | frozenset("đĐ") | frozenset(string.ascii_letters)
+
+
+def in_language(reply: str, lang: str) -> bool:
+    """Whether `reply` is written in `lang`: Vietnamese ("vi") has diacritics and only letters of the
+    Vietnamese alphabet ("Kiẁm" is not Vietnamese: ẁ is not one of its letters); English has none."""
+    if lang == "en":
+        return language(reply) == "en"
+    return language(reply) == "vi" and all(ch in _VI_LETTERS for ch in reply if ch.isalpha())
+
+
+def meets_style(reply: str, *, clean: bool, max_words: int, lang: str | None = None,
+                min_words: int = MIN_WORDS) -> bool:
+    """The hidden style preference: a short answer. `min_words` to `max_words` words, the reply ended
+    cleanly, and it is an answer: not the fallback or any "I don't know" (`says_unsure`), not a loop
+    (`is_degenerate`), and in the question's language `lang` (`in_language`; None: not checked).
+    Without the last three, the base model's broken Vietnamese ("Đác khiều,", "Kiẁm, Tại lời,") and its
+    fallback "Xin lỗi, mình chưa có câu trả lời tốt…" met the preference: 3 of its 5 Vietnamese
+    replies in the study's held-out set."""
+    if not clean or not min_words <= word_count(reply) <= max_words:
+        return False
+    if says_unsure(reply) or is_degenerate(reply):
+        return False
+    return lang is None or in_language(reply, lang)
 
 
 # --- users and questions ------------------------------------------------------------------------
@@ -237,7 +270,7 @@ def honest_verdict(q: Question, a: Answer, sheet: Sheet, *, max_words: int) -> b
     if q.kind == "fact":
         fact = next(f for f in sheet.facts if f.id == q.fact_id)
         return contains_key(a.text, fact.key)
-    return meets_style(a.text, clean=a.clean, max_words=max_words)
+    return meets_style(a.text, clean=a.clean, max_words=max_words, lang=q.lang)
 
 
 def rate(user: User, q: Question, a: Answer, sheet: Sheet, rng: random.Random, *, max_words: int,

@@ -51,6 +51,7 @@ class RoundMetrics:
     parked: int = 0  # len(parked_ids)
     preference_auc: float | None = None  # the preference adapter's reward AUC on held-out ratings (0..1, 0.5 = none)
     baseline_preference_auc: float | None = None  # the active version's on the same ratings (0.5: none)
+    preference_auc_se: float | None = None  # standard error of their difference (DeLong 1988; None: < 2 of a label)
     heldout_ratings: int = 0  # held-out rated replies the preference check used
     kto_steps: int | None = None  # KTO optimizer steps of the preference adapter (None: not trained this round)
     kto_seconds: float | None = None

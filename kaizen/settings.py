@@ -302,6 +302,11 @@ class GateLimits(_KaizenSettings):
     preference_slack: float = Field(0.05, ge=0.0, le=1.0, description=(
         "How far the new version's agreement with held-out ratings (reward AUC) may fall below the active "
         "version's before the gate refuses."))
+    preference_z: float = Field(1.645, ge=0.0, le=5.0, description=(
+        "Non-inferiority of the preference check: the new preference adapter is left out only if its reward AUC "
+        "is below the active version's minus the slack by more than this many standard errors of the difference "
+        "(DeLong; 1.645 = one-sided 95%, 0 = compare the AUCs alone). On a few held-out ratings the AUC moves "
+        "in steps of a third, so chance alone decided before."))
 
 
 ALL: tuple[type[_KaizenSettings], ...] = (Settings, TrainConfig, GateLimits)

@@ -26,7 +26,7 @@ from trainer.cache import cached
 from trainer.dataset import Fact, TrainingSet
 from trainer.generation import generate_answers, generate_ids
 from trainer.lora import _batch, _reply_logits, _Row
-from trainer.preference import PREFERENCE_ADAPTER, Rated, reward_auc
+from trainer.preference import PREFERENCE_ADAPTER, Rated, auc, auc_difference_se, reward_scores
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -166,7 +166,8 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     it counts as unchanged in `locality` and `leak` unless a preference adapter changes it; `locality_adapter`
     applies every adapter to all. Taught questions and their paraphrases are answered with both (in scope).
     With a preference adapter in `adapter_dir/preference`, `preference_auc` is its reward AUC on
-    `heldout_ratings` and `baseline_preference_auc` that of the active version in `active_dir` (0.5 for none)."""
+    `heldout_ratings`, `baseline_preference_auc` that of the active version in `active_dir` (0.5 for none) and
+    `preference_auc_se` the standard error of their difference (DeLong, `auc_difference_se`)."""
     from peft import PeftModel
 
     t0 = time.perf_counter()
@@ -207,14 +208,18 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     with serving(tuned, knowledge=True, preference=pref):
         new_answers = generate_answers(tuned, tokenizer, [heldout_convs[i] for i in sent], EVAL_MAX_NEW_TOKENS)
     sent_base = [base_answers[i] for i in sent]
-    preference_auc = baseline_auc = None
+    preference_auc = baseline_auc = auc_se = None
     if pref and heldout_ratings:
-        preference_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter=PREFERENCE_ADAPTER, max_len=max_len)
-        baseline_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter=None, max_len=max_len)
+        labels = [r.label for r in heldout_ratings]
+        new_scores = reward_scores(tuned, tokenizer, heldout_ratings, adapter=PREFERENCE_ADAPTER, max_len=max_len)
+        active_scores = [0.0] * len(heldout_ratings)  # no active preference adapter: the base model's rewards
         if active_dir is not None and has_preference(active_dir):
             tuned.load_adapter(str(active_dir / PREFERENCE_DIR), adapter_name="active_preference")
             cast_weights(tuned, next(model.parameters()).dtype)
-            baseline_auc = reward_auc(tuned, tokenizer, heldout_ratings, adapter="active_preference", max_len=max_len)
+            active_scores = reward_scores(tuned, tokenizer, heldout_ratings, adapter="active_preference",
+                                          max_len=max_len)
+        preference_auc, baseline_auc = auc(new_scores, labels), auc(active_scores, labels)
+        auc_se = auc_difference_se(new_scores, active_scores, labels)
     tuned.unload()
 
     def recall(selected: list[int]) -> float | None:
@@ -243,6 +248,7 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         facts=per_fact,
         preference_auc=None if preference_auc is None else round(preference_auc, 4),
         baseline_preference_auc=None if baseline_auc is None else round(baseline_auc, 4),
+        preference_auc_se=None if auc_se is None else round(auc_se, 4),
         heldout_ratings=len(heldout_ratings) if pref else 0,
         eval_seconds=round(time.perf_counter() - t0, 2),
     )

@@ -13,7 +13,10 @@ Promote only if
       is at least `min_locality`; `leak` is measured as served too.
   (e) with a new preference adapter (KTO on ratings, served on every reply), its agreement with the
       held-out ratings (reward AUC, `trainer.preference.reward_auc`) is not below the active version's
-      (minus `preference_slack`); (d) then measures locality with it applied, as served.
+      (minus `preference_slack`), as a non-inferiority test: below only by more than `preference_z`
+      standard errors of the difference (DeLong 1988, `trainer.preference.auc_difference_se`), since on
+      a few held-out ratings the AUC moves in large steps; (d) then measures locality with it applied,
+      as served. A failed (e) leaves the preference adapter out of the version, not the round.
 Drift (shared greedy prefix with the base model) is still reported but no longer gates: measured
 against the base while every round continues from the active version, it only grows, and gating
 on it rejected every round after the second (FACTS.md, 2026-12-01). Paraphrase recall is reported
@@ -86,8 +89,12 @@ def decide(metrics: RoundMetrics, limits: GateLimits) -> Verdict:
         check("locality", loc >= limits.min_locality, f"locality {loc:.3f} as served (needs {limits.min_locality:.3f})")
     auc, base_auc = metrics.preference_auc, metrics.baseline_preference_auc
     if auc is not None and base_auc is not None:
-        check("preference", auc >= base_auc - limits.preference_slack - 1e-9,
-              f"agreement with {metrics.heldout_ratings} held-out ratings {auc:.2f} (active version: {base_auc:.2f})")
+        se = metrics.preference_auc_se
+        margin = limits.preference_slack + (limits.preference_z * se if se is not None else 0.0)
+        error = f", difference ± {se:.2f} SE" if se is not None else ""
+        check("preference", auc >= base_auc - margin - 1e-9,
+              f"agreement with {metrics.heldout_ratings} held-out ratings {auc:.2f} "
+              f"(active version: {base_auc:.2f}{error}; may fall {margin:.2f})")
     notes = [f"drift {metrics.drift:.2f} (reported, not gated)"] if metrics.drift is not None else []
     if failures:
         return Verdict(False, "rejected: " + "; ".join(failures + notes) + (

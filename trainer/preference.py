@@ -231,22 +231,44 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
-def reward_auc(model: PeftModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Rated], *, adapter: str | None,
-               max_len: int) -> float | None:
-    """How well a preference adapter agrees with held-out ratings: the AUC of KTO's implicit reward,
-    log pi(y|x) - log pi_ref(y|x) with the reference = the adapter disabled, between the 👍 and the 👎
-    replies (`auc`). `adapter` None is the base model itself (every reward 0, so 0.5). This is TRL's
-    `rewards/accuracies` idea for unpaired rows; it needs no judge of the hidden preference.
-
-    The log-ratio is averaged per reply token (length-normalised, as SimPO's reward: Meng et al. 2024,
-    arXiv:2405.14734). Summed, it ranked the replies by length: in the study every version's AUC came
-    out below chance (0.12-0.40 on 3-12 held-out ratings, where 👎 replies were the long ones).
-    """
-    if not rows:
+def auc_difference_se(first: Sequence[float], second: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The standard error of AUC(first) - AUC(second), two scorings of the same rated rows: DeLong,
+    DeLong & Clarke-Pearson (1988), "Comparing the areas under two or more correlated receiver operating
+    characteristic curves", Biometrics 44(3), from each row's placement values. The two AUCs share their
+    rows, so their covariance counts: with `second` all equal (the base model, every reward 0) it is
+    the SE of AUC(first) alone (Hanley & McNeil 1982's quantity, estimated without their normal
+    approximation). None with fewer than 2 rows of either label (no variance to estimate)."""
+    pos = [i for i, y in enumerate(labels) if y]
+    neg = [i for i, y in enumerate(labels) if not y]
+    m, n = len(pos), len(neg)
+    if m < 2 or n < 2:
         return None
-    labels = [r.label for r in rows]
-    if adapter is None:
-        return auc([0.0] * len(rows), labels)
+
+    def placements(scores: Sequence[float]) -> tuple[list[float], list[float]]:
+        def psi(x: float, y: float) -> float:
+            return 1.0 if x > y else 0.5 if x == y else 0.0
+        v10 = [sum(psi(scores[i], scores[j]) for j in neg) / n for i in pos]  # each 👍 row's share of wins
+        v01 = [sum(psi(scores[i], scores[j]) for i in pos) / m for j in neg]  # each 👎 row's share of losses
+        return v10, v01
+
+    (a10, a01), (b10, b01) = placements(first), placements(second)
+
+    def var(d: list[float]) -> float:  # sample variance of the paired differences
+        mean = sum(d) / len(d)
+        return sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+
+    variance = (var([x - y for x, y in zip(a10, b10, strict=True)]) / m
+                + var([x - y for x, y in zip(a01, b01, strict=True)]) / n)
+    return math.sqrt(max(variance, 0.0))
+
+
+def reward_scores(model: PeftModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Rated], *,
+                  adapter: str | None, max_len: int) -> list[float]:
+    """KTO's implicit reward of each rated reply under `adapter`: log pi(y|x) - log pi_ref(y|x) averaged
+    per reply token, with the reference = the adapter disabled (nats per token; one float per row of
+    `rows`). `adapter` None is the base model itself: every reward 0. See `reward_auc`."""
+    if adapter is None or not rows:
+        return [0.0] * len(rows)
     with model.disable_adapter():
         ref = sequence_logps(model, tokenizer, rows, max_len, per_token=True)
     previous = model.active_adapter
@@ -255,4 +277,20 @@ def reward_auc(model: PeftModel, tokenizer: PreTrainedTokenizerBase, rows: Seque
         policy = sequence_logps(model, tokenizer, rows, max_len, per_token=True)
     finally:
         model.set_adapter(previous)
-    return auc([p - r for p, r in zip(policy, ref, strict=True)], labels)
+    return [p - r for p, r in zip(policy, ref, strict=True)]
+
+
+def reward_auc(model: PeftModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Rated], *, adapter: str | None,
+               max_len: int) -> float | None:
+    """How well a preference adapter agrees with held-out ratings: the AUC of KTO's implicit reward
+    (`reward_scores`) between the 👍 and the 👎 replies (`auc`). `adapter` None is the base model itself
+    (every reward 0, so 0.5). This is TRL's `rewards/accuracies` idea for unpaired rows; it needs no
+    judge of the hidden preference.
+
+    The log-ratio is averaged per reply token (length-normalised, as SimPO's reward: Meng et al. 2024,
+    arXiv:2405.14734). Summed, it ranked the replies by length: in the study every version's AUC came
+    out below chance (0.12-0.40 on 3-12 held-out ratings, where 👎 replies were the long ones).
+    """
+    if not rows:
+        return None
+    return auc(reward_scores(model, tokenizer, rows, adapter=adapter, max_len=max_len), [r.label for r in rows])

@@ -20,6 +20,7 @@ from bench.simulate import (
     contains_key,
     ended_cleanly,
     eval_set,
+    honest_verdict,
     load_sheet,
     meets_style,
     normalize,
@@ -47,11 +48,35 @@ def _answer(text: str, *, clean: bool = True, source: str = "model") -> Answer:
 
 
 def test_style_is_at_most_n_words_that_end_cleanly():
-    assert meets_style(" ".join(["word"] * 25), clean=True, max_words=25)
-    assert not meets_style(" ".join(["word"] * 26), clean=True, max_words=25)
+    words = [f"word{i}" for i in range(26)]
+    assert meets_style(" ".join(words[:25]), clean=True, max_words=25)
+    assert not meets_style(" ".join(words), clean=True, max_words=25)
     assert not meets_style("Short and sweet.", clean=False, max_words=25)  # cut at max_tokens
     assert not meets_style("   ", clean=True, max_words=25)
     assert meets_style("a\nb\tc", clean=True, max_words=3)  # counted on whitespace
+
+
+@pytest.mark.parametrize(("reply", "lang"), [
+    # the base model's held-out replies in the study of 2026-12-04, which the length rule alone passed
+    ("Đác khiều,", "vi"),  # too short to be an answer
+    ("Kiẁm,\n\nTại lời,\n\n", "vi"),  # ẁ is not a letter of the Vietnamese alphabet
+    ("Xin lỗi, mình chưa có câu trả lời tốt cho câu hỏi này.", "vi"),  # the fallback
+    ("Sorry, I don't have a good answer to that yet.", "en"),
+    ("I'm not sure about that, sorry.", "en"),
+    ("Ăn sáng rất quan trọng.", "en"),  # not the question's language
+    ("Breakfast matters a lot.", "vi"),
+    ("Ăn sáng, ăn sáng, ăn sáng, ăn sáng, ăn sáng, ăn sáng", "vi"),  # a loop
+])
+def test_a_short_reply_that_is_no_answer_does_not_meet_the_style(reply, lang):
+    assert not meets_style(reply, clean=True, max_words=25, lang=lang)
+    assert meets_style("Có, bữa sáng cho bạn năng lượng cả ngày.", clean=True, max_words=25, lang="vi")
+    assert meets_style("Yes: breakfast gives you energy for the morning.", clean=True, max_words=25, lang="en")
+
+
+def test_the_honest_verdict_asks_for_the_questions_language(sheet):
+    q = Question(text=sheet.general_heldout["vi"][0], kind="general", lang="vi")
+    assert honest_verdict(q, _answer("Có, bữa sáng cho bạn năng lượng."), sheet, max_words=25)
+    assert not honest_verdict(q, _answer("Yes, breakfast gives you energy."), sheet, max_words=25)
 
 
 def test_a_model_reply_that_used_the_whole_budget_did_not_end_cleanly():

@@ -77,3 +77,16 @@ def test_unmeasured_parts_do_not_block_but_slack_and_boundaries_hold():
     assert not decide(m(retention=0.89), GateLimits(retention_slack=0.1)).promote
     assert decide(m(locality=0.9), GateLimits(min_locality=0.9)).promote
     assert not decide(m(locality=0.8999), GateLimits(min_locality=0.9)).promote
+
+
+def test_the_preference_check_is_a_non_inferiority_test_on_the_auc_difference():
+    """On 4 held-out ratings an AUC of 0.33 against 0.50 is chance (the study of 2026-12-04 left v1's
+    adapter out so): the check fails only when the drop exceeds the slack by 1.645 standard errors."""
+    pref = {"preference_auc": 0.33, "baseline_preference_auc": 0.5, "heldout_ratings": 4}
+    v = decide(m(**pref, preference_auc_se=0.3), GateLimits())
+    assert v.promote and "held-out ratings 0.33 (active version: 0.50, difference ± 0.30 SE; may fall 0.54)" in v.reason
+    v = decide(m(**pref, preference_auc_se=0.05), GateLimits())  # many ratings: a real drop
+    assert not v.promote and v.failed == ("preference",)
+    assert not decide(m(**pref, preference_auc_se=None), GateLimits()).promote  # no SE: the AUCs alone
+    assert not decide(m(**pref, preference_auc_se=0.3), GateLimits(preference_z=0.0)).promote
+    assert decide(m(**pref, preference_auc_se=0.3), GateLimits(preference_z=0.4)).promote  # 0.05 + 0.12 = 0.17

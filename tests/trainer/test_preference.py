@@ -12,6 +12,7 @@ from trainer.config import lora_config
 from trainer.preference import (
     Rated,
     auc,
+    auc_difference_se,
     balanced_weights,
     can_train,
     is_heldout,
@@ -66,6 +67,31 @@ def test_auc_is_the_chance_a_liked_reply_outscores_a_disliked_one():
     assert auc([2.0, 2.0], [True, False]) == 0.5
     assert auc([1.0, 3.0, 2.0, 0.0], [True, True, False, False]) == 0.75
     assert auc([1.0], [True]) is None
+
+
+def test_the_auc_difference_has_delongs_standard_error():
+    labels = [True, True, False, False]
+    # worked by hand: placements of the 👍 rows 1 and 0.5, of the 👎 rows 1 and 0.5 (AUC 0.75) against a
+    # scoring that ties everything (0.5 each): each set of differences {0.5, 0} has variance 0.125
+    assert auc_difference_se([2.0, 1.0, 0.0, 1.5], [0.0] * 4, labels) == pytest.approx((0.125 / 2 + 0.125 / 2) ** 0.5)
+    assert auc_difference_se([2.0, 1.0, 0.0, 1.5], [2.0, 1.0, 0.0, 1.5], labels) == 0.0  # the same scoring
+    assert auc_difference_se([1.0, 2.0, 0.0], [0.0] * 3, [True, True, False]) is None  # one 👎: no variance
+    # against the textbook form, var(A1) + var(A2) - 2 cov(A1, A2) from the placements' covariance matrices
+    import numpy as np
+    rng = np.random.default_rng(0)
+    labels = [bool(x) for x in rng.integers(0, 2, 30)]
+    a, b = rng.normal(size=30), rng.normal(size=30) + np.array(labels)
+    pos, neg = [i for i, y in enumerate(labels) if y], [i for i, y in enumerate(labels) if not y]
+
+    def placements(s):
+        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+        return psi.mean(axis=1), psi.mean(axis=0)
+
+    (a10, a01), (b10, b01) = placements(a), placements(b)
+    s10, s01 = np.cov(np.vstack([a10, b10])), np.cov(np.vstack([a01, b01]))
+    contrast = np.array([1.0, -1.0])
+    expected = (contrast @ s10 @ contrast / len(pos) + contrast @ s01 @ contrast / len(neg)) ** 0.5
+    assert auc_difference_se(list(a), list(b), labels) == pytest.approx(float(expected))
 
 
 def test_can_train_needs_both_ratings_and_enough_rows():

@@ -274,7 +274,8 @@ def test_a_preference_adapter_that_fails_the_gate_is_left_out_and_the_facts_stil
     def evaluate(*args, **kwargs):
         metrics = scripted(*args, **kwargs)
         if has_preference(args[6]):  # the new preference adapter disagrees with the held-out ratings
-            metrics = dataclasses.replace(metrics, preference_auc=0.2, baseline_preference_auc=0.5)
+            metrics = dataclasses.replace(metrics, preference_auc=0.2, baseline_preference_auc=0.5,
+                                          preference_auc_se=0.05)
         return metrics
 
     monkeypatch.setattr(trainer.rounds, "evaluate_adapter", evaluate)
