@@ -714,7 +714,17 @@ def table_rows(points: Sequence[Point]) -> list[list[str]]:
 
 
 ROUND_COLUMNS = ["run", "point", "trigger", "status", "version", "reliability", "generality", "locality",
-                 "preference", "KTO rows +/−", "data", "round", "reason"]
+                 "preference (active ± SE)", "KTO rows +/−", "data", "round", "reason"]
+
+
+def preference_text(metrics: dict[str, Any]) -> str:
+    """The version's preference figure, with the active version's and the standard error of their
+    difference when the trainer reports them (the gate's non-inferiority check): "0.61 (0.54 ± 0.14)"."""
+    text = _num(preference(metrics))
+    active, se = metrics.get("baseline_preference_auc"), metrics.get("preference_auc_se")
+    if text != "–" and active is not None:
+        text += f" ({active:.2f}" + (f" ± {se:.2f})" if se is not None else ")")
+    return text
 
 
 def round_rows(result: StudyResult) -> list[list[str]]:
@@ -733,7 +743,7 @@ def round_rows(result: StudyResult) -> list[list[str]]:
         data = ", ".join(f"{k} {n}" for k, n in counts.items() if not k.startswith("kto_") and isinstance(n, int))
         rows.append([r["id"], point_of.get(r["id"], "–"), r.get("trigger", ""), r["status"],
                      r.get("adapter_version") or "–", _num(m.get("new_recall")), _num(m.get("paraphrase_recall")),
-                     _num(m.get("locality")), _num(preference(m)), kto, data or "–",
+                     _num(m.get("locality")), preference_text(m), kto, data or "–",
                      f"{m['seconds']:.0f} s" if isinstance(m.get("seconds"), int | float) else "–",
                      (v.get("reason") or r.get("error") or "")[:160]])
     return rows
@@ -745,7 +755,8 @@ def _row_text(p: Point) -> str:
 
 def describe(cfg: Config, n_eval: int) -> str:
     return (f"{cfg.days} day(s) × {cfg.users_per_day} users × {cfg.questions_per_user} questions, seed {cfg.seed}, "
-            f"trigger {cfg.trigger}, max_tokens {cfg.max_tokens}, style ≤ {cfg.max_words} words ended cleanly; "
+            f"trigger {cfg.trigger}, max_tokens {cfg.max_tokens}, style: an answer of {MIN_WORDS}-{cfg.max_words} "
+            "words in the question's language, ended cleanly; "
             f"held-out set: {n_eval} questions ({cfg.eval_facts} facts, {cfg.eval_general} general), greedy")
 
 

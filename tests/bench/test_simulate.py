@@ -26,6 +26,7 @@ from bench.simulate import (
     normalize,
     parse,
     population,
+    preference_text,
     questions_for,
     rate,
     repeat_diff,
@@ -235,3 +236,10 @@ def test_one_simulated_day_on_a_real_server(tmp_path, tiny_model_dir, sheet):
     text, tables = report([result])
     assert len(tables[0].rows) == 2 and len(tables[1].rows) == 1
     assert "knowledge items holding an adversarial key | 0 of" in text
+
+
+def test_the_rounds_table_shows_the_preference_check_as_the_gate_saw_it():
+    assert preference_text({"preference_auc": 0.6071, "baseline_preference_auc": 0.5357,
+                            "preference_auc_se": 0.1412}) == "0.607 (0.54 ± 0.14)"
+    assert preference_text({"preference_auc": 0.5, "baseline_preference_auc": 0.5}) == "0.500 (0.50)"  # < 2 of a label
+    assert preference_text({}) == "–"  # no preference adapter this round
