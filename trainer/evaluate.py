@@ -211,13 +211,13 @@ def evaluate_adapter(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     preference_auc = baseline_auc = auc_se = None
     if pref and heldout_ratings:
         labels = [r.label for r in heldout_ratings]
-        new_scores = reward_scores(tuned, tokenizer, heldout_ratings, adapter=PREFERENCE_ADAPTER, max_len=max_len)
-        active_scores = [0.0] * len(heldout_ratings)  # no active preference adapter: the base model's rewards
+        active = None  # no active preference adapter: the base model's rewards (all 0)
         if active_dir is not None and has_preference(active_dir):
             tuned.load_adapter(str(active_dir / PREFERENCE_DIR), adapter_name="active_preference")
             cast_weights(tuned, next(model.parameters()).dtype)
-            active_scores = reward_scores(tuned, tokenizer, heldout_ratings, adapter="active_preference",
-                                          max_len=max_len)
+            active = "active_preference"
+        new_scores, active_scores = reward_scores(tuned, tokenizer, heldout_ratings,
+                                                  adapters=[PREFERENCE_ADAPTER, active], max_len=max_len)
         preference_auc, baseline_auc = auc(new_scores, labels), auc(active_scores, labels)
         auc_se = auc_difference_se(new_scores, active_scores, labels)
     tuned.unload()

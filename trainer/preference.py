@@ -263,21 +263,28 @@ def auc_difference_se(first: Sequence[float], second: Sequence[float], labels: S
 
 
 def reward_scores(model: PeftModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Rated], *,
-                  adapter: str | None, max_len: int) -> list[float]:
-    """KTO's implicit reward of each rated reply under `adapter`: log pi(y|x) - log pi_ref(y|x) averaged
-    per reply token, with the reference = the adapter disabled (nats per token; one float per row of
-    `rows`). `adapter` None is the base model itself: every reward 0. See `reward_auc`."""
-    if adapter is None or not rows:
-        return [0.0] * len(rows)
+                  adapters: Sequence[str | None], max_len: int) -> list[list[float]]:
+    """KTO's implicit reward of each rated reply under each of `adapters`: log pi(y|x) - log pi_ref(y|x)
+    averaged per reply token, with the reference = the adapters disabled (nats per token; one list of
+    len(rows) floats per adapter, in order). None is the base model itself: every reward 0. The
+    reference pass runs once, whatever the number of adapters. See `reward_auc`."""
+    if not rows or all(a is None for a in adapters):
+        return [[0.0] * len(rows) for _ in adapters]
     with model.disable_adapter():
         ref = sequence_logps(model, tokenizer, rows, max_len, per_token=True)
     previous = model.active_adapter
-    model.set_adapter(adapter)
+    out = []
     try:
-        policy = sequence_logps(model, tokenizer, rows, max_len, per_token=True)
+        for adapter in adapters:
+            if adapter is None:
+                out.append([0.0] * len(rows))
+                continue
+            model.set_adapter(adapter)
+            policy = sequence_logps(model, tokenizer, rows, max_len, per_token=True)
+            out.append([p - r for p, r in zip(policy, ref, strict=True)])
     finally:
         model.set_adapter(previous)
-    return [p - r for p, r in zip(policy, ref, strict=True)]
+    return out
 
 
 def reward_auc(model: PeftModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Rated], *, adapter: str | None,
@@ -293,4 +300,5 @@ def reward_auc(model: PeftModel, tokenizer: PreTrainedTokenizerBase, rows: Seque
     """
     if not rows:
         return None
-    return auc(reward_scores(model, tokenizer, rows, adapter=adapter, max_len=max_len), [r.label for r in rows])
+    [scores] = reward_scores(model, tokenizer, rows, adapters=[adapter], max_len=max_len)
+    return auc(scores, [r.label for r in rows])

@@ -18,6 +18,7 @@ from trainer.preference import (
     is_heldout,
     kto_records,
     reward_auc,
+    reward_scores,
     sequence_logps,
     split_heldout,
     train_preference,
@@ -135,6 +136,11 @@ def test_kto_trains_a_preference_adapter_with_the_base_as_reference(tiny, tmp_pa
         assert reward_auc(tuned, tok, rows, adapter=None, max_len=64) == 0.5  # the base: every reward is 0
         trained = reward_auc(tuned, tok, rows, adapter="preference", max_len=64)
         assert trained is not None and trained > 0.5
+        # Several adapters in one call share the reference pass: each list is that adapter's alone, None's all 0.
+        tuned.load_adapter(str(out), adapter_name="again")
+        first, none, again = reward_scores(tuned, tok, rows, adapters=["preference", None, "again"], max_len=64)
+        assert none == [0.0] * len(rows) and first == pytest.approx(again)
+        assert auc(first, [r.label for r in rows]) == trained
         with tuned.disable_adapter():
             ref = sequence_logps(tuned, tok, rows, 64)
         assert ref == pytest.approx(base_logps, abs=1e-4)  # the reference is the base weights
