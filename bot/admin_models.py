@@ -92,6 +92,8 @@ class AdaptersView(_View):
     follower_error: str | None
     versions: list[AdapterVersionView]
     pinned: str | None = None
+    engine: str = "embedded"  # the engine answering now (bot.engine_api.EngineStatus.serving)
+    engine_error: str | None = None  # why the configured external engine is not the one answering
 
 
 class ActivateResult(_View):
@@ -115,6 +117,8 @@ class StatsView(_View):
     serving: str
     running_run: int | None
     follower_error: str | None
+    engine: str = "embedded"
+    engine_error: str | None = None
 
 
 class ExchangeView(_View):

@@ -177,7 +177,8 @@ class AdminService:
         the panel's data changes, whoever changed it (`store.admin_fingerprint`)."""
         with self._kaizen.db.session() as s:
             stamps = store.admin_fingerprint(session=s)
-        stamps["adapters"] += f" serving {self._kaizen.engine.adapter_version}"
+        engine = self._kaizen.engine.status()
+        stamps["adapters"] += f" serving {self._kaizen.engine.adapter_version} on {engine.serving} {engine.problem}"
         return stamps
 
     def runs(self, limit: int = 50) -> RunsView:
@@ -232,8 +233,10 @@ class AdminService:
             active = store.get_active_adapter(session=s)
             pinned = store.get_pinned_adapter(session=s)
             versions = [_version_view(r, active) for r in store.list_adapters(session=s)]
+        engine = self._kaizen.engine.status()
         return AdaptersView(active=active, serving=self._kaizen.engine.adapter_version,
-                            follower_error=self._kaizen.follower.last_error, versions=versions, pinned=pinned)
+                            follower_error=self._kaizen.follower.last_error, versions=versions, pinned=pinned,
+                            engine=engine.serving, engine_error=engine.problem)
 
     def release_pin(self) -> AdaptersView:
         """Let rounds that pass the gate activate their version again."""
@@ -313,8 +316,10 @@ class AdminService:
         return self._stats(totals, active)
 
     def _stats(self, totals: dict[str, int], active: str) -> StatsView:
+        engine = self._kaizen.engine.status()
         return StatsView(**totals, active_adapter=active, serving=self._kaizen.engine.adapter_version,
-                         running_run=self.running_run(), follower_error=self._kaizen.follower.last_error)
+                         running_run=self.running_run(), follower_error=self._kaizen.follower.last_error,
+                         engine=engine.serving, engine_error=engine.problem)
 
     def ratings_by_version(self) -> RatingsByVersion:
         """Rated replies, 👍 count and 👍 rate per adapter version (in the order versions were created,

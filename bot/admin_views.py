@@ -130,7 +130,14 @@ def totals_markdown(view: DashboardView) -> str:
     )
     if t.follower_error:
         summary += f"\n\n⚠️ {t.follower_error}"
-    return summary
+    return summary + engine_warning(t.engine, t.engine_error)
+
+
+def engine_warning(serving: str, problem: str | None) -> str:
+    """A warning paragraph when the configured external engine is not the one answering, else ""."""
+    if not problem:
+        return ""
+    return f"\n\n⚠️ {problem} Replies come from the **{serving}** engine until it answers again."
 
 
 def applied(value: bool | None) -> str:
@@ -263,10 +270,11 @@ def adapters_frame(view: AdaptersView) -> pd.DataFrame:
 
 def adapters_note(view: AdaptersView) -> str:
     """What is active and served, and the follower's error if there is one."""
-    note = f"Active: **{view.active}** (serving {view.serving})."
+    where = f" on {view.engine}" if view.engine != "embedded" else ""
+    note = f"Active: **{view.active}** (serving {view.serving}{where})."
     if view.pinned:
         note += (f"\n\n📌 **{view.pinned}** is pinned: you chose it by hand, so rounds that pass the gate keep "
                  "their version as *passed* instead of activating it. Release the pin to let them.")
     if view.follower_error:
         note += f"\n\n⚠️ {view.follower_error}"
-    return note
+    return note + engine_warning(view.engine, view.engine_error)

@@ -7,8 +7,10 @@
     POST /v1/feedback           {"id", "rating": "up"|"down", "correction"?}: 200, 404, 422 (a correction
                                 needs "down")
     DELETE /v1/feedback/{id}    take a rating back (with its correction): 200 {"id", "withdrawn"}, 404
-    GET  /healthz               {"status": "ok", "adapter": "<active version or base>"}; 503 with
-                                status "unavailable" and the error when the database cannot be reached
+    GET  /healthz               {"status": "ok", "adapter": "<active version or base>", "engine",
+                                "engine_serving", "engine_error"?}; 503 with status "unavailable" and
+                                the error when the database cannot be reached (not when an external
+                                engine fails: the embedded one answers, and engine_error says why)
 
 Errors come back as {"error": {"message", "type"}} with a 4xx or 503 status, never as a 5xx
 for anything the client sent.
@@ -335,6 +337,16 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"] = "ok"  # unavailable (HTTP 503): the database cannot be reached
     adapter: str  # the active version, or "base"
     error: str | None = None  # why it is unavailable
+    engine: str = "embedded"  # the configured engine: embedded, or vllm (an external server)
+    engine_serving: str = "embedded"  # the engine answering now: embedded while an external one fails
+    engine_error: str | None = None  # why the configured engine is not the one answering
+
+
+def health(kaizen: Kaizen, problem: str | None = None) -> Health:
+    """What /healthz says: the served version, and the engine answering now."""
+    engine = kaizen.engine.status()
+    return Health(status="ok" if problem is None else "unavailable", adapter=kaizen.engine.adapter_version,
+                  error=problem, engine=engine.kind, engine_serving=engine.serving, engine_error=engine.problem)
 
 
 # `error.type` by HTTP status, in OpenAI's vocabulary, the same for every route (chat, feedback, admin):
@@ -507,9 +519,10 @@ def build_router(kaizen: Kaizen) -> APIRouter:
     def healthz() -> Health | JSONResponse:
         problem = kaizen.db.ping()
         if problem is not None:  # a load balancer should send this replica's users elsewhere
-            body = Health(status="unavailable", adapter=kaizen.engine.adapter_version, error=problem)
+            body = health(kaizen, problem)
             return JSONResponse(body.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "2"})
-        return Health(adapter=kaizen.engine.adapter_version)
+        # An external engine that fails is no reason to send users elsewhere: the embedded engine answers.
+        return health(kaizen)
 
     @router.api_route("/v1/{rest:path}", methods=list(ANY_METHOD), include_in_schema=False)
     def unknown_route(rest: str, request: Request) -> JSONResponse:

@@ -16,15 +16,15 @@ import gc
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from transformers import PreTrainedModel
 
 from bot.batching import Batcher, Row, next_token_picker
-from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop, stop_hold
+from bot.engine_api import BASE, EngineStatus, FinishReason, GenParams, Message, cut_at_stop, stop_hold
 from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, cast_weights, serving
 from kaizen.base_model import chat_text, load_model
 from kaizen.errors import AdapterError, BusyError, ContextLengthError, InputError, ModelError
@@ -109,6 +109,36 @@ class _LoopGuard:
         return [canonical[i] if i < len(canonical) else i for i in ids]
 
 
+class TokenSource(Protocol):
+    """A reply's tokens as they are generated: iterating yields lists of new token ids (ending when the
+    reply ends: an end-of-turn token, which is yielded, the token limit, or the loop guard); `logprobs`
+    holds one raw log-probability (nats) per token yielded; `cancel()` gives up the rest at once."""
+
+    logprobs: list[float]
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def cancel(self) -> None: ...
+
+
+class _BatchedTokens:
+    """The embedded engine's token source: one row in its batch (`bot.batching`)."""
+
+    def __init__(self, engine: Engine, prompt: list[int], params: GenParams, guard: _LoopGuard | None,
+                 admit: Callable[[], bool]) -> None:
+        self._queue = _TokenQueue(waiting=engine.wait_timeout_s)  # a wait past it ends in BusyError (the batcher)
+        self._row = Row(prompt=prompt, max_new_tokens=params.max_new_tokens, eos=engine.eos_ids, admit=admit,
+                        pick=next_token_picker(params), done=guard or (lambda _reply: False), emit=self._queue.put)
+        self.logprobs = self._row.logprobs  # the batcher appends to it before it emits each token
+        engine._batcher.submit(self._row)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._queue)
+
+    def cancel(self) -> None:
+        self._row.cancelled.set()
+
+
 class Generation:
     """One streamed reply. Iterate it for text chunks; afterwards the counts and `confidence` (the
     mean log-probability of its tokens under the model's raw distribution) are set.
@@ -163,16 +193,16 @@ class Generation:
         self.preference_applied = engine.preference_loaded
         return self.adapter_applied
 
+    def _tokens(self, prompt: list[int], params: GenParams, guard: _LoopGuard | None) -> TokenSource:
+        """Where this reply's tokens come from: a row in the engine's batch."""
+        return _BatchedTokens(self._engine, prompt, params, guard, self._admit)
+
     def _run(self) -> Iterator[str]:
         engine, params = self._engine, self._params
-        tokens = _TokenQueue(waiting=engine.wait_timeout_s)  # a wait past it ends in BusyError (the batcher)
         prompt = self.input_ids[0].tolist()
         guard = _LoopGuard(engine.canonical_tokens, prompt) if params.loop_guard else None
         eos_ids = engine.eos_ids
-        row = Row(prompt=prompt, max_new_tokens=params.max_new_tokens, eos=eos_ids,
-                  admit=self._admit, pick=next_token_picker(params), done=guard or (lambda _reply: False),
-                  emit=tokens.put)
-        engine._batcher.submit(row)
+        tokens = self._tokens(prompt, params, guard)
         ids: list[int] = []
         try:
             for new in tokens:
@@ -198,12 +228,12 @@ class Generation:
             if chunk:
                 yield chunk
         finally:
-            row.cancelled.set()  # the consumer went away early, or a stop string: the row leaves the batch
+            tokens.cancel()  # the consumer went away early, or a stop string: the row leaves the batch
         self.completion_tokens = len(ids)
         self.reply_ids = ids
-        # The batcher appends each token's log-probability before it emits the token; the tokens
+        # The source appends each token's log-probability before it gives out the token; the tokens
         # counted (a loop's copies cut, nothing after a stop string) are the first len(ids).
-        logprobs = row.logprobs[:len(ids)]
+        logprobs = tokens.logprobs[:len(ids)]
         self.confidence = sum(logprobs) / len(logprobs) if logprobs else None
 
     def _more(self, ids: list[int], first_copy: tuple[str, str] | None = None, final: bool = False) -> str:
@@ -332,10 +362,16 @@ class Engine:
         """A reply to `messages`. A `max_new_tokens` larger than the room the context leaves is
         lowered to it (the reply then ends with finish_reason "length" there), and the history is
         trimmed for what remains; only a message that leaves no room at all is refused (InputError)."""
+        messages, params = self.fit(messages, params)
+        return Generation(self, messages, params, use_adapter)
+
+    def fit(self, messages: list[Message], params: GenParams) -> tuple[list[Message], GenParams]:
+        """(`messages` trimmed to fit, `params` with `max_new_tokens` lowered to the room left), as `stream`
+        uses them."""
         room = self.reply_room(messages)
         if 0 < room < params.max_new_tokens:
             params = dataclasses.replace(params, max_new_tokens=room)
-        return Generation(self, self.fit_messages(messages, params.max_new_tokens), params, use_adapter)
+        return self.fit_messages(messages, params.max_new_tokens), params
 
     def generate(self, messages: list[Message], params: GenParams = GenParams()) -> str:
         return "".join(self.stream(messages, params))
@@ -359,6 +395,9 @@ class Engine:
         # Freeing the old adapter's tensors took 0.5 s of a 0.6 s swap (bench): do it after the lock.
         gc.collect()
         return held
+
+    def status(self) -> EngineStatus:
+        return EngineStatus()
 
     @property
     def preference_loaded(self) -> bool:

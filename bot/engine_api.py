@@ -16,8 +16,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from kaizen.prompts import Message
 
-__all__ = ["BASE", "ChatEngine", "FinishReason", "GenParams", "Message", "ReplyStream", "ReplyLimits", "cut_at_stop",
-           "stop_hold"]
+__all__ = ["BASE", "ChatEngine", "EngineStatus", "FinishReason", "GenParams", "Message", "ReplyStream", "ReplyLimits",
+           "cut_at_stop", "stop_hold"]
 
 BASE = "base"  # the adapter version name of the model without an adapter
 FinishReason = Literal["stop", "length"]  # OpenAI's finish_reason values that Kaizen produces
@@ -139,6 +139,18 @@ class ReplyStream(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class EngineStatus:
+    """Which engine generates replies. `kind`: the configured one ("embedded", or "vllm": an external
+    server); `serving`: the one answering now ("embedded" while an external one fails); `url`: the
+    external server's; `problem`: why it is not answering (None when all is well)."""
+
+    kind: str = "embedded"
+    serving: str = "embedded"
+    url: str | None = None
+    problem: str | None = None
+
+
 @runtime_checkable
 class ChatEngine(Protocol):
     name: str  # the base model's name, shown in /v1/models
@@ -161,4 +173,8 @@ class ChatEngine(Protocol):
     def activate(self, version: str, path: Path | None) -> float:
         """Serve the adapter in `path` as `version` (None: the base model), between two replies;
         returns the seconds the swap held the engine. Raises AdapterError and keeps the old one."""
+        ...
+
+    def status(self) -> EngineStatus:
+        """Which engine answers now, and why not the configured one (shown in /healthz and the admin tab)."""
         ...

@@ -8,6 +8,7 @@ fake or a tiny model) and `memory` to skip the expensive parts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.chat import ChatService
 from bot.curiosity import PeriodicJob
@@ -54,14 +55,25 @@ class Kaizen:
         if self.training is not None:
             self.training.stop()
         self.follower.stop()
+        close_engine = getattr(self.engine, "close", None)  # the vLLM engine's supervisor thread and client
+        if close_engine is not None:
+            close_engine()
         self.db.close()
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings) -> ChatEngine:
+    """The embedded engine, or with `engine=vllm` the vLLM engine over it (`bot.vllm_engine`)."""
     path = resolve_model(settings.model, settings.data_dir)
-    return Engine.from_path(path, dtype=settings.dtype, threads=settings.torch_threads,
-                            context_tokens=settings.context_tokens, max_queue=settings.max_queue,
-                            max_batch=settings.max_batch)
+    local = Engine.from_path(path, dtype=settings.dtype, threads=settings.torch_threads,
+                             context_tokens=settings.context_tokens, max_queue=settings.max_queue,
+                             max_batch=settings.max_batch)
+    if settings.engine == "embedded":
+        return local
+    from bot.vllm_engine import VllmEngine
+
+    return VllmEngine(local, settings.engine_url, pushed_dir=settings.pushed_adapters_dir, model_dir=Path(path),
+                      check_s=settings.engine_check_s, timeout_s=settings.engine_timeout_s,
+                      max_connections=settings.max_queue + 4)
 
 
 def build_memory(settings: Settings) -> Memory:

@@ -130,6 +130,20 @@ class Settings(_KaizenSettings):
         "Most chat requests in progress or waiting for the model; more get HTTP 503."))
     max_batch: int = Field(16, ge=1, description=(
         "Most replies decoded together (continuous batching); the rest wait their turn. 1: one at a time."))
+    engine: Literal["embedded", "vllm"] = Field("embedded", description=(
+        "Where replies are generated. embedded: in this process (transformers + peft). vllm: on the vLLM server "
+        "at engine_url (its OpenAI-compatible API, started with --enable-lora), to which each served version is "
+        "pushed as LoRA adapters; the embedded engine stays loaded and answers whenever that server does not."))
+    engine_url: str = Field("", description=(
+        "Base URL of the vLLM server for engine=vllm, for example http://127.0.0.1:8000 (no /v1)."))
+    engine_adapters_dir: Path | None = Field(None, description=(
+        "Where the adapters pushed to the vLLM server are written; that server reads them by path, so it must "
+        "see this directory at the same path. Empty: DATA_DIR/engine-adapters."))
+    engine_check_s: float = Field(2.0, gt=0, le=600, description=(
+        "How often (seconds) the vLLM server's /health is checked; replies go to the embedded engine while it "
+        "fails, and back once it answers and has the served version again."))
+    engine_timeout_s: float = Field(300.0, gt=0, le=3600, description=(
+        "Seconds to wait for the vLLM server's next token (also its first, which may wait in its queue)."))
     torch_threads: int = Field(0, ge=0, description="Torch threads for chat (0: all cores).")
     train_threads: int = Field(1, ge=0, description=(
         "Torch threads for a training run, which runs in a child process (0: torch's default)."))
@@ -167,6 +181,18 @@ class Settings(_KaizenSettings):
             raise ValueError(f"{self.env_var('context_tokens')} ({self.context_tokens}) must be larger than "
                              f"{self.env_var('max_new_tokens')} ({self.max_new_tokens}), or no prompt fits")
         return self
+
+    @model_validator(mode="after")
+    def _engine_has_a_url(self) -> Settings:
+        if self.engine == "vllm" and not self.engine_url.strip():
+            raise ValueError(f"{self.env_var('engine')}=vllm needs {self.env_var('engine_url')}, the vLLM server's "
+                             "base URL (for example http://127.0.0.1:8000)")
+        return self
+
+    @property
+    def pushed_adapters_dir(self) -> Path:
+        """Where adapters pushed to an external engine are written (engine_adapters_dir, or in data_dir)."""
+        return self.engine_adapters_dir or Path(self.data_dir) / "engine-adapters"
 
     @property
     def database_url(self) -> str:

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from bot.engine_api import BASE, FinishReason, GenParams, Message, cut_at_stop
+from bot.engine_api import BASE, EngineStatus, FinishReason, GenParams, Message, cut_at_stop
 from kaizen.errors import AdapterError, BusyError, InputError, ModelError
 
 CONFIDENCE = -0.5  # the confidence (mean log-probability per token) a reply reports unless scripted otherwise
@@ -91,6 +91,7 @@ class FakeEngine:
         self.busy = False
         self.fail_midway = False
         self.completed = 0
+        self.engine_status = EngineStatus()  # what status() reports; a test sets a failing external engine
 
     def enqueue(self, *texts: str, confidence: float = CONFIDENCE) -> None:
         """Script the next replies; each reports `confidence` once read."""
@@ -122,3 +123,6 @@ class FakeEngine:
             raise AdapterError(f"{version} does not fit the base model")
         self.adapter_version, self.adapter_path = (BASE, None) if path is None else (version, Path(path))
         return 0.0
+
+    def status(self) -> EngineStatus:
+        return self.engine_status

@@ -78,7 +78,8 @@ def test_the_json_of_every_answer_keeps_its_fields(http, kaizen, fake_engine):
     assert fb == {"id": ex.id, "feedback_id": fb["feedback_id"], "rating": "down", "status": "pending",
                   "correction": "Chào!"}
     assert isinstance(fb["feedback_id"], int)
-    assert http.get("/healthz").json() == {"status": "ok", "adapter": "base"}
+    assert http.get("/healthz").json() == {"status": "ok", "adapter": "base", "engine": "embedded",
+                                           "engine_serving": "embedded"}
 
 
 def test_stream_chunks_keep_their_fields(http, kaizen, fake_engine):
@@ -129,7 +130,32 @@ def test_an_error_in_the_middle_of_a_stream_ends_it_with_an_error_event(http, ka
 
 def test_models_and_health(client, http):
     assert [m.id for m in client.models.list().data] == ["kaizen-fake"]
-    assert http.get("/healthz").json() == {"status": "ok", "adapter": "base"}
+    assert http.get("/healthz").json() == {"status": "ok", "adapter": "base", "engine": "embedded",
+                                           "engine_serving": "embedded"}
+
+
+def test_health_says_when_the_external_engine_fails_and_the_embedded_one_answers(http, kaizen, fake_engine):
+    """A failing vLLM engine is no reason for a load balancer to drop the replica (200), but /healthz and
+    the admin dashboard say which engine answers and why (bot/vllm_engine.py)."""
+    from bot.admin_service import AdminService
+    from bot.admin_views import adapters_note
+    from bot.engine_api import EngineStatus
+
+    problem = "The vLLM server at http://10.0.0.9:8000 does not answer (ConnectError)."
+    fake_engine.engine_status = EngineStatus(kind="vllm", serving="embedded", url="http://10.0.0.9:8000",
+                                             problem=problem)
+    r = http.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "adapter": "base", "engine": "vllm", "engine_serving": "embedded",
+                        "engine_error": problem}
+    admin = AdminService(kaizen)
+    assert admin.stats().engine_error == problem
+    note = adapters_note(admin.adapters())
+    assert problem in note and "from the **embedded** engine" in note
+    fake_engine.engine_status = EngineStatus(kind="vllm", serving="vllm", url="http://10.0.0.9:8000")
+    assert http.get("/healthz").json()["engine_serving"] == "vllm"
+    note = adapters_note(admin.adapters())
+    assert "serving base on vllm" in note and "⚠️" not in note
 
 
 def test_feedback_up_then_down_with_correction(client, http, kaizen):
