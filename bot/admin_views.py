@@ -126,11 +126,12 @@ def totals_markdown(view: DashboardView) -> str:
         f"| adapters | active version |\n|---|---|---|---|---|---|---|---|---|---|\n"
         f"| {t.exchanges} | {t.conversations} | {t.ratings} | {t.thumbs_up} "
         f"| {t.thumbs_down} | {up_rate} | {t.pending_review} | {t.knowledge_items} "
-        f"| {t.adapters} | **{t.active_adapter}** (serving {t.serving}) |"
+        f"| {t.adapters} | **{t.active_adapter}** (serving {t.serving}"
+        f"{f' on {t.engine_serving}' if t.engine != 'embedded' else ''}) |"
     )
     if t.follower_error:
         summary += f"\n\n⚠️ {t.follower_error}"
-    return summary + engine_warning(t.engine, t.engine_error)
+    return summary + engine_warning(t.engine_serving, t.engine_error)
 
 
 def engine_warning(serving: str, problem: str | None) -> str:
@@ -270,11 +271,11 @@ def adapters_frame(view: AdaptersView) -> pd.DataFrame:
 
 def adapters_note(view: AdaptersView) -> str:
     """What is active and served, and the follower's error if there is one."""
-    where = f" on {view.engine}" if view.engine != "embedded" else ""
+    where = f" on {view.engine_serving}" if view.engine != "embedded" else ""
     note = f"Active: **{view.active}** (serving {view.serving}{where})."
     if view.pinned:
         note += (f"\n\n📌 **{view.pinned}** is pinned: you chose it by hand, so rounds that pass the gate keep "
                  "their version as *passed* instead of activating it. Release the pin to let them.")
     if view.follower_error:
         note += f"\n\n⚠️ {view.follower_error}"
-    return note + engine_warning(view.engine, view.engine_error)
+    return note + engine_warning(view.engine_serving, view.engine_error)

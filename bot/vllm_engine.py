@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 SCOPE = "kaizen-scope"  # served name: the version's knowledge + preference adapters (in scope)
 GLOBAL = "kaizen-global"  # served name: the preference adapter alone, or zero (out of scope, or no version)
 KEEP_PUSHES = 2  # pushed adapter directories kept on disk: the served one and the one before
+REFUSED_RETRY_S = 30.0  # after the server refused a version, seconds before it is pushed again
+UNCHECKED = "not checked yet"
 
 
 class EngineUnavailable(Exception):
@@ -125,13 +127,16 @@ class _RemoteTokens:
         try:
             response = remote.client.send(remote.client.build_request("POST", "/v1/completions", json=body),
                                           stream=True)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # httpx's errors, or any other: the place in the gate must be given back
             self.cancel()
             raise EngineUnavailable(f"The vLLM server at {remote.url} did not take a reply "
                                     f"({_describe(exc)}).") from exc
         self._response = response
         if response.status_code != 200:
-            detail = response.read().decode(errors="replace")[:300]
+            try:
+                detail = response.read().decode(errors="replace")[:300]
+            except httpx.HTTPError as exc:
+                detail = _describe(exc)
             self.cancel()
             raise EngineUnavailable(f"The vLLM server at {remote.url} answered a reply with HTTP "
                                     f"{response.status_code}: {detail}")
@@ -231,7 +236,8 @@ class VllmEngine:
         self.adapter_version = BASE
         self.adapter_path: Path | None = None
         self.preference_loaded = False
-        self._problem: str | None = "not checked yet"
+        self._problem: str | None = UNCHECKED
+        self._retry_at = 0.0  # monotonic time before which a refused version is not pushed again
         self._pushes: list[Path] = []
         self._check_s = check_s
         self._stop = threading.Event()
@@ -254,7 +260,7 @@ class VllmEngine:
     def failed(self, problem: str) -> None:
         """The server failed a request: replies go to the embedded engine until the next check finds it
         answering again (and pushes the served version to it)."""
-        if self._problem is None:
+        if self._problem is None or self._problem == UNCHECKED:
             log.warning("%s Replies come from the embedded engine until it answers again.", problem)
         self._problem = problem
 
@@ -269,14 +275,15 @@ class VllmEngine:
                 problem = f"does not answer ({_describe(exc)})"
             if problem is not None:
                 self.failed(f"The vLLM server at {self.url} {problem}.")
-            elif self._problem is not None:
+            elif self._problem is not None and time.monotonic() >= self._retry_at:
                 with self.gate.exclusive():
                     try:
                         self._push(self.adapter_version, self.adapter_path)
                     except (AdapterError, httpx.HTTPError) as exc:
-                        self._problem = f"The vLLM server at {self.url} did not load {self.adapter_version}: {exc}"
+                        self.failed(f"The vLLM server at {self.url} did not load {self.adapter_version}: {exc}")
                     else:
-                        log.info("The vLLM server at %s answers again; replies go to it.", self.url)
+                        log.warning("The vLLM server at %s answers and serves %s; replies go to it.", self.url,
+                                    self.adapter_version)
                         self._problem = None
             return self.healthy
 
@@ -311,11 +318,18 @@ class VllmEngine:
                 response = self.client.post("/v1/load_lora_adapter", timeout=120.0, json={
                     "lora_name": name, "lora_path": str(where), "load_inplace": True})
                 if response.status_code != 200:
+                    hint = (" (is it started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True?)"
+                            if response.status_code == 404 else "")
                     raise AdapterError(f"the server refused it as {name} (HTTP {response.status_code}: "
-                                       f"{response.text[:300]})")
+                                       f"{response.text[:300]}){hint}")
+        except AdapterError:
+            shutil.rmtree(target, ignore_errors=True)
+            self._retry_at = time.monotonic() + REFUSED_RETRY_S  # it will refuse again soon: ask less often
+            raise
         except Exception:
             shutil.rmtree(target, ignore_errors=True)
             raise
+        self._retry_at = 0.0
         self._pushes.append(target)
         for old in self._pushes[:-KEEP_PUSHES]:
             shutil.rmtree(old, ignore_errors=True)

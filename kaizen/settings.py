@@ -24,6 +24,7 @@ metadata; regenerate the README section with `python -m kaizen.settings --write-
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -184,9 +185,16 @@ class Settings(_KaizenSettings):
 
     @model_validator(mode="after")
     def _engine_has_a_url(self) -> Settings:
-        if self.engine == "vllm" and not self.engine_url.strip():
+        url = self.engine_url.strip()
+        if self.engine == "vllm" and not url:
             raise ValueError(f"{self.env_var('engine')}=vllm needs {self.env_var('engine_url')}, the vLLM server's "
                              "base URL (for example http://127.0.0.1:8000)")
+        if url and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", url):
+            raise ValueError(f"{self.env_var('engine_url')} ({url!r}) must be an http:// or https:// URL, for "
+                             "example http://127.0.0.1:8000")
+        if url.rstrip("/").endswith("/v1"):
+            raise ValueError(f"{self.env_var('engine_url')} ({url!r}) is the server's base URL, without /v1: "
+                             f"{url.rstrip('/')[:-3]}")
         return self
 
     @property
@@ -401,7 +409,7 @@ def allowed(field: FieldInfo) -> str:
         return "one of " + ", ".join(str(a) for a in get_args(annotation))
     if get_origin(annotation) is tuple:
         return "one or more comma-separated names"
-    if annotation is Path:
+    if annotation is Path or annotation == Path | None:
         return "a path"
     if annotation is str:
         return "text" if not any(isinstance(m, annotated_types.MinLen) for m in field.metadata) else "non-empty text"
@@ -433,6 +441,8 @@ def _explain(cls: type[_KaizenSettings], exc: ValidationError, values: Mapping[s
 
 def _shown(value: Any) -> str:
     """A default as you would type it in a variable."""
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple):
@@ -453,7 +463,7 @@ def _table(cls: type[_KaizenSettings]) -> list[str]:
     rows = ["| Variable | Default | Allowed | What it does |", "|---|---|---|---|"]
     for name, field in cls.model_fields.items():
         text = (field.description or "").replace("|", "\\|")
-        default = f"`{_shown(field.default)}`" if field.default != "" else "(empty)"
+        default = f"`{_shown(field.default)}`" if field.default not in ("", None) else "(empty)"
         rows.append(f"| `{cls.env_var(name)}` | {default} | {allowed(field)} | {text} |")
     return rows
 

@@ -431,14 +431,16 @@ def test_every_answer_keeps_its_json_fields(api, kaizen):
     run = api.get(f"/runs/{run_id}", auth=RIGHT).json()
     assert set(run) == run_fields and _is_utc_iso(run["started_at"]) and run["finished_at"] is None
     adapters = api.get("/adapters", auth=RIGHT).json()
-    assert set(adapters) == {"active", "serving", "follower_error", "versions", "pinned", "engine", "engine_error"}
+    assert set(adapters) == {"active", "serving", "follower_error", "versions", "pinned", "engine", "engine_serving",
+                             "engine_error"}
     assert set(adapters["versions"][0]) == {"version", "verdict", "reason", "metrics", "round_index", "run_id",
                                             "created_at", "active"}
     assert _is_utc_iso(adapters["versions"][0]["created_at"])
     assert set(api.post("/adapters/v1/activate", auth=RIGHT).json()) == {"active", "swap_seconds", "pinned"}
     assert set(api.get("/stats", auth=RIGHT).json()) == {
         "conversations", "exchanges", "ratings", "thumbs_up", "thumbs_down", "pending_review", "knowledge_items",
-        "adapters", "active_adapter", "serving", "running_run", "follower_error", "engine", "engine_error"}
+        "adapters", "active_adapter", "serving", "running_run", "follower_error", "engine", "engine_serving",
+        "engine_error"}
     settings = api.get("/settings", auth=RIGHT).json()
     assert set(settings) == {"auto_approve", "schedule", "persona", "persona_preview"}
     assert set(settings["persona"]) == {"agent_name", "creator", "company", "style"}

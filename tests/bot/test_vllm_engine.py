@@ -21,11 +21,14 @@ def local(tiny_model_dir) -> Engine:
     return Engine.from_path(str(tiny_model_dir), dtype="float32")
 
 
-def test_with_no_server_the_embedded_engine_answers_and_status_says_why(tmp_path, tiny_model_dir, local):
+def test_with_no_server_the_embedded_engine_answers_and_status_says_why(tmp_path, tiny_model_dir, local, caplog):
     reference = Engine.from_path(str(tiny_model_dir), dtype="float32")
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     engine = VllmEngine(local, url, pushed_dir=tmp_path / "pushed", model_dir=tiny_model_dir, check_s=0.2)
     try:
+        # The operator reads it in the log at once, not only in /healthz.
+        assert any(url in r.getMessage() and "embedded engine" in r.getMessage() for r in caplog.records
+                   if r.levelname == "WARNING")
         assert isinstance(engine, ChatEngine)
         status = engine.status()
         assert (status.kind, status.serving, status.url) == ("vllm", "embedded", url)
@@ -74,8 +77,18 @@ def test_the_gate_lets_a_swap_wait_for_replies_in_progress_and_holds_new_ones_ba
     assert events == ["reply ends", "swap", "late reply"]
 
 
-def test_engine_vllm_needs_a_url():
-    with pytest.raises(ValueError, match="KAIZEN_ENGINE_URL"):
-        Settings(engine="vllm")
+@pytest.mark.parametrize(("url", "says"), [
+    ("", "needs KAIZEN_ENGINE_URL"),
+    ("127.0.0.1:8000", "must be an http:// or https:// URL"),
+    ("ftp://host:8000", "must be an http:// or https:// URL"),
+    ("http://127.0.0.1:8000/v1", "without /v1: http://127.0.0.1:8000"),
+    ("http://127.0.0.1:8000/v1/", "without /v1: http://127.0.0.1:8000"),
+])
+def test_engine_vllm_needs_a_base_url(url, says):
+    with pytest.raises(ValueError, match=says):
+        Settings(engine="vllm", engine_url=url)
+
+
+def test_engine_vllm_takes_a_base_url():
     settings = Settings(engine="vllm", engine_url="http://127.0.0.1:8000", data_dir="d")
     assert str(settings.pushed_adapters_dir) == "d/engine-adapters"

@@ -229,7 +229,7 @@ def test_kaizen_server_falls_back_to_the_embedded_engine_when_vllm_dies_and_retu
         health = httpx.get(server.url + "/healthz").json()
         assert (health["status"], health["engine_serving"]) == ("ok", "embedded") and vllm.url in health["engine_error"]
         stats = httpx.get(server.url + "/admin/api/stats", auth=("admin", "pw-for-tests")).json()
-        assert stats["engine"] == "embedded" and vllm.url in stats["engine_error"]
+        assert (stats["engine"], stats["engine_serving"]) == ("vllm", "embedded") and vllm.url in stats["engine_error"]
 
         # Back on the same port: the served version is pushed to it again, and replies go to it.
         with vllm_server(str(embedded_model_dir), tmp_path / "vllm-again", lora=True, port=port) as restarted:
