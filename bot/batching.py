@@ -9,7 +9,9 @@ turn, token limit, loop, stop string) or whose client went away leaves at once a
 Without paged memory: the replies of one adapter group share one key/value cache
 (`transformers.DynamicCache`, tensors of shape (rows, kv_heads, columns, head_dim)), padded on
 the left where a row is shorter; the attention mask hides the padding and `position_ids` give each
-row its own positions, so each row computes what it would alone (up to float rounding).
+row its own positions, so each row computes what it would alone (up to float rounding). The
+system prompt's keys and values are computed once and reused by every prompt that starts with it
+(prefix caching, `bot.prefix_cache`).
 
 Adapters per request: a row runs with the knowledge adapter only when routing put it in scope, and
 with the preference adapter whenever one is served (`bot.engine.Engine._adapters_for`). peft's
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    DynamicCache,
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -44,6 +47,7 @@ from transformers import (
 )
 
 from bot.engine_api import GenParams
+from bot.prefix_cache import Prefix, PrefixCache
 from kaizen.errors import BusyError, ModelError
 
 MIN_TEMPERATURE = 0.01  # below it sampling is greedy in all but name (and 1e-300 overflows the logits)
@@ -128,12 +132,15 @@ def _stop_at_exit(ref: weakref.ref[Batcher]) -> None:
 
 class Batcher:
     """Decodes the submitted rows together, up to `max_batch` at a time; the rest wait in arrival
-    order, and one that waited `wait_timeout_s` seconds ends with BusyError."""
+    order, and one that waited `wait_timeout_s` seconds ends with BusyError. With `prefixes`, a
+    prompt that starts like one prefilled before reuses its keys and values (`bot.prefix_cache`)."""
 
     def __init__(self, model: Callable[[], torch.nn.Module],
                  adapters_for: Callable[[bool], AbstractContextManager[None]], *,
-                 max_batch: int = 16, wait_timeout_s: float = 600.0) -> None:
+                 max_batch: int = 16, wait_timeout_s: float = 600.0,
+                 prefixes: PrefixCache | None = None) -> None:
         self._model = model
+        self.prefixes = prefixes  # kept prompt prefixes (bot.prefix_cache); None: every prompt is prefilled whole
         self._adapters_for = adapters_for
         self.max_batch = max(1, max_batch)
         self.wait_timeout_s = wait_timeout_s
@@ -189,6 +196,8 @@ class Batcher:
             yield
         finally:
             with self._cond:
+                if self.prefixes is not None:
+                    self.prefixes.clear()  # their keys and values came from the weights before the swap
                 self._swaps -= 1
                 self._cond.notify_all()
 
@@ -263,33 +272,63 @@ class Batcher:
             return self._model()(**inputs, use_cache=True)
 
     def _prefill(self, rows: list[Row]) -> None:
-        """Run the prompts of rows that join together in one forward pass per group, take each
-        one's first token, and join the rows that go on to their group's batch.
+        """Prefill the prompts of rows that join together, one forward pass per adapter group and
+        kept prefix (`bot.prefix_cache`): the rows that start like a kept prefix compute only the
+        rest of their prompt."""
+        for key in dict.fromkeys(r.group for r in rows):
+            batch = [r for r in rows if r.group == key]
+            whole: list[Row] = []
+            shared: dict[Prefix, tuple[list[Row], int]] = {}
+            for row in batch:
+                prefix, n = self.prefixes.match(key, row.ids) if self.prefixes is not None else (None, 0)
+                if prefix is None:
+                    whole.append(row)
+                else:
+                    users, tokens = shared.get(prefix, ([], n))
+                    shared[prefix] = ([*users, row], min(tokens, n))
+            for prefix, (users, tokens) in shared.items():
+                assert self.prefixes is not None
+                self.prefixes.used(key, prefix, tokens, len(users))  # cut to what they share
+                self._prefill_rows(key, users, prefix)
+            if whole:
+                self._prefill_rows(key, whole, None)
+
+    def _prefill_rows(self, key: bool, batch: list[Row], prefix: Prefix | None) -> None:
+        """Run the prompts of `batch` (after `prefix`, whose keys and values they share) in one
+        forward pass, take each one's first token, and join the rows that go on to their group.
 
         The prompts are padded on the right, so causal attention alone keeps each real token from
         seeing padding (no position sees only masked keys, which gives NaN in SDPA); each row's
         logits are read at its own last token, and its cache is moved to the left-padded layout
         the decode steps use."""
-        for key in dict.fromkeys(r.group for r in rows):
-            batch = [r for r in rows if r.group == key]
-            lengths = [len(r.ids) for r in batch]
-            width = max(lengths)
-            ids = torch.tensor([r.ids + [r.ids[-1]] * (width - len(r.ids)) for r in batch])
-            ends = sorted({n - 1 for n in lengths})
-            out = self._forward(key, input_ids=ids, attention_mask=torch.ones_like(ids),
-                                logits_to_keep=torch.tensor(ends))
-            kept = [i for i, (row, n) in enumerate(zip(batch, lengths, strict=True))
-                    if not self._take(row, out.logits[i, ends.index(n - 1)])]
-            if not kept:
-                continue
-            cache, columns = out.past_key_values, max(lengths[i] for i in kept)
-            for layer in cache.layers:
-                layer.keys = torch.stack([_pad_left(layer.keys[i, :, :lengths[i]], columns - lengths[i], 1)
-                                          for i in kept])
-                layer.values = torch.stack([_pad_left(layer.values[i, :, :lengths[i]], columns - lengths[i], 1)
-                                            for i in kept])
-            mask = torch.tensor([[0] * (columns - lengths[i]) + [1] * lengths[i] for i in kept])
-            self._join(self._groups.setdefault(key, _Group()), [batch[i] for i in kept], cache, mask)
+        start = len(prefix) if prefix is not None else 0
+        lengths = [len(r.ids) for r in batch]
+        width = max(lengths) - start
+        ids = torch.tensor([r.ids[start:] + [r.ids[-1]] * (width + start - len(r.ids)) for r in batch])
+        ends = sorted({n - 1 - start for n in lengths})
+        inputs: dict[str, Any] = {}
+        if prefix is not None:  # each row starts from a copy of the prefix's keys and values
+            inputs["past_key_values"] = past = DynamicCache()
+            for layer, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
+                past.update(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1), layer)
+        out = self._forward(key, input_ids=ids, attention_mask=torch.ones(len(batch), start + width, dtype=torch.long),
+                            logits_to_keep=torch.tensor(ends), **inputs)
+        cache = out.past_key_values
+        if prefix is None and self.prefixes is not None:
+            for i, row in enumerate(batch):
+                self.prefixes.add(key, row.ids, [layer.keys[i:i + 1] for layer in cache.layers],
+                                  [layer.values[i:i + 1] for layer in cache.layers])
+        kept = [i for i, (row, n) in enumerate(zip(batch, lengths, strict=True))
+                if not self._take(row, out.logits[i, ends.index(n - 1 - start)])]
+        if not kept:
+            return
+        columns = max(lengths[i] for i in kept)
+        for layer in cache.layers:
+            layer.keys = torch.stack([_pad_left(layer.keys[i, :, :lengths[i]], columns - lengths[i], 1) for i in kept])
+            layer.values = torch.stack([_pad_left(layer.values[i, :, :lengths[i]], columns - lengths[i], 1)
+                                        for i in kept])
+        mask = torch.tensor([[0] * (columns - lengths[i]) + [1] * lengths[i] for i in kept])
+        self._join(self._groups.setdefault(key, _Group()), [batch[i] for i in kept], cache, mask)
 
     @staticmethod
     def _join(group: _Group, rows: list[Row], cache: Any, mask: torch.Tensor) -> None:

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from bot.batching import Batcher, Row, next_token_picker
 from bot.engine_api import BASE, EngineStatus, FinishReason, GenParams, Message, cut_at_stop, stop_hold
+from bot.prefix_cache import PrefixCache
 from kaizen.adapters import KNOWLEDGE_SLOT, PREFERENCE_DIR, PREFERENCE_SLOT, cast_weights, serving
 from kaizen.base_model import chat_text, load_model
 from kaizen.errors import AdapterError, BusyError, ContextLengthError, InputError, ModelError
@@ -269,7 +270,7 @@ class Engine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
                  context_tokens: int = 2048, max_queue: int = 32, max_batch: int = 16,
-                 wait_timeout_s: float = 600.0) -> None:
+                 wait_timeout_s: float = 600.0, prefix_cache: bool = True) -> None:
         self.model: PreTrainedModel | PeftModel = model  # a PeftModel while an adapter is served
         self.base_model: PreTrainedModel = model
         self.tokenizer = tokenizer
@@ -282,7 +283,7 @@ class Engine:
         self.wait_timeout_s = wait_timeout_s
         # Replies in progress are decoded together (continuous batching); a swap waits for them to end.
         self._batcher = Batcher(lambda: self.model, self._adapters_for, max_batch=max_batch,
-                                wait_timeout_s=wait_timeout_s)
+                                wait_timeout_s=wait_timeout_s, prefixes=PrefixCache() if prefix_cache else None)
         self._slots = threading.BoundedSemaphore(max_queue)
 
     @functools.cached_property

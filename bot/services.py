@@ -66,7 +66,7 @@ def build_engine(settings: Settings) -> ChatEngine:
     path = resolve_model(settings.model, settings.data_dir)
     local = Engine.from_path(path, dtype=settings.dtype, threads=settings.torch_threads,
                              context_tokens=settings.context_tokens, max_queue=settings.max_queue,
-                             max_batch=settings.max_batch)
+                             max_batch=settings.max_batch, prefix_cache=settings.prefix_cache)
     if settings.engine == "embedded":
         return local
     from bot.vllm_engine import VllmEngine

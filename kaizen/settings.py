@@ -131,6 +131,9 @@ class Settings(_KaizenSettings):
         "Most chat requests in progress or waiting for the model; more get HTTP 503."))
     max_batch: int = Field(16, ge=1, description=(
         "Most replies decoded together (continuous batching); the rest wait their turn. 1: one at a time."))
+    prefix_cache: bool = Field(True, description=(
+        "Reuse the keys and values of a prompt's start (the system prompt) for the next prompts that start the "
+        "same way, instead of computing them again (bot/prefix_cache.py). Cleared at each adapter swap."))
     engine: Literal["embedded", "vllm"] = Field("embedded", description=(
         "Where replies are generated. embedded: in this process (transformers + peft). vllm: on the vLLM server "
         "at engine_url (its OpenAI-compatible API, started with --enable-lora), to which each served version is "

@@ -226,13 +226,12 @@ def test_prompts_that_arrive_together_are_prefilled_together_and_one_that_ends_a
     jobs = [(q, GenParams(max_new_tokens=1 if i % 2 else 10), True) for i, q in enumerate(QUESTIONS)]
     alone = ["".join(engine.stream(_ask(q), p)) for q, p, _ in jobs]
     calls: list[int] = []
-    forward = engine._batcher._forward
+    prefill = engine._batcher._prefill_rows
 
-    def counted(key, **inputs):
-        if "past_key_values" not in inputs:
-            calls.append(int(inputs["input_ids"].shape[0]))
-        return forward(key, **inputs)
+    def counted(key, batch, prefix):
+        calls.append(len(batch))
+        return prefill(key, batch, prefix)
 
-    engine._batcher._forward = counted
+    engine._batcher._prefill_rows = counted
     assert [t for _, t in _together(engine, jobs)] == alone
-    assert calls == [len(jobs)]  # one prefill pass for all five prompts
+    assert calls == [len(jobs)]  # one prefill pass for all five prompts (which share the kept system prompt)
