@@ -85,11 +85,15 @@ def _levels(url: str, opts: Options, max_tokens: int, tokenizer: Any, bar: Any,
     waves = _waves(opts, serial)
     stats: dict[int, dict] = {}
     wave(url, 1, MESSAGES, 4)  # warm-up
-    for users in LEVELS:
-        runs = []
-        for n in range(waves[users]):  # each wave starts further down the list: one user asks each in turn
-            runs.append(wave(url, users, MESSAGES, max_tokens, first=n * users))
-            bar.update(users)
+    # Round by round, one wave per level: the machine's speed drifts over minutes (it is shared), and
+    # each level then samples the same stretches of time as the 1-user baseline it is divided by.
+    by_level: dict[int, list] = {users: [] for users in LEVELS}
+    for n in range(max(waves.values())):
+        for users in LEVELS:
+            if n < waves[users]:  # each wave starts further down the list: one user asks each in turn
+                by_level[users].append(wave(url, users, MESSAGES, max_tokens, first=n * users))
+                bar.update(users)
+    for users, runs in by_level.items():
         timings = [t for w in runs for t in w.timings]
         ok = [t for t in timings if t.ok]
         ttfts = [t.ttft for t in ok if t.ttft is not None]  # None: a reply without text
