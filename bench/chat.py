@@ -201,7 +201,9 @@ def build_variants(model_dir: str) -> list[Variant]:
         warnings.simplefilter("ignore")
         q8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(m32), {torch.nn.Linear}, dtype=torch.qint8)
     b32, b16 = weight_bytes_per_token(m32), weight_bytes_per_token(m16)
-    engine = Engine(m16, tok, name="bench")
+    # Without prefix caching: each variant answers the same prompt again and again, which a kept prefix
+    # would serve all but its last token of; the concurrency bench measures the cache on varied prompts.
+    engine = Engine(m16, tok, name="bench", prefix_cache=False)
     # generate() compiles only the one-token decode step, and on a CPU only when asked to; the
     # static cache gives that step fixed shapes. Its own copy: compiling changes the model.
     compile_config = CompileConfig(mode="default", dynamic=False)

@@ -318,8 +318,9 @@ class Batcher:
             for i, row in enumerate(batch):
                 self.prefixes.add(key, row.ids, [layer.keys[i:i + 1] for layer in cache.layers],
                                   [layer.values[i:i + 1] for layer in cache.layers])
-        kept = [i for i, (row, n) in enumerate(zip(batch, lengths, strict=True))
-                if not self._take(row, out.logits[i, ends.index(n - 1 - start)])]
+        last = out.logits[torch.arange(len(batch)), torch.tensor([ends.index(n - 1 - start) for n in lengths])]
+        raw = torch.log_softmax(last.float(), dim=-1)
+        kept = [i for i, row in enumerate(batch) if not self._take(row, last[i], raw[i])]
         if not kept:
             return
         columns = max(lengths[i] for i in kept)
@@ -359,16 +360,18 @@ class Batcher:
                                 attention_mask=group.mask, past_key_values=group.cache,
                                 position_ids=torch.tensor([[len(r.ids) - 1] for r in rows]))
             logits = out.logits[:, -1]
-            finished = [self._take(row, logits[i]) for i, row in enumerate(rows)]
+            raw = torch.log_softmax(logits.float(), dim=-1)  # for every row at once
+            finished = [self._take(row, logits[i], raw[i]) for i, row in enumerate(rows)]
             if any(finished):
                 self._leave(group, [i for i, f in enumerate(finished) if not f])
 
-    def _take(self, row: Row, logits: torch.Tensor) -> bool:
-        """Pick and emit the row's next token; True (and the row has left) if the reply ended."""
+    def _take(self, row: Row, logits: torch.Tensor, raw: torch.Tensor) -> bool:
+        """Pick and emit the row's next token from its `logits` (shape (vocab,)) and their log-softmax `raw`
+        (taken before `pick`, whose processors change the logits); True (and the row has left) if the reply
+        ended."""
         if row.cancelled.is_set():
             ended = True
         else:
-            raw = torch.log_softmax(logits.float(), dim=-1)  # before `pick`, whose processors see the logits
             token = row.pick(row.ids, logits)
             row.logprobs.append(float(raw[token]))
             row.ids.append(token)
