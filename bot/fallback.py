@@ -3,8 +3,9 @@
 - `NoEcho`: a 135M model that has no answer often gives the question back ("Bạn tên gì?" →
   "Bạn tên gì?"), and a reply cut at a loop's first copy (`kaizen.repetition`) is often just that
   echo. While the reply's letters are still a prefix of the question's the chunks are held back (so
-  an echo is never shown); if the whole reply is empty or the question itself, it says briefly, in
-  the user's language, that it has no good answer.
+  an echo is never shown); if the whole reply is empty, or the question given back once or more (the
+  last copy perhaps cut by the token limit), it says briefly, in the user's language, that it has no
+  good answer. A reply after whole copies of the question is shown without them.
 - `CarriesFact`: a 135M model does not copy facts reliably from its prompt (issue 13: "Số điện thoại
   Sương Mai Travel?" → "Số điện thoại thố línềm Sương Mai Travel." with no number). When the memory
   matched a taught item strongly, the reply must carry that item's checkable facts (`fact_keys`:
@@ -120,36 +121,41 @@ class NoEcho(_Wrapper):
                 continue
             held.append(chunk)
             text += chunk
-            # No echo (or a symbol, such as an emoji, which no question is made of): give out what was held.
-            if not self._question.startswith(letters(text)) or _symbols(text):
-                rest = self._after_echo(text)
-                if rest is None:
-                    yield from held
-                else:  # the whole question given back, then a reply: the reply alone
+            rest = self._after_echoes(text)
+            # Still (a copy of) the question, letter for letter: hold on. A symbol, such as an emoji, is in
+            # no question. Past whole copies of the question, only what follows them is the reply.
+            if _symbols(text) or not self._question.startswith(letters(text if rest is None else rest)):
+                if rest:
                     yield rest
+                else:
+                    yield from held
                 held = None
         if held is None:
             return
-        if not (letters(text) or _symbols(text)) or (self._question and letters(text) == self._question):
+        rest = self._after_echoes(text)
+        if not (letters(text) or _symbols(text)) or rest is not None:
+            # Nothing; the question given back; or given back, then again up to where the token limit cut it.
             yield self._replace(NO_ANSWER[self._language])
         else:  # a part of the question only ("Xin chào" to "Xin chào, bạn là ai?"): a reply of its own
             yield from held
 
-    def _after_echo(self, text: str) -> str | None:
-        """What follows a complete echo of the question at the start of `text` ("Đà Lạt có gì vui?
-        Bien sûr, ..." -> "Bien sûr, ..."), or None if `text` does not start with one."""
-        if not self._question:
-            return None
-        seen = ""
-        for i, ch in enumerate(text):
-            seen += letters(ch)
-            if seen == self._question:
-                rest = text[i + 1:].lstrip(" \t\n?!.,:;")
-                return rest or None
-            if not self._question.startswith(seen):
-                return None
-        return None
-
+    def _after_echoes(self, text: str) -> str | None:
+        """What follows one or more complete copies of the question at the start of `text` ("Đà Lạt có
+        gì vui? Bien sûr, ..." -> "Bien sûr, ..."; "" if nothing does), or None if `text` does not start
+        with one."""
+        rest = None
+        while self._question:
+            seen = ""
+            for i, ch in enumerate(text):
+                seen += letters(ch)
+                if seen == self._question:
+                    text = rest = text[i + 1:].lstrip(" \t\n?!.,:;")
+                    break
+                if not self._question.startswith(seen):
+                    return rest
+            else:
+                return rest
+        return rest
 
 
 _NUMBER = re.compile(r"\d(?:[\d.,:/ -]*\d)?")

@@ -110,6 +110,12 @@ def test_a_looping_reply_and_its_question_are_kept_out_of_the_history_sent_back(
     ("Xin chào, bạn là ai?", "Xin chào", "Xin chào"),  # a part of the question is a reply of its own
     ("What is your name?", "What is your name? My name is Mai.", "My name is Mai."),  # the echo is dropped
     ("Đà Lạt có gì vui?", "Đà Lạt có gì vui?  Bạn có thể đi hồ Xuân Hương.", "Bạn có thể đi hồ Xuân Hương."),
+    # Given back, then again until the token limit cut it (a new user's trial): all echo.
+    ("Bạn có thể giới thiệu về Hà Nội không?",
+     "Bạn có thể giới thiệu về Hà Nội không?\n\nBạn có thể giới thiệu về Hà Nội khô", NO_ANSWER["vi"]),
+    ("What is your name?", "What is your name? What is your name?", NO_ANSWER["en"]),
+    ("What is your name?", "What is your name? What is your name? My name is Mai.", "My name is Mai."),
+    ("Đà Lạt có gì vui?", "Đà Lạt có gì vui? Đà Lạt có hồ Xuân Hương.", "Đà Lạt có hồ Xuân Hương."),
 ])
 def test_an_empty_or_echoed_reply_says_briefly_that_there_is_no_good_answer(kaizen, fake_engine, message,
                                                                             model_reply, shown):
