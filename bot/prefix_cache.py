@@ -36,12 +36,17 @@ class Prefix:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    @classmethod
+    def head(cls, ids: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], tokens: int) -> Prefix:
+        """The first `tokens` of a prompt: copies, so that the longer tensors they are cut from can be freed."""
+        return cls(ids[:tokens].clone(), [k[:, :, :tokens].clone() for k in keys],
+                   [v[:, :, :tokens].clone() for v in values])
+
     def cut(self, tokens: int) -> None:
-        """Keep only the first `tokens` (copies, so the longer tensors are freed)."""
+        """Keep only the first `tokens`."""
         if tokens < len(self):
-            self.ids = self.ids[:tokens].clone()
-            self.keys = [k[:, :, :tokens].clone() for k in self.keys]
-            self.values = [v[:, :, :tokens].clone() for v in self.values]
+            cut = Prefix.head(self.ids, self.keys, self.values, tokens)
+            self.ids, self.keys, self.values = cut.ids, cut.keys, cut.values
 
 
 class PrefixCache:
@@ -65,13 +70,15 @@ class PrefixCache:
         """(the kept prefix `ids` shares the most tokens with, how many it may reuse: at most
         len(ids) - 1), or (None, 0) if no prefix shares `min_tokens`."""
         best: tuple[Prefix | None, int] = (None, 0)
-        if len(ids) <= self.min_tokens:
+        kept = self._kept.get(key, ())
+        if len(ids) <= self.min_tokens or not kept:
             return best
-        for prefix in self._kept.get(key, ()):
-            n = min(len(prefix), len(ids) - 1)
+        prompt = torch.tensor(ids[:-1])
+        for prefix in kept:
+            n = min(len(prefix), len(prompt))
             if n < self.min_tokens:
                 continue
-            differ = torch.nonzero(prefix.ids[:n] != torch.tensor(ids[:n], dtype=prefix.ids.dtype))
+            differ = torch.nonzero(prefix.ids[:n] != prompt[:n])
             shared = int(differ[0]) if len(differ) else n
             if shared >= self.min_tokens and shared > best[1]:
                 best = (prefix, shared)
@@ -94,8 +101,7 @@ class PrefixCache:
         n = min(len(ids) - 1, self.max_tokens)
         if n < self.min_tokens or self.match(key, ids)[0] is not None:
             return
-        prefix = Prefix(torch.tensor(ids[:n]), [k[:, :, :n].clone() for k in keys],
-                        [v[:, :, :n].clone() for v in values])
+        prefix = Prefix.head(torch.tensor(ids[:n]), keys, values, n)
         kept = self._kept.setdefault(key, [])
         kept.insert(0, prefix)
         del kept[self.entries:]

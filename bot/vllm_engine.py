@@ -336,12 +336,10 @@ class VllmEngine:
                             if response.status_code == 404 else "")
                     raise AdapterError(f"the server refused it as {name} (HTTP {response.status_code}: "
                                        f"{response.text[:300]}){hint}")
-        except AdapterError:
+        except Exception as exc:
             shutil.rmtree(target, ignore_errors=True)
-            self._retry_at = time.monotonic() + REFUSED_RETRY_S  # it will refuse again soon: ask less often
-            raise
-        except Exception:
-            shutil.rmtree(target, ignore_errors=True)
+            if isinstance(exc, AdapterError):  # it will refuse again soon: ask less often
+                self._retry_at = time.monotonic() + REFUSED_RETRY_S
             raise
         self._retry_at = 0.0
         self._pushes.append(target)

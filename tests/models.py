@@ -88,6 +88,11 @@ def save_tiny_model(target: Path) -> Path:
     return target
 
 
+def visible_lora() -> LoraConfig:
+    """A small LoRA config whose random weights change the tiny model's answers clearly (alpha 16× the rank)."""
+    return LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+
+
 def random_adapter(out: Path, model_dir: Path, seed: int, *, model: PreTrainedModel | None = None,
                    lora: LoraConfig | None = None) -> Path:
     """A LoRA adapter with random, clearly visible weights, saved as peft saves it."""

@@ -6,14 +6,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from peft import LoraConfig
 
 from bot.batching import Batcher, Row, next_token_picker
 from bot.engine import Engine
 from bot.engine_api import GenParams
 from kaizen.errors import BusyError, ModelError
 from tests.harness import wait_until
-from tests.models import random_adapter
+from tests.models import random_adapter, visible_lora
 
 QUESTIONS = ["Hi", "Xin chào, bạn là ai?", "What is the capital of France? Please answer in one short sentence.",
              "Đà Lạt có gì vui? " * 6, "one two three"]
@@ -21,8 +20,7 @@ QUESTIONS = ["Hi", "Xin chào, bạn là ai?", "What is the capital of France? P
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir, tmp_path_factory):
-    lora = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    return random_adapter(tmp_path_factory.mktemp("adapter") / "a", tiny_model_dir, 1, lora=lora)
+    return random_adapter(tmp_path_factory.mktemp("adapter") / "a", tiny_model_dir, 1, lora=visible_lora())
 
 
 @pytest.fixture

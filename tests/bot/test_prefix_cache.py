@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig
 
 from bot.engine import Engine
 from bot.engine_api import GenParams
 from bot.prefix_cache import PrefixCache
-from tests.models import random_adapter
+from tests.models import random_adapter, visible_lora
 
 
 def _kv(ids: list[int], layers: int = 2) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -64,8 +63,7 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir, tmp_path_factory):
-    lora = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    return [random_adapter(tmp_path_factory.mktemp("adapter") / f"a{seed}", tiny_model_dir, seed, lora=lora)
+    return [random_adapter(tmp_path_factory.mktemp("adapter") / f"a{seed}", tiny_model_dir, seed, lora=visible_lora())
             for seed in (3, 4)]
 
 
